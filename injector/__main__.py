@@ -1,0 +1,6 @@
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":  # not when re-imported by a spawned worker process
+    sys.exit(main())

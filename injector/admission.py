@@ -1,0 +1,60 @@
+"""One admission decision: request + resolved identity → allow, with or without a patch.
+
+Pure like the planner, so the server, the offline CLI and the tests share it. Anything
+this code cannot decide is allowed unchanged with a reason, never denied: a pod that
+starts without AWS credentials is visible in the logs, a pod that cannot start is an
+outage.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .identity import Resolution
+from .planner import Jitter, Operation, Plan, plan_mutation
+from .review import AdmissionRequest
+from .settings import MutationSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What we answer and why; `reason` is a stable word for logs and metrics."""
+
+    allowed: bool
+    reason: str
+    operations: list[Operation]
+    mode: str = ""
+    role_arn: str = ""
+    plan: Plan | None = None
+    message: str = ""
+
+    @property
+    def mutated(self) -> bool:
+        return bool(self.operations)
+
+
+def precheck(request: AdmissionRequest) -> Decision | None:
+    """Requests that never need an identity lookup: not a pod, not a create, no object."""
+    if request.resource_kind != "Pod":
+        return Decision(True, "not-a-pod", [], message=f"{request.resource_kind or 'object'} is not a Pod; ignored")
+    if request.operation != "CREATE":
+        return Decision(True, "not-a-create", [], message=f"{request.operation} is not mutated; only CREATE is")
+    if request.pod is None:
+        return Decision(True, "no-pod-object", [], message="the request carries no pod object")
+    return None
+
+
+def decide(request: AdmissionRequest, resolution: Resolution, settings: MutationSettings,
+           jitter: Jitter = random.randint) -> Decision:
+    """Turn a resolved identity into the answer for this pod."""
+    early = precheck(request)
+    if early is not None:
+        return early
+    identity = resolution.identity
+    if identity is None:
+        return Decision(True, resolution.reason, [])
+    assert request.pod is not None
+    plan = plan_mutation(request.pod, identity, settings, jitter)
+    reason = "mutated" if plan.changes else "already-mutated"
+    return Decision(True, reason, plan.operations, identity.mode.value, identity.role_arn, plan)

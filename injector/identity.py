@@ -1,0 +1,305 @@
+"""Who a pod is: the identity rules, from ServiceAccount annotations, the ConfigMap mapping
+and the Pod Identity (container credentials) association list.
+
+Everything here is pure: parsers turn raw inputs into small immutable entries, and
+`resolve` applies the precedence rules of behaviour.md §2.3/§3. The sources that feed the
+tables (files, watches) live in `injector.sources`.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .settings import DEFAULT_TOKEN_EXPIRATION, MutationSettings, clamp_expiration
+
+_INT64 = re.compile(r"[+-]?[0-9]+\Z")
+_ROLE_ARN = re.compile(r"arn:aws[a-z0-9-]*:iam::\d{12}:role/[\w\-/.@+=,]+\Z")
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+class Mode(enum.StrEnum):
+    """Which credentials a pod gets; the values are the Go webhook's metric labels."""
+
+    WEB_IDENTITY = "sts_web_identity"
+    CONTAINER_CREDENTIALS = "container_credentials"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The resolved identity of one pod: all the planner needs besides settings."""
+
+    mode: Mode
+    role_arn: str
+    audience: str
+    regional_sts: bool
+    token_expiration: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleMapping:
+    """One role mapping (from annotations or the ConfigMap); `problems` are for the logs."""
+
+    role_arn: str
+    audience: str
+    regional_sts: bool
+    token_expiration: int
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """The Go webhook's debug dump shape (Go field names)."""
+        return {
+            "RoleARN": self.role_arn,
+            "Audience": self.audience,
+            "UseRegionalSTS": self.regional_sts,
+            "TokenExpiration": self.token_expiration,
+        }
+
+
+# Entries of both sources share one shape.
+ServiceAccountEntry = RoleMapping
+ConfigMapEntry = RoleMapping
+
+
+def parse_go_int64(text: str) -> int | None:
+    """`strconv.ParseInt(s, 10, 64)`: optional sign, digits only, int64 range."""
+    if not _INT64.match(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def parse_go_bool(text: str) -> bool | None:
+    """`strconv.ParseBool`: the twelve spellings Go accepts, anything else is None."""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    return None
+
+
+def compose_role_arn(value: str, settings: MutationSettings) -> str:
+    """With --compose-role-arn, a bare role name or path becomes a full ARN."""
+    if settings.compose_role_arn and "arn:" not in value:
+        return f"arn:{settings.aws_partition}:iam::{settings.aws_account_id}:role/{value}"
+    return value
+
+
+def service_account_entry(
+    annotations: Mapping[str, Any] | None, settings: MutationSettings
+) -> ServiceAccountEntry:
+    """Parse a ServiceAccount's annotations (behaviour.md §3.2).
+
+    Invalid values fall back to the flag defaults, as in the Go webhook, and are reported in
+    `problems` so the edge can log them instead of failing silently.
+    """
+    annotations = annotations or {}
+    problems: list[str] = []
+    key = settings.annotation
+
+    role_arn = annotations.get(key("role-arn"), "")
+    if not isinstance(role_arn, str):
+        role_arn = ""
+    if role_arn:
+        role_arn = compose_role_arn(role_arn, settings)
+        if not _ROLE_ARN.match(role_arn):
+            problems.append(f"{key('role-arn')} {role_arn!r} does not look like an IAM role ARN")
+
+    audience = annotations.get(key("audience"), settings.token_audience)
+    if not isinstance(audience, str):
+        audience = settings.token_audience
+
+    regional_sts = settings.sts_regional_endpoint
+    raw = annotations.get(key("sts-regional-endpoints"))
+    if raw is not None:
+        parsed = parse_go_bool(raw) if isinstance(raw, str) else None
+        if parsed is None:
+            problems.append(f"{key('sts-regional-endpoints')} {raw!r} is not a boolean; using the default")
+        else:
+            regional_sts = parsed
+
+    expiration = settings.token_expiration
+    raw = annotations.get(key("token-expiration"))
+    if raw is not None:
+        parsed_int = parse_go_int64(raw) if isinstance(raw, str) else None
+        if parsed_int is None:
+            problems.append(f"{key('token-expiration')} {raw!r} is not an integer; using the default")
+        else:
+            expiration = clamp_expiration(parsed_int)
+
+    return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems))
+
+
+class ConfigMapError(ValueError):
+    """The `config` document as a whole cannot be used; the previous mapping stays."""
+
+
+_CM_FIELDS = {
+    "rolearn": ("role_arn", str),
+    "audience": ("audience", str),
+    "useregionalsts": ("regional_sts", bool),
+    "tokenexpiration": ("token_expiration", int),
+}
+
+
+def _config_map_entry(key: str, raw: Any, settings: MutationSettings) -> ConfigMapEntry:
+    if not isinstance(raw, dict):
+        raise ConfigMapError(f"entry {key!r} is not an object")
+    values: dict[str, Any] = {"role_arn": "", "audience": "", "regional_sts": False, "token_expiration": 0}
+    for member, value in raw.items():
+        known = _CM_FIELDS.get(member.lower())
+        if known is None:
+            continue  # unknown members are ignored, as Go's decoder does
+        attr, kind = known
+        if value is None:
+            continue
+        if kind is int:  # JSON integers only: Go's int64 refuses true/false and 1.5
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:  # noqa: SIM108
+            raise ConfigMapError(f"entry {key!r}: {member} must be a {kind.__name__}, got {value!r}")
+        values[attr] = value
+    expiration = values["token_expiration"] or settings.token_expiration
+    return RoleMapping(
+        role_arn=values["role_arn"],
+        # Improvement over the Go webhook: a missing audience means the default audience,
+        # not a token STS would reject.
+        audience=values["audience"] or settings.token_audience,
+        regional_sts=values["regional_sts"],
+        token_expiration=clamp_expiration(expiration),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapMapping:
+    """The `pod-identity-webhook` ConfigMap's mapping: exact keys, then namespace globs."""
+
+    exact: Mapping[str, ConfigMapEntry] = field(default_factory=dict)
+    # (namespace pattern, service account name, entry), most specific pattern first.
+    patterns: tuple[tuple[str, str, ConfigMapEntry], ...] = ()
+    rejected: tuple[str, ...] = field(default=(), compare=False)
+
+    def lookup(self, namespace: str, name: str) -> ConfigMapEntry | None:
+        """Exact `namespace/name` wins; then the most specific glob (`team-*`, then `*`)."""
+        entry = self.exact.get(f"{namespace}/{name}")
+        if entry is not None:
+            return entry
+        for pattern, sa_name, candidate in self.patterns:
+            if sa_name == name and fnmatch.fnmatchcase(namespace, pattern):
+                return candidate
+        return None
+
+    def lookup_exact(self, namespace: str, name: str) -> ConfigMapEntry | None:
+        return self.exact.get(f"{namespace}/{name}")
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.patterns)
+
+
+EMPTY_CONFIG_MAP = ConfigMapMapping()
+
+
+def parse_config_map(document: Any, settings: MutationSettings) -> ConfigMapMapping:
+    """Parse the decoded `config` value (behaviour.md §3.5 with design.md's improvements).
+
+    A wrong type anywhere rejects the whole document (as in Go); a malformed key is
+    rejected on its own and reported in `rejected` instead of crashing.
+    """
+    if not isinstance(document, dict):
+        raise ConfigMapError("the config value must be a JSON object of \"namespace/name\" keys")
+    exact: dict[str, ConfigMapEntry] = {}
+    patterns: list[tuple[str, str, ConfigMapEntry]] = []
+    rejected: list[str] = []
+    for key, raw in document.items():
+        entry = _config_map_entry(key, raw, settings)
+        namespace, sep, name = key.partition("/")
+        if not sep or not namespace or not name or "/" in name:
+            rejected.append(f"key {key!r} is not of the form \"namespace/serviceAccountName\"")
+            continue
+        if any(ch in namespace for ch in "*?["):
+            patterns.append((namespace, name, entry))
+        else:
+            exact[key] = entry
+    patterns.sort(key=lambda p: (-len(p[0].replace("*", "").replace("?", "")), p[0], p[1]))
+    return ConfigMapMapping(exact, tuple(patterns), tuple(rejected))
+
+
+def parse_pod_identities(document: Any) -> frozenset[tuple[str, str]]:
+    """The container-credentials identities file: `{"identities":[{namespace, serviceAccount}]}`."""
+    if not isinstance(document, dict):
+        raise ValueError("must be a JSON object with an \"identities\" list")
+    items = document.get("identities") or []
+    if not isinstance(items, list):
+        raise ValueError("\"identities\" must be a list")
+    pairs = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"identities[{index}] must be an object")
+        namespace, name = item.get("namespace"), item.get("serviceAccount")
+        if not isinstance(namespace, str) or not isinstance(name, str):
+            raise ValueError(f"identities[{index}] needs string \"namespace\" and \"serviceAccount\"")
+        pairs.add((namespace, name))
+    return frozenset(pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """The outcome of identity resolution, with enough context for the decision log."""
+
+    identity: Identity | None
+    reason: str
+    service_account_known: bool
+
+
+@dataclass(slots=True)
+class IdentityTables:
+    """The current lookup tables; the sources replace members, `resolve` only reads them."""
+
+    service_accounts: dict[str, ServiceAccountEntry] = field(default_factory=dict)
+    config_map: ConfigMapMapping = EMPTY_CONFIG_MAP
+    pod_identities: frozenset[tuple[str, str]] = frozenset()
+
+
+def resolve(
+    namespace: str, name: str, tables: IdentityTables, settings: MutationSettings
+) -> Resolution:
+    """Apply the precedence of behaviour.md §2.3: Pod Identity > annotation > ConfigMap."""
+    key = f"{namespace}/{name}"
+    sa_entry = tables.service_accounts.get(key)
+    known = sa_entry is not None
+
+    if (namespace, name) in tables.pod_identities:
+        # Container credentials: only the common settings come from the SA or ConfigMap;
+        # any role ARN is ignored. The ConfigMap wildcard is not consulted here.
+        common = sa_entry or tables.config_map.lookup_exact(namespace, name)
+        regional_sts, expiration = (
+            (common.regional_sts, common.token_expiration) if common else (False, DEFAULT_TOKEN_EXPIRATION)
+        )
+        identity = Identity(
+            Mode.CONTAINER_CREDENTIALS, "", settings.cc_audience, regional_sts, expiration,
+            "pod-identity-association",
+        )
+        return Resolution(identity, "pod-identity-association", known)
+
+    if sa_entry is not None and sa_entry.role_arn:
+        return Resolution(_web_identity(sa_entry, "service-account-annotation"), "service-account-annotation", True)
+
+    cm_entry = tables.config_map.lookup(namespace, name)
+    if cm_entry is not None and cm_entry.role_arn:
+        return Resolution(_web_identity(cm_entry, "config-map"), "config-map", known)
+
+    reason = "service-account-has-no-role" if known else "service-account-not-found"
+    return Resolution(None, reason, known)
+
+
+def _web_identity(entry: RoleMapping, source: str) -> Identity:
+    return Identity(
+        Mode.WEB_IDENTITY, entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration, source
+    )

@@ -1,0 +1,92 @@
+"""Prometheus metrics: our own names plus the Go webhook's, so its dashboards keep working.
+
+With several serving processes, prometheus-client's multiprocess mode is used (the
+supervisor sets PROMETHEUS_MULTIPROC_DIR before this module is imported) and the
+supervisor exposes the sum. The Go webhook's counters had no `_total` suffix; they are
+re-exported under those exact names as untyped samples next to the conventional ones.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_GO_COMPAT = {
+    "pod_identity_webhook_pod_count": "Pods for which a patch was built, per mode (Go webhook name).",
+    "pod_identity_webhook_missing_sa_count": "Lookups that ended without the ServiceAccount (Go webhook name).",
+}
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The process's metric objects; in multiprocess mode their values go to shared files."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = registry if registry is not None else CollectorRegistry()
+        self.registry = reg
+        self.admissions = Counter(
+            "pod_identity_injector_admissions", "Admission decisions by mode and decision.",
+            ["mode", "decision"], registry=reg)
+        self.admission_seconds = Histogram(
+            "pod_identity_injector_admission_duration_seconds", "Time to answer one /mutate request.",
+            buckets=LATENCY_BUCKETS, registry=reg)
+        self.http_requests = Counter(
+            "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
+            ["method", "path", "code"], registry=reg)
+        self.pod_count = Counter(
+            "pod_identity_webhook_pod_count", _GO_COMPAT["pod_identity_webhook_pod_count"],
+            ["method"], registry=reg)
+        self.missing_sa = Counter(
+            "pod_identity_webhook_missing_sa_count", _GO_COMPAT["pod_identity_webhook_missing_sa_count"],
+            registry=reg)
+        self.used = Gauge(
+            "pod_identity_webhook_used", "1 once any ServiceAccount is known (Go webhook name).",
+            registry=reg, multiprocess_mode="max")
+        self.cert_expiry = Gauge(
+            "pod_identity_injector_serving_certificate_expiry_timestamp_seconds",
+            "Unix time at which the loaded serving certificate expires.",
+            registry=reg, multiprocess_mode="min")
+        self.ready = Gauge(
+            "pod_identity_injector_ready", "1 while this process reports ready.",
+            registry=reg, multiprocess_mode="min")
+
+
+class _GoCompatCollector:
+    """Re-exports the Go webhook's counters under their exact, suffix-free names."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self):
+        for family in self.source.collect():
+            if family.name in _GO_COMPAT:
+                compat = Metric(family.name, family.documentation, "unknown")
+                for sample in family.samples:
+                    if sample.name == family.name + "_total":
+                        compat.add_sample(family.name, sample.labels, sample.value)
+                yield compat
+
+
+class Exposition:
+    """Renders /metrics for this process, or for every worker in multiprocess mode."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        path = multiprocess_dir()
+        if path:
+            self.primary = CollectorRegistry()
+            MultiProcessCollector(self.primary, path=path)
+        else:
+            self.primary = metrics.registry
+        self.compat = CollectorRegistry()
+        self.compat.register(_GoCompatCollector(self.primary))
+
+    def render(self) -> bytes:
+        return generate_latest(self.primary) + generate_latest(self.compat)

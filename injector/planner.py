@@ -1,0 +1,302 @@
+"""The mutation planner: (pod, identity, settings) → RFC 6902 operations. Pure, no I/O.
+
+The pod is a raw dict straight from the AdmissionReview and is never re-serialised: every
+operation adds exactly one thing we own (an env entry, a mount, the volume, the label) at
+its own path, so fields this code does not know survive untouched. The *resulting pod*
+equals the Go webhook's (behaviour.md §2.4–§2.8), and planning a pod that already carries
+everything yields no operations, which makes reinvocation safe.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .identity import Identity, Mode, parse_go_int64
+from .settings import (
+    DEFAULT_TOKEN_EXPIRATION,
+    JITTER_FLOOR,
+    POD_IDENTITY_LABEL,
+    WEB_IDENTITY_TOKEN_PATH,
+    WEB_IDENTITY_VOLUME_NAME,
+    MutationSettings,
+    clamp_expiration,
+)
+
+Operation = dict[str, Any]
+Jitter = Callable[[int, int], int]
+
+ROLE_ARN = "AWS_ROLE_ARN"
+WEB_IDENTITY_TOKEN_FILE = "AWS_WEB_IDENTITY_TOKEN_FILE"
+CREDENTIALS_FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+AUTHORIZATION_TOKEN_FILE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+REGION = "AWS_REGION"
+DEFAULT_REGION = "AWS_DEFAULT_REGION"
+STS_REGIONAL_ENDPOINTS = "AWS_STS_REGIONAL_ENDPOINTS"
+
+_WINDOWS_SELECTORS = ("beta.kubernetes.io/os", "kubernetes.io/os")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The operations plus what the decision log wants to say about them."""
+
+    operations: list[Operation]
+    token_expiration: int
+    injected: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.operations)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Names and paths of the active mode, derived once per plan."""
+
+    volume_name: str
+    mount_path: str
+    token_path: str
+    token_file: str
+    identity_keys: tuple[str, str]
+    identity_values: tuple[str, str]
+
+
+def go_path_join(*parts: str) -> str:
+    """Go's `filepath.Join` on Unix: join the non-empty parts, then `Clean`."""
+    joined = "/".join(p for p in parts if p)
+    if not joined:
+        return ""
+    cleaned = posixpath.normpath(joined)
+    # POSIX keeps a leading "//"; Go's Clean does not.
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
+
+
+def windows_path(path: str) -> str:
+    """The token file as a Windows container sees it: `C:` + backslashes."""
+    return "C:" + path.replace("/", "\\")
+
+
+def parse_skip_containers(value: str) -> tuple[frozenset[str], str | None]:
+    """Parse the skip-containers annotation as one CSV record, like Go's encoding/csv.
+
+    Returns the names (whitespace-trimmed, an improvement on the Go webhook) and an error
+    text; on error nothing is skipped.
+    """
+    line = value.split("\n", 1)[0].rstrip("\r") if '"' not in value else value
+    if not line:
+        return frozenset(), "skip-containers annotation is empty"
+    fields: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        if i < n and line[i] == '"':
+            i += 1
+            buf = []
+            while True:
+                j = line.find('"', i)
+                if j < 0:
+                    return frozenset(), 'extraneous or missing " in quoted field'
+                buf.append(line[i:j])
+                if j + 1 < n and line[j + 1] == '"':
+                    buf.append('"')
+                    i = j + 2
+                    continue
+                i = j + 1
+                break
+            field_text = "".join(buf)
+            if i < n and line[i] not in ",\n":
+                return frozenset(), 'extraneous or missing " in quoted field'
+        else:
+            end = n
+            for stop in (",", "\n"):
+                k = line.find(stop, i)
+                if 0 <= k < end:
+                    end = k
+            field_text = line[i:end]
+            if '"' in field_text:
+                return frozenset(), 'bare " in non-quoted field'
+            i = end
+        fields.append(field_text)
+        if i < n and line[i] == ",":
+            i += 1
+            continue
+        break
+    return frozenset(f.strip() for f in fields if f.strip()), None
+
+
+def _layout(identity: Identity, settings: MutationSettings, windows: bool) -> _Layout:
+    if identity.mode is Mode.CONTAINER_CREDENTIALS:
+        volume, mount, token = settings.cc_volume_name, settings.cc_mount_path, settings.cc_token_path
+        keys = (CREDENTIALS_FULL_URI, AUTHORIZATION_TOKEN_FILE)
+        first_value = settings.cc_full_uri
+    else:
+        volume, mount, token = WEB_IDENTITY_VOLUME_NAME, settings.token_mount_path, WEB_IDENTITY_TOKEN_PATH
+        keys = (ROLE_ARN, WEB_IDENTITY_TOKEN_FILE)
+        first_value = identity.role_arn
+    token_file = go_path_join(mount, token)
+    if windows:
+        token_file = windows_path(token_file)
+    return _Layout(volume, mount, token, token_file, keys, (first_value, token_file))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _names(items: Any) -> set[str]:
+    if not isinstance(items, list):
+        return set()
+    return {item.get("name") for item in items if isinstance(item, dict)}
+
+
+def token_expiration(pod: dict[str, Any], identity: Identity, settings: MutationSettings,
+                     jitter: Jitter, notes: list[str]) -> int:
+    """Pod annotation > identity value; the container-credentials default gets jitter."""
+    seconds = identity.token_expiration
+    annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
+    key = settings.annotation("token-expiration")
+    raw = annotations.get(key)
+    if raw is not None:
+        parsed = parse_go_int64(raw) if isinstance(raw, str) else None
+        if parsed is None:
+            notes.append(f"pod annotation {key} {raw!r} is not an integer; using {seconds}")
+        else:
+            seconds = clamp_expiration(parsed)
+    if identity.mode is Mode.CONTAINER_CREDENTIALS and seconds == DEFAULT_TOKEN_EXPIRATION:
+        seconds = jitter(JITTER_FLOOR, DEFAULT_TOKEN_EXPIRATION)
+    return seconds
+
+
+def _container_env(identity: Identity, settings: MutationSettings, layout: _Layout,
+                   present: set[str]) -> list[dict[str, str]] | None:
+    """The env entries to append, or None when the container is already complete (§2.5)."""
+    identity_defined = any(k in present for k in layout.identity_keys)
+    region_defined = REGION in present or DEFAULT_REGION in present
+    sts_defined = STS_REGIONAL_ENDPOINTS in present
+    if identity_defined and region_defined and sts_defined:
+        return None
+    env: list[dict[str, str]] = []
+    if identity.regional_sts and not sts_defined:
+        env.append({"name": STS_REGIONAL_ENDPOINTS, "value": "regional"})
+    if settings.aws_default_region and not region_defined:
+        env.append({"name": DEFAULT_REGION, "value": settings.aws_default_region})
+        env.append({"name": REGION, "value": settings.aws_default_region})
+    if not identity_defined:
+        for name, value in zip(layout.identity_keys, layout.identity_values, strict=True):
+            env.append({"name": name, "value": value})
+    return env
+
+
+def _append(ops: list[Operation], base: str, member: str, current: Any, items: list[Any]) -> None:
+    """Add `items` to the list at `base/member`: create it when absent, else append each."""
+    if not items:
+        return
+    if current is None:
+        ops.append({"op": "add", "path": f"{base}/{member}", "value": items})
+    else:
+        ops.extend({"op": "add", "path": f"{base}/{member}/-", "value": item} for item in items)
+
+
+def _plan_containers(ops: list[Operation], list_name: str, containers: Any, skip: frozenset[str],
+                     identity: Identity, settings: MutationSettings, layout: _Layout,
+                     injected: list[str], skipped: list[str], notes: list[str]) -> None:
+    if not isinstance(containers, list):
+        return
+    mount = {"name": layout.volume_name, "readOnly": True, "mountPath": layout.mount_path}
+    for index, container in enumerate(containers):
+        if not isinstance(container, dict):
+            notes.append(f"{list_name}[{index}] is not an object; left alone")
+            continue
+        name = container.get("name")
+        if name in skip:
+            skipped.append(str(name))
+            continue
+        env, mounts = container.get("env"), container.get("volumeMounts")
+        if (env is not None and not isinstance(env, list)) or (
+            mounts is not None and not isinstance(mounts, list)
+        ):
+            notes.append(f"{list_name}[{index}] has a malformed env or volumeMounts; left alone")
+            continue
+        new_env = _container_env(identity, settings, layout, _names(env))
+        if new_env is None:
+            continue  # already complete: untouched, not even a mount (Go's early exit)
+        base = f"/spec/{list_name}/{index}"
+        _append(ops, base, "env", env, new_env)
+        if layout.volume_name not in _names(mounts):
+            _append(ops, base, "volumeMounts", mounts, [dict(mount)])
+        if new_env or layout.volume_name not in _names(mounts):
+            injected.append(str(name))
+
+
+def _volume(layout: _Layout, audience: str, expiration: int) -> dict[str, Any]:
+    token: dict[str, Any] = {"audience": audience} if audience else {}
+    token["expirationSeconds"] = expiration
+    token["path"] = layout.token_path
+    return {"name": layout.volume_name, "projected": {"sources": [{"serviceAccountToken": token}]}}
+
+
+def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSettings,
+                  jitter: Jitter = random.randint) -> Plan:
+    """Plan the operations that give `pod` its AWS identity.
+
+    `jitter(low, high)` is injected so tests can pin the container-credentials default.
+    """
+    notes: list[str] = []
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return Plan([], identity.token_expiration, notes=("pod has no spec; nothing to do",))
+    metadata = pod.get("metadata")
+    annotations = _dict(_dict(metadata).get("annotations"))
+
+    skip: frozenset[str] = frozenset()
+    skip_key = settings.annotation("skip-containers")
+    if skip_key in annotations:
+        raw = annotations[skip_key]
+        skip, error = parse_skip_containers(raw) if isinstance(raw, str) else (frozenset(), "not a string")
+        if error:
+            notes.append(f"pod annotation {skip_key} ignored: {error}")
+
+    node_selector = _dict(spec.get("nodeSelector"))
+    windows = any(node_selector.get(key) == "windows" for key in _WINDOWS_SELECTORS)
+    layout = _layout(identity, settings, windows)
+    expiration = token_expiration(pod, identity, settings, jitter, notes)
+
+    ops: list[Operation] = []
+    if identity.mode is Mode.CONTAINER_CREDENTIALS:
+        labels = _dict(metadata).get("labels")
+        if not isinstance(metadata, dict):
+            ops.append({"op": "add", "path": "/metadata", "value": {"labels": {POD_IDENTITY_LABEL: "enabled"}}})
+        elif not isinstance(labels, dict):
+            ops.append({"op": "add", "path": "/metadata/labels", "value": {POD_IDENTITY_LABEL: "enabled"}})
+        elif labels.get(POD_IDENTITY_LABEL) != "enabled":
+            path = "/metadata/labels/" + POD_IDENTITY_LABEL.replace("~", "~0").replace("/", "~1")
+            ops.append({"op": "add", "path": path, "value": "enabled"})
+
+    volumes = spec.get("volumes")
+    if volumes is None:
+        ops.append({"op": "add", "path": "/spec/volumes", "value": [_volume(layout, identity.audience, expiration)]})
+    elif not isinstance(volumes, list):
+        notes.append("spec.volumes is not a list; no token volume added")
+    elif layout.volume_name not in _names(volumes):
+        # Inserted first, as the Go webhook does.
+        ops.append({"op": "add", "path": "/spec/volumes/0", "value": _volume(layout, identity.audience, expiration)})
+
+    injected: list[str] = []
+    skipped: list[str] = []
+    for list_name in ("initContainers", "containers"):
+        _plan_containers(ops, list_name, spec.get(list_name), skip, identity, settings, layout,
+                         injected, skipped, notes)
+    return Plan(ops, expiration, tuple(injected), tuple(skipped), tuple(notes))
+
+
+def container_names(pod: dict[str, Any]) -> Iterable[str]:
+    spec = _dict(pod.get("spec"))
+    for list_name in ("initContainers", "containers"):
+        for container in spec.get(list_name) or ():
+            if isinstance(container, dict):
+                yield str(container.get("name"))

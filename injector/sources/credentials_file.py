@@ -1,0 +1,73 @@
+"""The EKS Pod Identity identities file (`--watch-container-credentials-config`), kept loaded.
+
+The file is polled by `stat` (which follows symlinks), so plain rewrites and Kubernetes
+ConfigMap/Secret volume updates (an atomic swap of the `..data` symlink) are both seen.
+Missing or empty file: no associations. Invalid JSON: the previous set stays, and the
+reason is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import structlog
+
+from . import IdentityStore
+from .static import InputError, parse_identities_file
+
+log = structlog.get_logger(__name__)
+SOURCE = "container-credentials-file"
+
+
+def file_signature(path: str | Path) -> tuple[int, int, int] | None:
+    """What changes when the file (or the target of its symlinks) is replaced or edited."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class CredentialsFileSource:
+    """Loads the identities file into the store now, and again whenever it changes."""
+
+    def __init__(self, path: str, store: IdentityStore) -> None:
+        self.path = path
+        self.store = store
+        self._signature: tuple[int, int, int] | None = None
+        self._loaded_once = False
+
+    def load(self) -> bool:
+        """(Re)load the file; returns False when it was invalid and the old set was kept."""
+        self._signature = file_signature(self.path)
+        try:
+            text = Path(self.path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("pod identity file unreadable; keeping previous identities", path=self.path, error=str(exc))
+            return False
+        try:
+            pairs = parse_identities_file(text, self.path)
+        except InputError as exc:
+            log.error("pod identity file invalid; keeping previous identities", path=self.path, error=exc.problem)
+            return False
+        changed = pairs != self.store.tables.pod_identities
+        self.store.replace_pod_identities(pairs)
+        if changed or not self._loaded_once:
+            log.info("pod identity associations loaded", path=self.path, count=len(pairs))
+        self._loaded_once = True
+        return True
+
+    def reload_if_changed(self) -> bool:
+        if file_signature(self.path) == self._signature:
+            return False
+        self.load()
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()
