@@ -286,7 +286,10 @@ def run_certs(args: argparse.Namespace) -> int:
         result = ensure_certs(Path(args.out_dir), dns, ips, days=args.days, force=args.force)
     except (ValueError, OSError) as exc:
         return _fail(f"certs: {exc}")
-    print(result.summary())
+    ca = "created" if result.ca_created else "reused"
+    serving = f"issued ({result.reason})" if result.issued else "kept (still valid)"
+    print(f"CA {ca}: {result.paths['ca.crt']}")
+    print(f"serving certificate {serving}: {result.paths['tls.crt']}, valid until {result.not_after:%Y-%m-%d}")
     return 0
 
 

@@ -159,11 +159,9 @@ def _config_map_entry(key: str, raw: Any, settings: MutationSettings) -> ConfigM
         attr, kind = known
         if value is None:
             continue
-        if kind is int:  # JSON integers only: Go's int64 refuses true/false and 1.5
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind)
-        if not ok:  # noqa: SIM108
+        # JSON integers only for int: Go's int64 refuses true/false and 1.5.
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
             raise ConfigMapError(f"entry {key!r}: {member} must be a {kind.__name__}, got {value!r}")
         values[attr] = value
     expiration = values["token_expiration"] or settings.token_expiration

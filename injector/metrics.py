@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -30,7 +38,10 @@ class Metrics:
     """The process's metric objects; in multiprocess mode their values go to shared files."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # `_created` samples only add noise here
         reg = registry if registry is not None else CollectorRegistry()
+        if multiprocess_dir() is None:
+            ProcessCollector(registry=reg)  # per-process CPU/memory; meaningless once summed
         self.registry = reg
         self.admissions = Counter(
             "pod_identity_injector_admissions", "Admission decisions by mode and decision.",

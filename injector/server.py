@@ -32,7 +32,7 @@ from .sources import IdentityStore
 from .sources.credentials_file import SOURCE as CC_SOURCE
 from .sources.credentials_file import CredentialsFileSource
 from .sources.static import InputError, load_config_map, load_service_accounts
-from .tls import CertificateReloader, parse_cipher_suites, parse_min_version
+from .tls import CertificateLoadError, CertificateReloader, parse_cipher_suites, parse_min_version
 
 log = structlog.get_logger("injector.server")
 
@@ -47,7 +47,8 @@ def available_cpus() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         count = os.cpu_count() or 1
     with contextlib.suppress(OSError, ValueError):
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as cpu_max:
+            quota, period = cpu_max.read().split()[:2]
         if quota != "max":
             count = min(count, max(1, round(int(quota) / int(period))))
     return max(1, count)
@@ -323,15 +324,20 @@ async def _start_site(runner: web.AppRunner, settings: ServeSettings, port: int,
     return site
 
 
-async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: int = 0) -> None:
+async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: int = 0,
+                        prepared: tuple[IdentityStore, CredentialsFileSource | None, CertificateReloader] | None = None,
+                        ) -> None:
     """One serving process: the TLS webhook port, and /metrics when it is the only process."""
     from .metrics import Exposition, Metrics
 
     if settings.workers != 1:
         structlog.contextvars.bind_contextvars(worker=worker)
-    store, credentials = build_store(settings)
-    tls = build_tls(settings)
-    tls.load()
+    if prepared is None:
+        store, credentials = build_store(settings)
+        tls = build_tls(settings)
+        tls.load()
+    else:
+        store, credentials, tls = prepared
     metrics = Metrics()
     state = ServerState(settings, store, tls, metrics)
     metrics.used.set(1 if store.tables.service_accounts else 0)
@@ -451,13 +457,14 @@ def run(settings: ServeSettings) -> int:
     """`serve`: validate everything up front, then serve until SIGTERM/SIGINT."""
     configure_logging(settings.log_format, settings.log_level)
     workers = settings.workers or available_cpus()
-    try:
-        build_store(settings)  # fail fast, in the foreground, on bad input files
-        build_tls(settings).load()
-    except (InputError, OSError, ValueError) as exc:
+    try:  # fail fast, in the foreground, on bad files or flags
+        store, credentials = build_store(settings)
+        tls = build_tls(settings)
+        tls.load()
+    except (InputError, CertificateLoadError, OSError, ValueError) as exc:
         raise SettingsError(str(exc)) from None
     if workers == 1:
-        _run_loop(serve_process(settings, with_metrics=True))
+        _run_loop(serve_process(settings, with_metrics=True, prepared=(store, credentials, tls)))
         return 0
     from dataclasses import replace
 
