@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = structlog.get_logger(__name__)
@@ -260,6 +261,20 @@ def read_private_key(path: str | Path) -> rsa.RSAPrivateKey:
         raise CertificateFileError(f"{path}: not an unencrypted PEM RSA private key ({exc})") from None
 
 
+def read_public_key_of_private_key(path: str | Path) -> PublicKeyTypes:
+    """The public half of a private key file, to compare with a certificate.
+
+    Skips OpenSSL's (slow) private-key consistency check: the key is not used to sign here.
+    """
+    try:
+        key = serialization.load_pem_private_key(
+            Path(path).read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+        )
+    except (ValueError, TypeError) as exc:
+        raise CertificateFileError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    return key.public_key()
+
+
 def certificate_not_after(path: str | Path) -> datetime:
     """When the (first) certificate in the file expires, timezone-aware UTC."""
     return read_certificate(path).not_valid_after_utc
@@ -356,28 +371,32 @@ def ensure_certs(
     paths = {name: directory / name for name in BUNDLE_FILES}
     now = datetime.now(UTC)
 
-    ca = _existing_ca(paths[CA_CERT_FILE], paths[CA_KEY_FILE])
-    ca_created = False
-    if ca is not None and ca[0].not_valid_after_utc - now <= timedelta(days=renew_before_days):
+    ca_cert = _existing_ca_cert(paths[CA_CERT_FILE], paths[CA_KEY_FILE])
+    ca_key: rsa.RSAPrivateKey | None = None
+    if ca_cert is not None and ca_cert.not_valid_after_utc - now <= timedelta(days=renew_before_days):
         log.warning("CA certificate expires soon; creating a new CA (the caBundle must be updated)",
-                    path=str(paths[CA_CERT_FILE]), not_after=ca[0].not_valid_after_utc.isoformat())
-        ca = None
-    if ca is None:
-        ca = generate_ca()
-        ca_created = True
-    ca_cert, ca_key = ca
+                    path=str(paths[CA_CERT_FILE]), not_after=ca_cert.not_valid_after_utc.isoformat())
+        ca_cert = None
+    ca_created = ca_cert is None
+    if ca_cert is None:
+        ca_cert, ca_key = generate_ca()
 
     renew_window = timedelta(days=min(renew_before_days, days / 3))
     reason = _serving_cert_problem(paths, ca_cert, wanted_dns, wanted_ips, now, renew_window)
     if reason is None and force:
         reason = "forced"
-
     if reason is None:
         serving_not_after = read_certificate(paths[SERVING_CERT_FILE]).not_valid_after_utc
         return EnsureResult(paths, False, False, "valid", serving_not_after, ca_cert.not_valid_after_utc)
 
+    if ca_key is None:
+        ca_key = read_private_key(paths[CA_KEY_FILE])  # fully validated, since it signs
     cert, key = generate_serving_cert(ca_cert, ca_key, wanted_dns, [str(ip) for ip in wanted_ips], days)
-    write_bundle(directory, ca_cert, ca_key, cert, key)
+    if ca_created:
+        write_bundle(directory, ca_cert, ca_key, cert, key)
+    else:  # the CA files stay byte-for-byte as they were
+        write_atomic(paths[SERVING_KEY_FILE], key_to_pem(key), KEY_FILE_MODE)
+        write_atomic(paths[SERVING_CERT_FILE], cert_to_pem(cert), CERT_FILE_MODE)
     log.info("serving certificate issued", directory=str(directory), reason=reason, ca_created=ca_created,
              dns_names=wanted_dns, ip_addresses=[str(ip) for ip in wanted_ips],
              not_after=cert.not_valid_after_utc.isoformat())
@@ -386,15 +405,16 @@ def ensure_certs(
     )
 
 
-def _existing_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey] | None:
+def _existing_ca_cert(cert_path: Path, key_path: Path) -> x509.Certificate | None:
+    """The CA certificate in the directory, once checked against its key file; None if absent."""
     has_cert, has_key = cert_path.exists(), key_path.exists()
     if not has_cert and not has_key:
         return None
     if not (has_cert and has_key):
         present, missing = (cert_path, key_path) if has_cert else (key_path, cert_path)
         raise CertificateFileError(f"{present} exists but {missing} does not; restore it or remove both")
-    cert, key = read_certificate(cert_path), read_private_key(key_path)
-    if cert.public_key() != key.public_key():
+    cert = read_certificate(cert_path)
+    if cert.public_key() != read_public_key_of_private_key(key_path):
         raise CertificateFileError(f"{key_path} is not the private key of {cert_path}")
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -402,7 +422,7 @@ def _existing_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, rsa
         is_ca = False
     if not is_ca:
         raise CertificateFileError(f"{cert_path} is not a CA certificate")
-    return cert, key
+    return cert
 
 
 def _serving_cert_problem(
@@ -418,10 +438,10 @@ def _serving_cert_problem(
     if not cert_path.exists() or not key_path.exists():
         return "missing"
     try:
-        cert, key = read_certificate(cert_path), read_private_key(key_path)
+        cert, public_key = read_certificate(cert_path), read_public_key_of_private_key(key_path)
     except CertificateFileError as exc:
         return f"unreadable: {exc}"
-    if cert.public_key() != key.public_key():
+    if cert.public_key() != public_key:
         return "key does not match certificate"
     try:
         cert.verify_directly_issued_by(ca_cert)

@@ -29,7 +29,6 @@ from .logging import configure_logging
 from .review import BadReview, Envelope, decode_json, encode_error_review, encode_response, parse_review
 from .settings import ServeSettings, SettingsError
 from .sources import IdentityStore
-from .sources.credentials_file import SOURCE as CC_SOURCE
 from .sources.credentials_file import CredentialsFileSource
 from .sources.static import InputError, load_config_map, load_service_accounts
 from .tls import CertificateLoadError, CertificateReloader, parse_cipher_suites, parse_min_version
@@ -83,35 +82,25 @@ STATE = web.AppKey("state", ServerState)
 
 
 # -- identity sources ------------------------------------------------------------------------
+def uses_cluster(settings: ServeSettings) -> bool:
+    """ServiceAccounts come from the API server unless manifests were given; the ConfigMap on request."""
+    return not settings.service_account_files or settings.watch_config_map
+
+
 def build_store(settings: ServeSettings) -> tuple[IdentityStore, CredentialsFileSource | None]:
-    """Load every configured source once; a bad file stops start-up with a clear message."""
+    """Load every file source once; a bad file stops start-up with a clear message."""
     mutation = settings.mutation
-    store = IdentityStore(mutation)
-    has_source = False
+    store = IdentityStore(mutation, settings.service_account_lookup_grace_period)
     if settings.service_account_files:
         store.replace_service_accounts(load_service_accounts(settings.service_account_files, mutation))
-        has_source = True
     if settings.config_map_file:
+        if settings.watch_config_map:
+            raise SettingsError("--config-map FILE and --watch-config-map are exclusive: choose one source")
         store.replace_config_map(load_config_map(settings.config_map_file, mutation))
-        has_source = True
     credentials = None
     if settings.watch_container_credentials_config:
         credentials = CredentialsFileSource(settings.watch_container_credentials_config, store)
-        store.expect(CC_SOURCE)
         credentials.load()
-        store.mark_ready(CC_SOURCE)
-        has_source = True
-    if settings.kubeconfig or settings.kube_api or settings.watch_config_map:
-        raise SettingsError(
-            "watching a cluster (--kubeconfig, --kube-api, --watch-config-map) is not implemented yet; "
-            "serve from files with --service-account/--config-map"
-        )
-    if not has_source:
-        raise SettingsError(
-            "no identity source: give --service-account FILE (and/or --config-map FILE, "
-            "--watch-container-credentials-config FILE); the in-cluster ServiceAccount watch is not "
-            "implemented yet"
-        )
     if store.tables.service_accounts:
         log.info("service accounts loaded", count=len(store.tables.service_accounts),
                  with_role=sum(1 for e in store.tables.service_accounts.values() if e.role_arn))
@@ -121,6 +110,25 @@ def build_store(settings: ServeSettings) -> tuple[IdentityStore, CredentialsFile
     for problem in store.tables.config_map.rejected:
         log.error("config map entry rejected", problem=problem)
     return store, credentials
+
+
+async def connect_cluster(settings: ServeSettings, store: IdentityStore) -> tuple[Any, list[Any]]:
+    """The API client and the live sources this configuration needs (none: `(None, [])`)."""
+    if not uses_cluster(settings):
+        return None, []
+    from .kube import api_client
+    from .sources.configmap import ConfigMapSource
+    from .sources.serviceaccounts import ServiceAccountSource
+
+    api = await api_client(settings.kubeconfig, settings.kube_api)
+    sources: list[Any] = []
+    if not settings.service_account_files:
+        sources.append(ServiceAccountSource(api, store, settings.resync_period))
+    if settings.watch_config_map:
+        sources.append(ConfigMapSource(api, store, settings.namespace, settings.resync_period))
+    log.info("watching the cluster", api=api.configuration.host,
+             sources=[type(source).__name__ for source in sources])
+    return api, sources
 
 
 def build_tls(settings: ServeSettings) -> CertificateReloader:
@@ -163,7 +171,7 @@ async def handle_mutate(request: web.Request) -> web.StreamResponse:
     try:
         decision = precheck(parsed)
         if decision is None:
-            resolution = state.store.resolve(parsed.namespace, parsed.service_account)
+            resolution = await state.store.resolve_waiting(parsed.namespace, parsed.service_account)
             if not resolution.service_account_known and resolution.identity is None:
                 state.metrics.missing_sa.inc()
             decision = decide(parsed, resolution, state.settings.mutation)
@@ -340,9 +348,7 @@ async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: 
         store, credentials, tls = prepared
     metrics = Metrics()
     state = ServerState(settings, store, tls, metrics)
-    metrics.used.set(1 if store.tables.service_accounts else 0)
-    if tls.not_after is not None:
-        metrics.cert_expiry.set(tls.not_after.timestamp())
+    api = await start_background(state, credentials)
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -354,10 +360,6 @@ async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: 
         metrics_runner = web.AppRunner(metrics_app(state, Exposition(metrics)), access_log=None)
         await _start_site(metrics_runner, settings, settings.metrics_port)
 
-    state.tasks.append(asyncio.create_task(_watch_certificate(tls, metrics, settings.cert_reload_interval)))
-    if credentials is not None:
-        state.tasks.append(asyncio.create_task(credentials.watch()))
-    metrics.ready.set(1)
     log.info("serving", port=settings.port, metrics_port=settings.metrics_port if with_metrics else None,
              pid=os.getpid())
 
@@ -365,20 +367,40 @@ async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: 
     await _drain(state, runner)
     if metrics_runner is not None:
         await metrics_runner.cleanup()
+    if api is not None:
+        await api.close()
     log.info("shutdown complete")
 
 
-async def _watch_certificate(tls: CertificateReloader, metrics: Any, interval: float) -> None:
+async def start_background(state: ServerState, credentials: CredentialsFileSource | None) -> Any:
+    """Start what runs beside the handlers: file watches, cluster watches, gauges.
+
+    Returns the API client (or None) so that shutdown can close it.
+    """
+    api, sources = await connect_cluster(state.settings, state.store)
+    for source in sources:
+        state.tasks.append(asyncio.create_task(source.run()))
+    if credentials is not None:
+        state.tasks.append(asyncio.create_task(credentials.watch()))
+    if state.tls is not None:
+        state.tasks.append(asyncio.create_task(state.tls.watch(state.settings.cert_reload_interval)))
+    state.tasks.append(asyncio.create_task(_refresh_gauges(state)))
+    return api
+
+
+async def _refresh_gauges(state: ServerState, interval: float = 1.0) -> None:
+    metrics = state.metrics
     while True:
+        metrics.used.set(1 if state.store.tables.service_accounts else 0)
+        metrics.ready.set(1 if state.ready else 0)
+        if state.tls is not None and state.tls.not_after is not None:
+            metrics.cert_expiry.set(state.tls.not_after.timestamp())
         await asyncio.sleep(interval)
-        if tls.reload_if_changed() and tls.not_after is not None:
-            metrics.cert_expiry.set(tls.not_after.timestamp())
 
 
 async def _drain(state: ServerState, runner: web.AppRunner) -> None:
     """Report not-ready, keep serving for --shutdown-delay, then finish in-flight requests."""
     state.draining = True
-    state.metrics.ready.set(0)
     if state.settings.shutdown_delay > 0:
         log.info("draining: not ready, still serving", seconds=state.settings.shutdown_delay)
         await asyncio.sleep(state.settings.shutdown_delay)
@@ -413,8 +435,7 @@ async def supervise(settings: ServeSettings, workers: int) -> int:
     if settings.metrics_port:
         runner = web.AppRunner(metrics_app(state, Exposition(metrics)), access_log=None)
         await _start_site(runner, settings, settings.metrics_port)
-    if credentials is not None:
-        state.tasks.append(asyncio.create_task(credentials.watch()))
+    api = await start_background(state, credentials)
     log.info("supervising", workers=workers, port=settings.port, metrics_port=settings.metrics_port)
 
     exit_code = 0
@@ -441,6 +462,8 @@ async def supervise(settings: ServeSettings, workers: int) -> int:
         task.cancel()
     if runner is not None:
         await runner.cleanup()
+    if api is not None:
+        await api.close()
     log.info("shutdown complete")
     return exit_code
 

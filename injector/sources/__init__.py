@@ -7,6 +7,10 @@ lookups from memory so admission never waits on I/O in the common case.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
 from ..identity import (
     ConfigMapMapping,
     IdentityTables,
@@ -20,10 +24,13 @@ from ..settings import MutationSettings
 class IdentityStore:
     """The in-memory tables plus per-source readiness."""
 
-    def __init__(self, settings: MutationSettings) -> None:
+    def __init__(self, settings: MutationSettings, lookup_grace: float = 0.0) -> None:
         self.settings = settings
         self.tables = IdentityTables()
         self._pending: set[str] = set()
+        # Set by a live ServiceAccount source: fetch one ServiceAccount missing from the table.
+        self.fetch_missing: Callable[[str, str], Awaitable[object]] | None = None
+        self.lookup_grace = lookup_grace
 
     # -- readiness ---------------------------------------------------------------------
     def expect(self, source: str) -> None:
@@ -64,6 +71,17 @@ class IdentityStore:
     # -- lookups -----------------------------------------------------------------------
     def resolve(self, namespace: str, name: str) -> Resolution:
         return resolve(namespace, name, self.tables, self.settings)
+
+    async def resolve_waiting(self, namespace: str, name: str) -> Resolution:
+        """`resolve`, but a ServiceAccount missing from the table is fetched first, waiting at
+        most the lookup grace period (design.md decision 4; both modes)."""
+        resolution = self.resolve(namespace, name)
+        if resolution.service_account_known or self.fetch_missing is None or self.lookup_grace <= 0 or not name:
+            return resolution
+        with contextlib.suppress(asyncio.TimeoutError):
+            # shield: a waiter that gives up does not cancel the fetch others may share.
+            await asyncio.wait_for(asyncio.shield(self.fetch_missing(namespace, name)), self.lookup_grace)
+        return self.resolve(namespace, name)
 
     def dump(self) -> dict[str, dict]:
         """The ServiceAccount table in the Go webhook's debug format (sorted keys)."""

@@ -1,0 +1,100 @@
+"""Talking to the API server: client configuration and raw JSON list/watch/get calls.
+
+The generated kubernetes-asyncio methods are called with `_preload_content=False` so that
+responses are read as JSON straight into dicts: no model objects for thousands of
+ServiceAccounts, and watch streams parsed line by line with orjson.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from kubernetes_asyncio import client, config
+
+ListCall = Callable[..., Awaitable[Any]]
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when there was no response)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+
+
+async def api_client(kubeconfig: str = "", kube_api: str = "") -> client.ApiClient:
+    """--kubeconfig, else in-cluster config, else the default kubeconfig; --kube-api overrides the URL."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    elif os.path.exists(IN_CLUSTER_TOKEN):
+        config.load_incluster_config(client_configuration=configuration)
+    elif kube_api:
+        pass  # a bare URL: e.g. a local proxy that adds credentials (kubectl proxy)
+    else:
+        await config.load_kube_config(client_configuration=configuration)
+    if kube_api:
+        configuration.host = kube_api.rstrip("/")
+    return client.ApiClient(configuration=configuration)
+
+
+async def _read_json(response: Any) -> Any:
+    body = await response.read()
+    if not 200 <= response.status < 300:
+        raise KubeError(response.status, _status_message(body))
+    return orjson.loads(body)
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        status = orjson.loads(body)
+        return str(status.get("message") or status)
+    except (orjson.JSONDecodeError, AttributeError):
+        return body[:200].decode(errors="replace")
+
+
+async def list_page(call: ListCall, **params: Any) -> dict[str, Any]:
+    """One page of a list call, as the raw `...List` JSON object."""
+    response = await call(_preload_content=False, **params)
+    try:
+        return await _read_json(response)
+    finally:
+        response.release()
+
+
+async def get_object(call: ListCall, *args: Any, timeout: float | None = None) -> dict[str, Any] | None:
+    """GET one object; None when it does not exist (404)."""
+    try:
+        response = await call(*args, _preload_content=False, _request_timeout=timeout)
+    except client.ApiException as exc:
+        raise KubeError(exc.status or 0, str(exc.reason)) from None
+    try:
+        return await _read_json(response)
+    except KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    finally:
+        response.release()
+
+
+async def watch_events(call: ListCall, **params: Any) -> AsyncIterator[dict[str, Any]]:
+    """The events of one watch request (`{"type": …, "object": …}`) until the server ends it."""
+    response = await call(watch=True, _preload_content=False, **params)
+    try:
+        if response.status != 200:
+            raise KubeError(response.status, _status_message(await response.read()))
+        buffer = b""
+        # Split lines ourselves: a ConfigMap event can be far longer than aiohttp's line limit.
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield orjson.loads(line)
+    finally:
+        response.release()

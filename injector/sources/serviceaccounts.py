@@ -1,0 +1,113 @@
+"""ServiceAccounts from the API server: a cluster-wide list+watch, and a direct GET on a miss.
+
+Only what the rules need is kept per ServiceAccount (the parsed annotation entry), never
+the object. A ServiceAccount missing at admission time has almost always just been created
+(the API server's own admission rejects pods whose ServiceAccount does not exist), so the
+store asks `fetch` for it: one GET per name at a time, rate-limited, bounded by the
+lookup grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from kubernetes_asyncio import client
+
+from ..identity import service_account_entry
+from ..kube import KubeError, get_object
+from . import IdentityStore
+from .reflector import Reflector
+
+log = structlog.get_logger(__name__)
+SOURCE = "serviceaccounts"
+FETCH_TIMEOUT = 1.0
+
+
+class TokenBucket:
+    """`rate` tokens a second, up to `burst` saved: 10/s with a burst of 20, like the Go webhook."""
+
+    def __init__(self, rate: float = 10.0, burst: int = 20) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    async def acquire(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+class ServiceAccountSource:
+    """Feeds `store.tables.service_accounts` and answers cache misses."""
+
+    def __init__(self, api: client.ApiClient, store: IdentityStore, resync: float = 60.0) -> None:
+        self.core = client.CoreV1Api(api)
+        self.store = store
+        self.limiter = TokenBucket()
+        self._inflight: dict[str, asyncio.Task] = {}
+        self.reflector = Reflector(SOURCE, self.core.list_service_account_for_all_namespaces,
+                                   on_replace=self._replace, on_event=self._event, resync=resync,
+                                   on_synced=lambda: store.mark_ready(SOURCE))
+        store.expect(SOURCE)
+        store.fetch_missing = self.fetch
+
+    def _entry(self, obj: dict[str, Any]) -> tuple[str, str, Any]:
+        metadata = obj.get("metadata") or {}
+        return (metadata.get("namespace", ""), metadata.get("name", ""),
+                service_account_entry(metadata.get("annotations"), self.store.settings))
+
+    def _replace(self, items: list[dict[str, Any]]) -> None:
+        entries = {}
+        for obj in items:
+            namespace, name, entry = self._entry(obj)
+            entries[f"{namespace}/{name}"] = entry
+        self.store.replace_service_accounts(entries)
+
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        namespace, name, entry = self._entry(obj)
+        if kind == "DELETED":
+            self.store.remove_service_account(namespace, name)
+        else:
+            self.store.put_service_account(namespace, name, entry)
+            for problem in entry.problems:
+                log.warning("service account annotation problem", service_account=f"{namespace}/{name}",
+                            problem=problem)
+
+    async def run(self) -> None:
+        await self.reflector.run()
+
+    def fetch(self, namespace: str, name: str) -> asyncio.Task:
+        """One GET per missing ServiceAccount at a time; every waiter shares its result."""
+        key = f"{namespace}/{name}"
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch(namespace, name))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return task
+
+    async def _fetch(self, namespace: str, name: str) -> bool:
+        await self.limiter.acquire()
+        try:
+            obj = await asyncio.wait_for(
+                get_object(self.core.read_namespaced_service_account, name, namespace, timeout=FETCH_TIMEOUT),
+                FETCH_TIMEOUT)
+        except (TimeoutError, KubeError, OSError) as exc:
+            log.warning("service account lookup failed", service_account=f"{namespace}/{name}",
+                        error=str(exc) or type(exc).__name__)
+            return False
+        if obj is None:
+            log.info("service account does not exist", service_account=f"{namespace}/{name}")
+            return False
+        _, _, entry = self._entry(obj)
+        self.store.put_service_account(namespace, name, entry)
+        log.info("service account fetched on cache miss", service_account=f"{namespace}/{name}")
+        return True
