@@ -180,7 +180,7 @@ def _checked_ip_addresses(texts: Iterable[str]) -> list[IPAddress]:
     checked: list[IPAddress] = []
     for text in texts:
         try:
-            ip = ipaddress.ip_address(text.strip() if isinstance(text, str) else text)
+            ip = ipaddress.ip_address(text)
         except ValueError:
             raise ValueError(f"invalid IP address {text!r} for the serving certificate") from None
         if ip not in checked:

@@ -12,7 +12,6 @@ logged and the previous certificate keeps serving.
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import warnings
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from .certs import cert_from_pem
+from .files import file_signature
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,7 @@ TLS13_CIPHER_SUITES = frozenset(
 # At start-up, how often to re-read files that keep changing under us before giving up.
 _LOAD_ATTEMPTS = 3
 
-FileSignature = tuple[tuple[int, int, int], tuple[int, int, int]]
+PairSignature = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 
 class CertificateLoadError(Exception):
@@ -167,12 +167,6 @@ def _go_names(openssl_names: Sequence[str]) -> list[str]:
     return [go_names.get(name, name) for name in openssl_names]
 
 
-def file_signature(path: str | Path) -> tuple[int, int, int]:
-    """What changes when the file, or the target of its symlinks, is replaced or edited."""
-    st = os.stat(path)  # follows symlinks: a Secret volume's `..data` swap gives a new inode
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 @dataclass(frozen=True, slots=True)
 class LoadedCertificate:
     """One successfully loaded pair: the context serving it and what we report about it."""
@@ -180,7 +174,7 @@ class LoadedCertificate:
     context: ssl.SSLContext
     not_after: datetime
     serial_number: int
-    signature: FileSignature
+    signature: PairSignature
 
 
 class CertificateReloader:
@@ -201,7 +195,7 @@ class CertificateReloader:
         self._current: LoadedCertificate | None = None
         self._listener_context: ssl.SSLContext | None = None
         # The file state last tried, loaded or not: a bad pair is not retried until it changes.
-        self._attempted: FileSignature | None = None
+        self._attempted: PairSignature | None = None
         missing = unavailable_ciphers(self.ciphers)  # raises ValueError when none is usable
         if missing:
             log.warning("cipher suites unavailable in this OpenSSL are ignored", ciphers=_go_names(missing))
@@ -289,7 +283,7 @@ class CertificateReloader:
         if current is not None and current.context is not context:
             ssl_object.context = current.context
 
-    def _signature(self) -> FileSignature:
+    def _signature(self) -> PairSignature:
         return file_signature(self.cert_path), file_signature(self.key_path)
 
     def _load_pair(self) -> LoadedCertificate:
@@ -345,7 +339,7 @@ class CertificateReloader:
 class _SignedLoadError(CertificateLoadError):
     """A load failure for a known file state, so the same bad files are not retried."""
 
-    def __init__(self, message: str, signature: FileSignature) -> None:
+    def __init__(self, message: str, signature: PairSignature) -> None:
         super().__init__(message)
         self.signature = signature
 

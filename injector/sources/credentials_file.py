@@ -9,11 +9,11 @@ reason is logged.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import structlog
 
+from ..files import FileSignature, file_signature
 from . import IdentityStore
 from .static import InputError, parse_identities_file
 
@@ -21,13 +21,11 @@ log = structlog.get_logger(__name__)
 SOURCE = "container-credentials-file"
 
 
-def file_signature(path: str | Path) -> tuple[int, int, int] | None:
-    """What changes when the file (or the target of its symlinks) is replaced or edited."""
+def _signature(path: str) -> FileSignature | None:
     try:
-        st = os.stat(path)
+        return file_signature(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class CredentialsFileSource:
@@ -36,12 +34,12 @@ class CredentialsFileSource:
     def __init__(self, path: str, store: IdentityStore) -> None:
         self.path = path
         self.store = store
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: FileSignature | None = None
         self._loaded_once = False
 
     def load(self) -> bool:
         """(Re)load the file; returns False when it was invalid and the old set was kept."""
-        self._signature = file_signature(self.path)
+        self._signature = _signature(self.path)
         try:
             text = Path(self.path).read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -62,7 +60,7 @@ class CredentialsFileSource:
         return True
 
     def reload_if_changed(self) -> bool:
-        if file_signature(self.path) == self._signature:
+        if _signature(self.path) == self._signature:
             return False
         self.load()
         return True
