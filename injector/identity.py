@@ -233,7 +233,9 @@ def parse_pod_identities(document: Any) -> frozenset[tuple[str, str]]:
     """The container-credentials identities file: `{"identities":[{namespace, serviceAccount}]}`."""
     if not isinstance(document, dict):
         raise ValueError("must be a JSON object with an \"identities\" list")
-    items = document.get("identities") or []
+    items = document.get("identities")
+    if items is None:
+        return frozenset()
     if not isinstance(items, list):
         raise ValueError("\"identities\" must be a list")
     pairs = set()

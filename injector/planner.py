@@ -88,6 +88,7 @@ def parse_skip_containers(value: str) -> tuple[frozenset[str], str | None]:
     Returns the names (whitespace-trimmed, an improvement on the Go webhook) and an error
     text; on error nothing is skipped.
     """
+    value = value.lstrip("\r\n")  # encoding/csv skips empty lines before the record
     line = value.split("\n", 1)[0].rstrip("\r") if '"' not in value else value
     if not line:
         return frozenset(), "skip-containers annotation is empty"

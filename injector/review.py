@@ -1,8 +1,9 @@
 """AdmissionReview on the wire: decode a body into an `AdmissionRequest`, encode answers.
 
-Decoding is lenient where the Go webhook is (apiVersion/kind are echoed, not checked) and
-strict where it matters: anything we cannot read becomes a `BadReview` with a message that
-says what was wrong, never an exception escaping into the server.
+Decoding is lenient where the Go webhook is (apiVersion is echoed, not checked; a missing
+kind is fine) and strict where it matters: a body that is not an AdmissionReview (another
+kind, not an object, not JSON) becomes a `BadReview` with a message that says what was
+wrong, never an exception escaping into the server.
 """
 
 from __future__ import annotations

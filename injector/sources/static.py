@@ -22,7 +22,15 @@ from ..identity import (
 )
 from ..settings import MutationSettings
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+class ManifestLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML as the API server reads it: `2024-05-01T10:00:00Z` stays a string, not a datetime."""
+
+
+ManifestLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 CONFIG_MAP_NAME = "pod-identity-webhook"
 CONFIG_MAP_KEY = "config"
@@ -70,7 +78,7 @@ def parse_documents(text: str, path: str | Path) -> list[Any]:
 
 def _yaml_documents(text: str, path: str | Path) -> list[Any]:
     try:
-        return list(yaml.load_all(text, Loader=_Loader))
+        return list(yaml.load_all(text, Loader=ManifestLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -122,7 +130,8 @@ def config_map_mapping(manifest: Any, settings: MutationSettings, path: str | Pa
     if not isinstance(raw, str):
         raise InputError(path, f"data.{CONFIG_MAP_KEY} must be a JSON string")
     try:
-        return parse_config_map(orjson.loads(raw) if raw.strip() else {}, settings)
+        document = orjson.loads(raw) if raw.strip() else None
+        return parse_config_map({} if document is None else document, settings)
     except orjson.JSONDecodeError as exc:
         raise InputError(path, f"data.{CONFIG_MAP_KEY} is not valid JSON: {exc}") from None
     except ConfigMapError as exc:
