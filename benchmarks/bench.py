@@ -105,10 +105,10 @@ def inprocess(sizes: list[int], seconds: float) -> list[tuple[int, float, float]
         identity = store.resolve("bench", "bench-app").identity
         pod = request.pod
 
-        def planner_only() -> None:
+        def planner_only(pod=pod, identity=identity) -> None:
             plan_mutation(pod, identity, settings)
 
-        def full_path() -> None:
+        def full_path(body=body) -> None:
             envelope, req = parse_review(decode_json(body))
             decision = decide(req, store.resolve(req.namespace, req.service_account), settings)
             encode_response(envelope, True, decision.operations)
@@ -175,12 +175,13 @@ def serve_and_measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple]
                        check=True, stdout=subprocess.DEVNULL)
         (work / "sa.json").write_bytes(orjson.dumps(SERVICE_ACCOUNT))
         port, metrics_port = free_port(), free_port()
+        log = open(work / "server.log", "wb")  # noqa: SIM115 - closed with the directory
         server = subprocess.Popen(
             [exe, "serve", "--port", str(port), "--metrics-port", str(metrics_port), "--bind-address", "127.0.0.1",
              "--tls-cert", str(work / "certs/tls.crt"), "--tls-key", str(work / "certs/tls.key"),
              "--service-account", str(work / "sa.json"), "--workers", str(args.workers),
-             "--log-level", "warning", "--log-format", "json"],
-            stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "wb"))
+             "--log-format", "json", *args.serve_args],
+            stdout=subprocess.DEVNULL, stderr=log)
         try:
             ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
             wait_ready(f"https://127.0.0.1:{port}/readyz", ctx, server)
@@ -226,6 +227,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="serve --workers (0: one per CPU)")
     parser.add_argument("--sizes", default="1,3,10", help="containers per pod")
     parser.add_argument("--only-inprocess", action="store_true")
+    parser.add_argument("serve_args", nargs="*", help="extra flags for serve (after --)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
