@@ -36,6 +36,10 @@ import (
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 )
 
+// inputsHash is set by build.sh (-ldflags -X main.inputsHash=...) to a hash of
+// the files the binary is built from, so build.sh can tell a stale cached binary.
+var inputsHash = "unknown"
+
 const usage = `usage:
   kube-test-plane kube-apiserver [kube-apiserver flags]
   kube-test-plane etcd --data-dir DIR --listen-client-url http://127.0.0.1:PORT --listen-peer-url http://127.0.0.1:PORT [--log-level LEVEL] [--unsafe-no-fsync=false]
@@ -54,7 +58,7 @@ func main() {
 	case "etcd":
 		os.Exit(runEtcd(rest))
 	case "version", "--version", "-version":
-		fmt.Printf("kube-apiserver %s\netcd %s\n", kubeversion.Get().GitVersion, etcdversion.Version)
+		fmt.Printf("kube-apiserver %s\netcd %s\ninputs %s\n", kubeversion.Get().GitVersion, etcdversion.Version, inputsHash)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -121,6 +125,9 @@ func runEtcd(args []string) int {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.ClusterState = embed.ClusterStateFlagNew
 	cfg.UnsafeNoFsync = *noFsync
+	// embed.NewConfig leaves this at 0 (only etcd's own CLI fills in the
+	// default), which makes every request log a "request stats" warning.
+	cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
 	cfg.LogLevel = *logLevel
 	cfg.Logger = "zap"
 	cfg.LogOutputs = []string{"stderr"}
