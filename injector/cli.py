@@ -124,9 +124,20 @@ def _add_serve(sub: Any) -> None:
     _flag(g, "--tls-cipher-suites", default="", help="comma-separated Go/IANA cipher suite names")
     _flag(g, "--in-cluster", type=go_bool, default=False,
           help="accepted for compatibility; only false is supported (the CSR mode is broken upstream)")
-    _flag(g, "--service-name", default="pod-identity-webhook", help="accepted for compatibility (CSR mode only)")
-    _flag(g, "--tls-secret", default="pod-identity-webhook", help="accepted for compatibility (CSR mode only)")
-    _flag(g, "--namespace", default="eks", help="namespace of the pod-identity-webhook ConfigMap")
+    _flag(g, "--cert-mode", choices=("files", "self-managed"), default="files",
+          help="files: read --tls-cert/--tls-key; self-managed: keep a CA and serving certificate in the "
+               "Secret --tls-secret and the caBundle of --webhook-configuration up to date")
+    _flag(g, "--service-name", default="pod-identity-webhook",
+          help="self-managed: the Service whose DNS names the certificate carries")
+    _flag(g, "--tls-secret", default="pod-identity-webhook", help="self-managed: Secret holding CA and certificate")
+    _flag(g, "--webhook-configuration", default="pod-identity-webhook",
+          help="self-managed: MutatingWebhookConfiguration whose caBundle is kept in step")
+    _flag(g, "--cert-validity", type=go_duration, default=90 * 24 * 3600.0,
+          help="self-managed: serving certificate lifetime (default 2160h)")
+    _flag(g, "--cert-renew-before", type=go_duration, default=30 * 24 * 3600.0,
+          help="self-managed: renew this long before expiry (default 720h)")
+    _flag(g, "--namespace", default="eks",
+          help="the webhook's namespace: where the pod-identity-webhook ConfigMap and --tls-secret live")
     _flag(g, "--enable-debugging-handlers", type=go_bool, default=False, help="serve /debug/alpha/* routes")
     _flag(g, "--workers", type=int, default=0,
           help="serving processes sharing the port (0: one per available CPU)")
@@ -145,13 +156,13 @@ def _add_serve(sub: Any) -> None:
 
     s = p.add_argument_group("identity sources")
     _flag(s, "--service-account", dest="service_account_files", action="append", default=[], metavar="FILE",
-          help="ServiceAccount manifests to serve from, without a cluster (repeatable; YAML/JSON, List)")
+          help="serve ServiceAccounts from manifests instead of watching the cluster (repeatable; YAML/JSON, List)")
     _flag(s, "--config-map", dest="config_map_file", default="", metavar="FILE",
           help="a pod-identity-webhook ConfigMap manifest to serve from, without a cluster")
     _flag(s, "--watch-container-credentials-config", default="", metavar="FILE",
           help="EKS Pod Identity identities file (JSON), reloaded when it changes")
-    _flag(s, "--kubeconfig", default="", help="kubeconfig for the API server (not yet used: see README)")
-    _flag(s, "--kube-api", default="", help="API server URL override (not yet used: see README)")
+    _flag(s, "--kubeconfig", default="", help="kubeconfig for the API server (default: in-cluster config, then ~/.kube/config)")
+    _flag(s, "--kube-api", default="", help="API server URL override")
     _flag(s, "--watch-config-map", type=go_bool, default=False,
           help="watch the pod-identity-webhook ConfigMap in --namespace (needs a cluster)")
     _flag(s, "--service-account-lookup-grace-period", type=go_duration, default=1.0,
@@ -220,6 +231,12 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         tls_key=args.tls_key,
         tls_min_version=args.tls_min_version,
         tls_cipher_suites=args.tls_cipher_suites,
+        cert_mode=args.cert_mode,
+        tls_secret=args.tls_secret,
+        service_name=args.service_name,
+        webhook_configuration=args.webhook_configuration,
+        cert_validity=args.cert_validity,
+        cert_renew_before=args.cert_renew_before,
         namespace=args.namespace,
         kubeconfig=args.kubeconfig,
         kube_api=args.kube_api,

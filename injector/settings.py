@@ -92,6 +92,15 @@ class ServeSettings:
     tls_min_version: str = ""
     tls_cipher_suites: str = ""
     cert_reload_interval: float = 1.0
+    # --cert-mode=self-managed: the webhook keeps its own CA and serving certificate in the
+    # Secret --tls-secret and keeps the caBundle of --webhook-configuration in step.
+    cert_mode: str = "files"
+    tls_secret: str = "pod-identity-webhook"
+    service_name: str = "pod-identity-webhook"
+    webhook_configuration: str = "pod-identity-webhook"
+    cert_validity: float = 90 * 24 * 3600.0
+    cert_renew_before: float = 30 * 24 * 3600.0
+    cert_check_interval: float = 60.0
     namespace: str = "eks"
     kubeconfig: str = ""
     kube_api: str = ""
