@@ -161,7 +161,8 @@ def _add_serve(sub: Any) -> None:
           help="a pod-identity-webhook ConfigMap manifest to serve from, without a cluster")
     _flag(s, "--watch-container-credentials-config", default="", metavar="FILE",
           help="EKS Pod Identity identities file (JSON), reloaded when it changes")
-    _flag(s, "--kubeconfig", default="", help="kubeconfig for the API server (default: in-cluster config, then ~/.kube/config)")
+    _flag(s, "--kubeconfig", default="",
+          help="kubeconfig for the API server (default: in-cluster config, then ~/.kube/config)")
     _flag(s, "--kube-api", default="", help="API server URL override")
     _flag(s, "--watch-config-map", type=go_bool, default=False,
           help="watch the pod-identity-webhook ConfigMap in --namespace (needs a cluster)")
