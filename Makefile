@@ -32,6 +32,7 @@ run: certs
 
 lint: $(STAMP)
 	$(BIN)/ruff check injector tests benchmarks
+	$(BIN)/hadolint Dockerfile
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

@@ -441,6 +441,20 @@ def _serving_cert_problem(
         cert, public_key = read_certificate(cert_path), read_public_key_of_private_key(key_path)
     except CertificateFileError as exc:
         return f"unreadable: {exc}"
+    return serving_cert_problem(cert, public_key, ca_cert, wanted_dns, wanted_ips, now, renew_window)
+
+
+def serving_cert_problem(
+    cert: x509.Certificate,
+    public_key: PublicKeyTypes,
+    ca_cert: x509.Certificate,
+    wanted_dns: Sequence[str],
+    wanted_ips: Sequence[IPAddress],
+    now: datetime,
+    renew_window: timedelta,
+) -> str | None:
+    """Why a serving certificate must be replaced (wrong key, other CA, expiring, other
+    names), or None if it is fine."""
     if cert.public_key() != public_key:
         return "key does not match certificate"
     try:

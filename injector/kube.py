@@ -98,3 +98,15 @@ async def watch_events(call: ListCall, **params: Any) -> AsyncIterator[dict[str,
                     yield orjson.loads(line)
     finally:
         response.release()
+
+
+async def call_json(call: ListCall, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Any generated API call (create, replace, patch, …) answered as a raw JSON object."""
+    try:
+        response = await call(*args, _preload_content=False, **kwargs)
+    except client.ApiException as exc:
+        raise KubeError(exc.status or 0, str(exc.reason)) from None
+    try:
+        return await _read_json(response)
+    finally:
+        response.release()

@@ -18,13 +18,15 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from .admission import Decision, decide, precheck
+from .cert_controller import SelfManagedCertificates, bundle_in_place
 from .logging import configure_logging
 from .review import BadReview, Envelope, decode_json, encode_error_review, encode_response, parse_review
 from .settings import ServeSettings, SettingsError
@@ -66,7 +68,7 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
-        return (self.tls is None or self.tls.loaded) and self.store.ready and not self.draining
+        return not self.not_ready_because()
 
     def not_ready_because(self) -> list[str]:
         reasons = []
@@ -74,6 +76,8 @@ class ServerState:
             reasons.append("shutting down")
         if self.tls is not None and not self.tls.loaded:
             reasons.append("no serving certificate loaded")
+        if self.settings.cert_mode == "self-managed" and not bundle_in_place(Path(self.settings.cert_dir)):
+            reasons.append(f"caBundle of {self.settings.webhook_configuration} not in place yet")
         reasons += [f"waiting for {source}" for source in self.store.waiting_for]
         return reasons
 
@@ -112,9 +116,11 @@ def build_store(settings: ServeSettings) -> tuple[IdentityStore, CredentialsFile
     return store, credentials
 
 
-async def connect_cluster(settings: ServeSettings, store: IdentityStore) -> tuple[Any, list[Any]]:
+async def connect_cluster(settings: ServeSettings, store: IdentityStore, *,
+                          manage_certificates: bool = False) -> tuple[Any, list[Any]]:
     """The API client and the live sources this configuration needs (none: `(None, [])`)."""
-    if not uses_cluster(settings):
+    wants_api = uses_cluster(settings) or (manage_certificates and settings.cert_mode == "self-managed")
+    if not wants_api:
         return None, []
     from .kube import api_client
     from .sources.configmap import ConfigMapSource
@@ -126,9 +132,30 @@ async def connect_cluster(settings: ServeSettings, store: IdentityStore) -> tupl
         sources.append(ServiceAccountSource(api, store, settings.resync_period))
     if settings.watch_config_map:
         sources.append(ConfigMapSource(api, store, settings.namespace, settings.resync_period))
-    log.info("watching the cluster", api=api.configuration.host,
+    if manage_certificates and settings.cert_mode == "self-managed":
+        controller = SelfManagedCertificates(
+            api, namespace=settings.namespace, secret=settings.tls_secret, service=settings.service_name,
+            webhook_configuration=settings.webhook_configuration, directory=Path(settings.cert_dir),
+            validity=settings.cert_validity, renew_before=settings.cert_renew_before,
+            extra_sans=settings.cert_extra_sans)
+        log.info("self-managed certificate: waiting for the Secret and caBundle",
+                 secret=f"{settings.namespace}/{settings.tls_secret}", configuration=settings.webhook_configuration)
+        await controller.wait_until_ready()
+        sources.append(_Periodic(controller.run, settings.cert_check_interval))
+    log.info("connected to the API server", api=api.configuration.host,
              sources=[type(source).__name__ for source in sources])
     return api, sources
+
+
+@dataclass
+class _Periodic:
+    """Adapts `run(interval)` loops to the sources' `run()`."""
+
+    loop: Any
+    interval: float
+
+    async def run(self) -> None:
+        await self.loop(self.interval)
 
 
 def build_tls(settings: ServeSettings) -> CertificateReloader:
@@ -338,22 +365,23 @@ async def _start_site(runner: web.AppRunner, settings: ServeSettings, port: int,
 
 
 async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: int = 0,
-                        prepared: tuple[IdentityStore, CredentialsFileSource | None, CertificateReloader] | None = None,
-                        ) -> None:
-    """One serving process: the TLS webhook port, and /metrics when it is the only process."""
+                        prepared: tuple[IdentityStore, CredentialsFileSource | None] | None = None) -> None:
+    """One serving process: the TLS webhook port, and /metrics when it is the only process.
+
+    The process that serves /metrics also manages self-managed certificates; it finishes
+    that before it listens, so a listener always has a certificate.
+    """
     from .metrics import Exposition, Metrics
 
     if settings.workers != 1:
         structlog.contextvars.bind_contextvars(worker=worker)
-    if prepared is None:
-        store, credentials = build_store(settings)
-        tls = build_tls(settings)
-        tls.load()
-    else:
-        store, credentials, tls = prepared
+    store, credentials = prepared or build_store(settings)
+    api, sources = await connect_cluster(settings, store, manage_certificates=with_metrics)
+    tls = build_tls(settings)
+    tls.load()
     metrics = Metrics()
     state = ServerState(settings, store, tls, metrics)
-    api = await start_background(state, credentials)
+    start_background(state, credentials, sources)
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -377,12 +405,8 @@ async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: 
     log.info("shutdown complete")
 
 
-async def start_background(state: ServerState, credentials: CredentialsFileSource | None) -> Any:
-    """Start what runs beside the handlers: file watches, cluster watches, gauges.
-
-    Returns the API client (or None) so that shutdown can close it.
-    """
-    api, sources = await connect_cluster(state.settings, state.store)
+def start_background(state: ServerState, credentials: CredentialsFileSource | None, sources: list[Any]) -> None:
+    """Start what runs beside the handlers: file watches, cluster watches, gauges."""
     for source in sources:
         state.tasks.append(asyncio.create_task(source.run()))
     if credentials is not None:
@@ -390,7 +414,6 @@ async def start_background(state: ServerState, credentials: CredentialsFileSourc
     if state.tls is not None:
         state.tasks.append(asyncio.create_task(state.tls.watch(state.settings.cert_reload_interval)))
     state.tasks.append(asyncio.create_task(_refresh_gauges(state)))
-    return api
 
 
 async def _refresh_gauges(state: ServerState, interval: float = 1.0) -> None:
@@ -425,6 +448,7 @@ async def supervise(settings: ServeSettings, workers: int) -> int:
     from .metrics import Exposition, Metrics
 
     store, credentials = build_store(settings)  # for the debug cache routes on the metrics port
+    api, sources = await connect_cluster(settings, store, manage_certificates=True)
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for index in range(workers):
@@ -440,7 +464,7 @@ async def supervise(settings: ServeSettings, workers: int) -> int:
     if settings.metrics_port:
         runner = web.AppRunner(metrics_app(state, Exposition(metrics)), access_log=None)
         await _start_site(runner, settings, settings.metrics_port)
-    api = await start_background(state, credentials)
+    start_background(state, credentials, sources)
     log.info("supervising", workers=workers, port=settings.port, metrics_port=settings.metrics_port)
 
     exit_code = 0
@@ -485,17 +509,20 @@ def run(settings: ServeSettings) -> int:
     """`serve`: validate everything up front, then serve until SIGTERM/SIGINT."""
     configure_logging(settings.log_format, settings.log_level)
     workers = settings.workers or available_cpus()
+    if settings.cert_mode == "self-managed":
+        cert_dir = settings.cert_dir or tempfile.mkdtemp(prefix="injector-certs-")
+        settings = replace(settings, cert_dir=cert_dir, tls_cert=os.path.join(cert_dir, "tls.crt"),
+                           tls_key=os.path.join(cert_dir, "tls.key"))
     try:  # fail fast, in the foreground, on bad files or flags
         store, credentials = build_store(settings)
         tls = build_tls(settings)
-        tls.load()
+        if settings.cert_mode == "files":
+            tls.load()
     except (InputError, CertificateLoadError, OSError, ValueError) as exc:
         raise SettingsError(str(exc)) from None
     if workers == 1:
-        _run_loop(serve_process(settings, with_metrics=True, prepared=(store, credentials, tls)))
+        _run_loop(serve_process(settings, with_metrics=True, prepared=(store, credentials)))
         return 0
-    from dataclasses import replace
-
     settings = replace(settings, workers=workers)
     with tempfile.TemporaryDirectory(prefix="injector-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)

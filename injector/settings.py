@@ -101,6 +101,8 @@ class ServeSettings:
     cert_validity: float = 90 * 24 * 3600.0
     cert_renew_before: float = 30 * 24 * 3600.0
     cert_check_interval: float = 60.0
+    cert_dir: str = ""  # where the self-managed pair is written; "" = a fresh temporary directory
+    cert_extra_sans: tuple[str, ...] = ()
     namespace: str = "eks"
     kubeconfig: str = ""
     kube_api: str = ""

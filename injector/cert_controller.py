@@ -1,0 +1,232 @@
+"""Self-managed serving certificates (`--cert-mode=self-managed`).
+
+The webhook keeps its own CA and serving certificate in one Secret and keeps the `caBundle`
+of its MutatingWebhookConfiguration in step, so installing it needs no cert-manager and no
+manual step. State lives only in the API server: every replica runs the same reconcile
+loop, and concurrent writers are made safe by resourceVersion conflicts (the loser re-reads
+and adopts the winner's certificate), not by leader election.
+
+One pass (`reconcile`): read the Secret; issue what is missing, invalid, expiring or for
+other names (keeping the CA unless it nears its own expiry); write the pair to local files
+for the TLS reloader; make sure every webhook of the configuration carries the CA bundle,
+repairing it if something wiped it. A marker file next to the pair says "bundle in place",
+so every serving process can report readiness from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import certs
+from .kube import KubeError, call_json, get_object
+
+log = structlog.get_logger(__name__)
+
+READY_MARKER = "ca-bundle-in-place"
+CA_RENEW_BEFORE = timedelta(days=365)
+MAX_CONFLICT_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """What the Secret holds: the CA bundle (newest CA first), the CA key, the serving pair."""
+
+    ca_pem: bytes
+    ca_key_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    def to_secret_data(self) -> dict[str, str]:
+        b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
+        return {"ca.crt": b64(self.ca_pem), "ca.key": b64(self.ca_key_pem),
+                "tls.crt": b64(self.cert_pem), "tls.key": b64(self.key_pem)}
+
+    @classmethod
+    def from_secret(cls, secret: dict[str, Any]) -> Bundle | None:
+        data = secret.get("data") or {}
+        try:
+            parts = [base64.b64decode(data[k]) for k in ("ca.crt", "ca.key", "tls.crt", "tls.key")]
+        except (KeyError, ValueError, TypeError):
+            return None
+        return cls(*parts)
+
+
+def service_names(service: str, namespace: str) -> list[str]:
+    """The DNS names the API server may use to reach the webhook's Service."""
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+            f"{service}.{namespace}.svc.cluster.local"]
+
+
+class SelfManagedCertificates:
+    """Reconciles the Secret, the local files and the webhook configuration's caBundle."""
+
+    def __init__(self, api: Any, *, namespace: str, secret: str, service: str, webhook_configuration: str,
+                 directory: Path, validity: float, renew_before: float, extra_sans: tuple[str, ...] = ()) -> None:
+        from kubernetes_asyncio import client
+
+        self.core = client.CoreV1Api(api)
+        self.admission = client.AdmissionregistrationV1Api(api)
+        self.namespace, self.secret, self.webhook_configuration = namespace, secret, webhook_configuration
+        self.directory = directory
+        self.cert_path, self.key_path = directory / certs.SERVING_CERT_FILE, directory / certs.SERVING_KEY_FILE
+        self.marker = directory / READY_MARKER
+        self.validity_days = max(1, round(validity / 86400))
+        self.renew_before = timedelta(seconds=renew_before)
+        self.dns_names = service_names(service, namespace)
+        self.ip_addresses: list[str] = []
+        for san in extra_sans:
+            try:
+                self.ip_addresses.append(str(ipaddress.ip_address(san)))
+            except ValueError:
+                self.dns_names.append(san)
+        self.bundle_in_place = False
+
+    # -- the loop ------------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        bundle = await self._ensure_secret()
+        self._write_files(bundle)
+        await self._ensure_ca_bundle(bundle.ca_pem)
+
+    async def wait_until_ready(self) -> None:
+        """Reconcile until a certificate is on disk and the bundle is registered."""
+        delay = 0.5
+        while True:
+            try:
+                await self.reconcile()
+                return
+            except Exception as exc:
+                log.warning("self-managed certificate not ready yet; retrying", error=str(exc) or type(exc).__name__,
+                            retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+            except Exception as exc:
+                log.error("self-managed certificate check failed", error=str(exc) or type(exc).__name__)
+
+    # -- the Secret ----------------------------------------------------------------------
+    async def _ensure_secret(self) -> Bundle:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            secret = await get_object(self.core.read_namespaced_secret, self.secret, self.namespace)
+            current = Bundle.from_secret(secret) if secret else None
+            wanted, reason = self._renewed(current)
+            if reason is None:
+                return current  # type: ignore[return-value]
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                    "metadata": {"name": self.secret, "namespace": self.namespace,
+                                 "labels": {"app.kubernetes.io/managed-by": "pod-identity-injector"}},
+                    "data": wanted.to_secret_data()}
+            try:
+                if secret is None:
+                    await call_json(self.core.create_namespaced_secret, self.namespace, body)
+                else:
+                    metadata = secret.get("metadata") or {}
+                    body["metadata"] = {**metadata, "resourceVersion": metadata.get("resourceVersion")}
+                    await call_json(self.core.replace_namespaced_secret, self.secret, self.namespace, body)
+            except KubeError as exc:
+                if exc.status in (409,):  # another replica wrote first: adopt theirs
+                    log.info("certificate secret changed concurrently; re-reading", secret=self.secret)
+                    continue
+                raise
+            log.info("serving certificate issued", secret=f"{self.namespace}/{self.secret}", reason=reason)
+            return wanted
+        raise RuntimeError(f"secret {self.namespace}/{self.secret} kept changing; giving up this pass")
+
+    def _renewed(self, current: Bundle | None) -> tuple[Bundle, str | None]:
+        """The bundle to store, and why it differs from `current` (None: keep current)."""
+        now = datetime.now(UTC)
+        ca_cert, ca_key, old_cas, reason = None, None, b"", None
+        if current is None:
+            reason = "missing"
+        else:
+            try:
+                cas = x509.load_pem_x509_certificates(current.ca_pem)
+                ca_cert, ca_key = cas[0], certs.key_from_pem(current.ca_key_pem)
+                if ca_cert.public_key() != ca_key.public_key():
+                    raise ValueError("CA key does not match the CA certificate")
+                if ca_cert.not_valid_after_utc - now <= CA_RENEW_BEFORE:
+                    # Rotate the CA; keep the old one in the bundle while it is still valid.
+                    old_cas = b"".join(certs.cert_to_pem(c) for c in cas if c.not_valid_after_utc > now)
+                    ca_cert, ca_key, reason = None, None, "CA expiring"
+            except ValueError as exc:
+                ca_cert, ca_key, reason = None, None, f"CA unusable: {exc}"
+        if reason is None:
+            assert current is not None and ca_cert is not None
+            reason = self._serving_problem(current, ca_cert, now)
+            if reason is None:
+                return current, None
+        if ca_cert is None:
+            ca_cert, ca_key = certs.generate_ca()
+        assert isinstance(ca_key, rsa.RSAPrivateKey)
+        cert, key = certs.generate_serving_cert(ca_cert, ca_key, self.dns_names, self.ip_addresses,
+                                                days=self.validity_days)
+        ca_pem = certs.cert_to_pem(ca_cert) + old_cas
+        return Bundle(ca_pem, certs.key_to_pem(ca_key), certs.cert_to_pem(cert), certs.key_to_pem(key)), reason
+
+    def _serving_problem(self, bundle: Bundle, ca_cert: x509.Certificate, now: datetime) -> str | None:
+        try:
+            cert = certs.cert_from_pem(bundle.cert_pem)
+            public_key = certs.key_from_pem(bundle.key_pem).public_key()
+        except ValueError as exc:
+            return f"unreadable: {exc}"
+        ips = [ipaddress.ip_address(ip) for ip in self.ip_addresses]
+        return certs.serving_cert_problem(cert, public_key, ca_cert, self.dns_names, ips, now, self.renew_before)
+
+    # -- local files ---------------------------------------------------------------------
+    def _write_files(self, bundle: Bundle) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path, data, mode in ((self.key_path, bundle.key_pem, certs.KEY_FILE_MODE),
+                                 (self.cert_path, bundle.cert_pem, certs.CERT_FILE_MODE)):
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_bytes() == data:
+                    continue
+            certs.write_atomic(path, data, mode)
+
+    # -- the webhook configuration -------------------------------------------------------
+    async def _ensure_ca_bundle(self, ca_pem: bytes) -> None:
+        wanted = base64.b64encode(ca_pem).decode("ascii")
+        config = await get_object(self.admission.read_mutating_webhook_configuration, self.webhook_configuration)
+        if config is None:
+            self._set_marker(False)
+            raise RuntimeError(f"MutatingWebhookConfiguration {self.webhook_configuration} does not exist")
+        webhooks = config.get("webhooks") or []
+        patch: list[dict[str, Any]] = []
+        for index, webhook in enumerate(webhooks):
+            if (webhook.get("clientConfig") or {}).get("caBundle") != wanted:
+                patch.append({"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": wanted})
+        if patch:
+            self._set_marker(False)
+            version = (config.get("metadata") or {}).get("resourceVersion")
+            patch.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": version})
+            await call_json(self.admission.patch_mutating_webhook_configuration, self.webhook_configuration, patch,
+                            _content_type="application/json-patch+json")
+            log.info("caBundle written to the webhook configuration", configuration=self.webhook_configuration,
+                     webhooks=len(patch) - 1)
+        self._set_marker(True)
+
+    def _set_marker(self, in_place: bool) -> None:
+        self.bundle_in_place = in_place
+        if in_place:
+            self.marker.touch()
+        else:
+            self.marker.unlink(missing_ok=True)
+
+
+def bundle_in_place(directory: Path) -> bool:
+    """Readiness for any serving process: the reconciler has the caBundle registered."""
+    return (directory / READY_MARKER).exists()
