@@ -9,6 +9,7 @@ re-exported under those exact names as untyped samples next to the conventional 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -68,6 +69,24 @@ class Metrics:
         self.ready = Gauge(
             "pod_identity_injector_ready", "1 while this process reports ready.",
             registry=reg, multiprocess_mode="min")
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """Label children are looked up once and then reused on the hot path."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def count_admission(self, mode: str, decision: str, seconds: float) -> None:
+        self._child(self.admissions, mode or "none", decision).inc()
+        if mode:
+            self._child(self.pod_count, mode).inc()
+        self.admission_seconds.observe(seconds)
+
+    def count_request(self, method: str, path: str, status: int) -> None:
+        self._child(self.http_requests, method, path, str(status)).inc()
 
 
 class _GoCompatCollector:

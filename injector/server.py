@@ -202,8 +202,6 @@ async def handle_mutate(request: web.Request) -> web.StreamResponse:
             if not resolution.service_account_known and resolution.identity is None:
                 state.metrics.missing_sa.inc()
             decision = decide(parsed, resolution, state.settings.mutation)
-            if decision.mode:
-                state.metrics.pod_count.labels(decision.mode).inc()
         body_out = encode_response(envelope, decision.allowed, decision.operations, decision.message or None)
     except Exception as exc:  # allow-and-log: never fail a pod because of our own bug
         log.exception("admission failed; allowing the pod unchanged", uid=envelope.uid)
@@ -211,8 +209,7 @@ async def handle_mutate(request: web.Request) -> web.StreamResponse:
         body_out = encode_response(envelope, True, None, decision.message)
 
     elapsed = time.perf_counter() - started
-    state.metrics.admissions.labels(decision.mode or "none", decision.reason).inc()
-    state.metrics.admission_seconds.observe(elapsed)
+    state.metrics.count_admission(decision.mode, decision.reason, elapsed)
     _log_decision(envelope, parsed, decision, elapsed)
     return web.Response(body=body_out, content_type=JSON)
 
@@ -310,7 +307,7 @@ def counted(handler: Any) -> Any:
             status = exc.status
             raise
         finally:
-            request.app[STATE].metrics.http_requests.labels(request.method, request.path, str(status)).inc()
+            request.app[STATE].metrics.count_request(request.method, request.path, status)
 
     return wrapper
 
