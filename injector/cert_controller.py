@@ -72,7 +72,8 @@ class SelfManagedCertificates:
     """Reconciles the Secret, the local files and the webhook configuration's caBundle."""
 
     def __init__(self, api: Any, *, namespace: str, secret: str, service: str, webhook_configuration: str,
-                 directory: Path, validity: float, renew_before: float, extra_sans: tuple[str, ...] = ()) -> None:
+                 directory: Path, validity: float, renew_before: float, extra_sans: tuple[str, ...] = (),
+                 check_interval: float = 60.0) -> None:
         from kubernetes_asyncio import client
 
         self.core = client.CoreV1Api(api)
@@ -90,6 +91,7 @@ class SelfManagedCertificates:
                 self.ip_addresses.append(str(ipaddress.ip_address(san)))
             except ValueError:
                 self.dns_names.append(san)
+        self.check_interval = check_interval
         self.bundle_in_place = False
 
     # -- the loop ------------------------------------------------------------------------
@@ -111,9 +113,10 @@ class SelfManagedCertificates:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15)
 
-    async def run(self, interval: float) -> None:
+    async def run(self) -> None:
+        """Re-check every `check_interval`: renewals, other replicas' writes, a wiped caBundle."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.check_interval)
             try:
                 await self.reconcile()
             except Exception as exc:

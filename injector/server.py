@@ -137,25 +137,14 @@ async def connect_cluster(settings: ServeSettings, store: IdentityStore, *,
             api, namespace=settings.namespace, secret=settings.tls_secret, service=settings.service_name,
             webhook_configuration=settings.webhook_configuration, directory=Path(settings.cert_dir),
             validity=settings.cert_validity, renew_before=settings.cert_renew_before,
-            extra_sans=settings.cert_extra_sans)
+            extra_sans=settings.cert_extra_sans, check_interval=settings.cert_check_interval)
         log.info("self-managed certificate: waiting for the Secret and caBundle",
                  secret=f"{settings.namespace}/{settings.tls_secret}", configuration=settings.webhook_configuration)
         await controller.wait_until_ready()
-        sources.append(_Periodic(controller.run, settings.cert_check_interval))
+        sources.append(controller)
     log.info("connected to the API server", api=api.configuration.host,
              sources=[type(source).__name__ for source in sources])
     return api, sources
-
-
-@dataclass
-class _Periodic:
-    """Adapts `run(interval)` loops to the sources' `run()`."""
-
-    loop: Any
-    interval: float
-
-    async def run(self) -> None:
-        await self.loop(self.interval)
 
 
 def build_tls(settings: ServeSettings) -> CertificateReloader:
