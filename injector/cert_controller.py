@@ -68,6 +68,82 @@ def service_names(service: str, namespace: str) -> list[str]:
             f"{service}.{namespace}.svc.cluster.local"]
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateSpec:
+    """What the serving certificate must be: its names and lifetime."""
+
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    validity_days: int
+    renew_before: timedelta
+
+
+def renewed_bundle(current: Bundle | None, spec: CertificateSpec,
+                   now: datetime | None = None) -> tuple[Bundle, str | None]:
+    """The bundle to store, and why it differs from `current` (None: keep `current`).
+
+    The CA is kept unless it is unusable or within a year of its end; a rotated CA stays in
+    the bundle while it is valid so that certificates it signed are still trusted.
+    """
+    now = now or datetime.now(UTC)
+    ca_cert, ca_key, old_cas, reason = None, None, b"", None
+    if current is None:
+        reason = "missing"
+    else:
+        try:
+            cas = x509.load_pem_x509_certificates(current.ca_pem)
+            ca_cert, ca_key = cas[0], certs.key_from_pem(current.ca_key_pem)
+            if ca_cert.public_key() != ca_key.public_key():
+                raise ValueError("CA key does not match the CA certificate")
+            if ca_cert.not_valid_after_utc - now <= CA_RENEW_BEFORE:
+                old_cas = b"".join(certs.cert_to_pem(c) for c in cas if c.not_valid_after_utc > now)
+                ca_cert, ca_key, reason = None, None, "CA expiring"
+        except ValueError as exc:
+            ca_cert, ca_key, reason = None, None, f"CA unusable: {exc}"
+    if reason is None:
+        assert current is not None and ca_cert is not None
+        reason = _serving_problem(current, ca_cert, spec, now)
+        if reason is None:
+            return current, None
+    if ca_cert is None:
+        ca_cert, ca_key = certs.generate_ca()
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    cert, key = certs.generate_serving_cert(ca_cert, ca_key, list(spec.dns_names), list(spec.ip_addresses),
+                                            days=spec.validity_days)
+    ca_pem = certs.cert_to_pem(ca_cert) + old_cas
+    return Bundle(ca_pem, certs.key_to_pem(ca_key), certs.cert_to_pem(cert), certs.key_to_pem(key)), reason
+
+
+def _serving_problem(bundle: Bundle, ca_cert: x509.Certificate, spec: CertificateSpec, now: datetime) -> str | None:
+    try:
+        cert = certs.cert_from_pem(bundle.cert_pem)
+        public_key = certs.key_from_pem(bundle.key_pem).public_key()
+    except ValueError as exc:
+        return f"unreadable: {exc}"
+    ips = [ipaddress.ip_address(ip) for ip in spec.ip_addresses]
+    return certs.serving_cert_problem(cert, public_key, ca_cert, spec.dns_names, ips, now, spec.renew_before)
+
+
+def write_pair(directory: Path, bundle: Bundle) -> None:
+    """Write the serving pair for the TLS reloader, only where the content changed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data, mode in ((certs.SERVING_KEY_FILE, bundle.key_pem, certs.KEY_FILE_MODE),
+                             (certs.SERVING_CERT_FILE, bundle.cert_pem, certs.CERT_FILE_MODE)):
+        path = directory / name
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_bytes() == data:
+                continue
+        certs.write_atomic(path, data, mode)
+
+
+def set_bundle_in_place(directory: Path, in_place: bool) -> None:
+    marker = directory / READY_MARKER
+    if in_place:
+        marker.touch()
+    else:
+        marker.unlink(missing_ok=True)
+
+
 class SelfManagedCertificates:
     """Reconciles the Secret, the local files and the webhook configuration's caBundle."""
 
@@ -80,24 +156,21 @@ class SelfManagedCertificates:
         self.admission = client.AdmissionregistrationV1Api(api)
         self.namespace, self.secret, self.webhook_configuration = namespace, secret, webhook_configuration
         self.directory = directory
-        self.cert_path, self.key_path = directory / certs.SERVING_CERT_FILE, directory / certs.SERVING_KEY_FILE
-        self.marker = directory / READY_MARKER
-        self.validity_days = max(1, round(validity / 86400))
-        self.renew_before = timedelta(seconds=renew_before)
-        self.dns_names = service_names(service, namespace)
-        self.ip_addresses: list[str] = []
+        dns_names, ip_addresses = service_names(service, namespace), []
         for san in extra_sans:
             try:
-                self.ip_addresses.append(str(ipaddress.ip_address(san)))
+                ip_addresses.append(str(ipaddress.ip_address(san)))
             except ValueError:
-                self.dns_names.append(san)
+                dns_names.append(san)
+        self.spec = CertificateSpec(tuple(dns_names), tuple(ip_addresses), max(1, round(validity / 86400)),
+                                    timedelta(seconds=renew_before))
         self.check_interval = check_interval
         self.bundle_in_place = False
 
     # -- the loop ------------------------------------------------------------------------
     async def reconcile(self) -> None:
         bundle = await self._ensure_secret()
-        self._write_files(bundle)
+        write_pair(self.directory, bundle)
         await self._ensure_ca_bundle(bundle.ca_pem)
 
     async def wait_until_ready(self) -> None:
@@ -127,7 +200,7 @@ class SelfManagedCertificates:
         for _ in range(MAX_CONFLICT_RETRIES):
             secret = await get_object(self.core.read_namespaced_secret, self.secret, self.namespace)
             current = Bundle.from_secret(secret) if secret else None
-            wanted, reason = self._renewed(current)
+            wanted, reason = renewed_bundle(current, self.spec)
             if reason is None:
                 return current  # type: ignore[return-value]
             body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
@@ -150,56 +223,7 @@ class SelfManagedCertificates:
             return wanted
         raise RuntimeError(f"secret {self.namespace}/{self.secret} kept changing; giving up this pass")
 
-    def _renewed(self, current: Bundle | None) -> tuple[Bundle, str | None]:
-        """The bundle to store, and why it differs from `current` (None: keep current)."""
-        now = datetime.now(UTC)
-        ca_cert, ca_key, old_cas, reason = None, None, b"", None
-        if current is None:
-            reason = "missing"
-        else:
-            try:
-                cas = x509.load_pem_x509_certificates(current.ca_pem)
-                ca_cert, ca_key = cas[0], certs.key_from_pem(current.ca_key_pem)
-                if ca_cert.public_key() != ca_key.public_key():
-                    raise ValueError("CA key does not match the CA certificate")
-                if ca_cert.not_valid_after_utc - now <= CA_RENEW_BEFORE:
-                    # Rotate the CA; keep the old one in the bundle while it is still valid.
-                    old_cas = b"".join(certs.cert_to_pem(c) for c in cas if c.not_valid_after_utc > now)
-                    ca_cert, ca_key, reason = None, None, "CA expiring"
-            except ValueError as exc:
-                ca_cert, ca_key, reason = None, None, f"CA unusable: {exc}"
-        if reason is None:
-            assert current is not None and ca_cert is not None
-            reason = self._serving_problem(current, ca_cert, now)
-            if reason is None:
-                return current, None
-        if ca_cert is None:
-            ca_cert, ca_key = certs.generate_ca()
-        assert isinstance(ca_key, rsa.RSAPrivateKey)
-        cert, key = certs.generate_serving_cert(ca_cert, ca_key, self.dns_names, self.ip_addresses,
-                                                days=self.validity_days)
-        ca_pem = certs.cert_to_pem(ca_cert) + old_cas
-        return Bundle(ca_pem, certs.key_to_pem(ca_key), certs.cert_to_pem(cert), certs.key_to_pem(key)), reason
-
-    def _serving_problem(self, bundle: Bundle, ca_cert: x509.Certificate, now: datetime) -> str | None:
-        try:
-            cert = certs.cert_from_pem(bundle.cert_pem)
-            public_key = certs.key_from_pem(bundle.key_pem).public_key()
-        except ValueError as exc:
-            return f"unreadable: {exc}"
-        ips = [ipaddress.ip_address(ip) for ip in self.ip_addresses]
-        return certs.serving_cert_problem(cert, public_key, ca_cert, self.dns_names, ips, now, self.renew_before)
-
     # -- local files ---------------------------------------------------------------------
-    def _write_files(self, bundle: Bundle) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for path, data, mode in ((self.key_path, bundle.key_pem, certs.KEY_FILE_MODE),
-                                 (self.cert_path, bundle.cert_pem, certs.CERT_FILE_MODE)):
-            with contextlib.suppress(FileNotFoundError):
-                if path.read_bytes() == data:
-                    continue
-            certs.write_atomic(path, data, mode)
-
     # -- the webhook configuration -------------------------------------------------------
     async def _ensure_ca_bundle(self, ca_pem: bytes) -> None:
         wanted = base64.b64encode(ca_pem).decode("ascii")
@@ -224,10 +248,7 @@ class SelfManagedCertificates:
 
     def _set_marker(self, in_place: bool) -> None:
         self.bundle_in_place = in_place
-        if in_place:
-            self.marker.touch()
-        else:
-            self.marker.unlink(missing_ok=True)
+        set_bundle_in_place(self.directory, in_place)
 
 
 def bundle_in_place(directory: Path) -> bool:
