@@ -1,0 +1,330 @@
+"""A loopback Kubernetes control plane for the e2e tier: PKI, etcd and kube-apiserver as processes.
+
+Everything listens on 127.0.0.1 and is contacted only there. The binary is
+`tools/kube-test-plane` (kube-apiserver and an embedded etcd in one static file); see
+docs/e2e.md and the harness notes for why each flag is set.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import http.client
+import os
+import signal
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from injector.certs import cert_to_pem, generate_ca, generate_private_key, generate_serving_cert, key_to_pem
+
+from serving import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "tools" / "kube-test-plane" / "build.sh"
+ADMIN_USER = "e2e-admin"
+STOP_TIMEOUT = 30.0
+
+
+class BinaryUnavailable(RuntimeError):
+    """kube-test-plane is neither given nor buildable on this machine."""
+
+
+def find_binary() -> str:
+    """`KUBE_TEST_PLANE_BIN` if it names an executable, else whatever build.sh prints
+    (a no-op when the cached binary is current; a cold build takes minutes)."""
+    given = os.environ.get("KUBE_TEST_PLANE_BIN", "")
+    if given and Path(given).is_file() and os.access(given, os.X_OK):
+        return given
+    try:
+        result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=45 * 60,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BinaryUnavailable(f"{BUILD_SCRIPT} failed: {exc}") from None
+    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    if result.returncode != 0 or not path or not os.access(path, os.X_OK):
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        raise BinaryUnavailable(f"{BUILD_SCRIPT} exited {result.returncode}: {tail}")
+    return path
+
+
+# -- PKI ---------------------------------------------------------------------------------------
+def generate_client_cert(ca_cert: x509.Certificate, ca_key: Any, common_name: str, groups: list[str],
+                         days: int = 2) -> tuple[x509.Certificate, Any]:
+    """A TLS client certificate as kube-apiserver reads it: CN = user name, O = groups."""
+    key = generate_private_key()
+    subject = x509.Name([*(x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups),
+                         x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+@dataclass(frozen=True)
+class Pki:
+    """One CA for everything: the API server's and the webhooks' serving certificates, the
+    admin's client certificate; plus the ServiceAccount token signing pair."""
+
+    directory: Path
+
+    def path(self, name: str) -> str:
+        return str(self.directory / name)
+
+    @property
+    def ca_file(self) -> str:
+        return self.path("ca.crt")
+
+
+def make_pki(directory: Path) -> Pki:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = generate_ca("e2e-ca", days=2)
+    files: dict[str, bytes] = {"ca.crt": cert_to_pem(ca_cert), "ca.key": key_to_pem(ca_key)}
+    for name in ("apiserver", "webhook"):
+        cert, key = generate_serving_cert(ca_cert, ca_key, ["localhost"], ["127.0.0.1"], days=2)
+        files[f"{name}.crt"], files[f"{name}.key"] = cert_to_pem(cert), key_to_pem(key)
+    cert, key = generate_client_cert(ca_cert, ca_key, ADMIN_USER, ["system:masters"])
+    files["admin.crt"], files["admin.key"] = cert_to_pem(cert), key_to_pem(key)
+    signing = generate_private_key()
+    files["sa.key"] = key_to_pem(signing)
+    files["sa.pub"] = signing.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+        os.chmod(directory / name, 0o600 if name.endswith(".key") else 0o644)
+    return Pki(directory)
+
+
+def write_kubeconfig(path: Path, server: str, ca_file: str, *, client_cert: str = "", client_key: str = "",
+                     token: str = "", user: str = "e2e") -> Path:
+    credentials: dict[str, str] = {"token": token} if token else {
+        "client-certificate": client_cert, "client-key": client_key}
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "e2e", "preferences": {},
+        "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority": ca_file}}],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    os.chmod(path, 0o600)
+    return path
+
+
+# -- processes ---------------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: Any = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the thread that started it (pytest's main thread)
+    dies without running the teardown, e.g. on SIGKILL."""
+    if _LIBC is not None and hasattr(_LIBC, "prctl"):
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# Every process started here and still running: their logs are attached to failing tests, and
+# whatever a crashed or interrupted session did not stop is stopped when the interpreter exits.
+LIVE: list[Proc] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for proc in list(LIVE):
+        proc.stop(timeout=5)
+
+
+@dataclass
+class Proc:
+    """A child process writing stdout and stderr to one log file."""
+
+    name: str
+    cmd: list[str]
+    log_file: Path
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self) -> Proc:
+        with open(self.log_file, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, preexec_fn=_die_with_parent)
+        LIVE.append(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.logs().splitlines()[-lines:])
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self in LIVE:
+            LIVE.remove(self)
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, *, proc: Proc | None = None,
+               interval: float = 0.1) -> float:
+    """Poll `check` until it is true; returns the seconds it took. A process that exits
+    meanwhile fails at once, with its log."""
+    started = time.monotonic()
+    while True:
+        if proc is not None and not proc.running():
+            raise RuntimeError(f"{proc.name} exited ({proc.proc.returncode if proc.proc else '?'}) "
+                               f"while waiting for {what}:\n{proc.tail()}")
+        try:
+            if check():
+                return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout:
+            tail = f":\n{proc.tail()}" if proc is not None else ""
+            raise TimeoutError(f"{what}: not after {timeout:.0f}s{tail}")
+        time.sleep(interval)
+
+
+def _http_get(port: int, path: str, context: ssl.SSLContext | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    conn: http.client.HTTPConnection
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# -- the control plane -----------------------------------------------------------------------
+@dataclass
+class ControlPlane:
+    binary: str
+    workdir: Path
+    pki: Pki
+    etcd: Proc
+    apiserver: Proc
+    port: int
+    kubeconfig: Path
+    startup_seconds: float
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def issuer(self) -> str:
+        return self.url
+
+    def admin_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.pki.ca_file)
+        context.load_cert_chain(self.pki.path("admin.crt"), self.pki.path("admin.key"))
+        return context
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """A GET as the admin (client certificate), e.g. /metrics or the OIDC discovery document."""
+        return _http_get(self.port, path, self.admin_context(), timeout=10)
+
+    def stop(self) -> None:
+        self.apiserver.stop()
+        self.etcd.stop()
+
+
+def _apiserver_flags(pki: Pki, port: int, etcd_port: int) -> list[str]:
+    return [
+        f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+        "--endpoint-reconciler-type=none",
+        f"--tls-cert-file={pki.path('apiserver.crt')}", f"--tls-private-key-file={pki.path('apiserver.key')}",
+        f"--client-ca-file={pki.ca_file}",
+        "--authorization-mode=RBAC",
+        f"--service-account-issuer=https://127.0.0.1:{port}",
+        f"--service-account-key-file={pki.path('sa.pub')}",
+        f"--service-account-signing-key-file={pki.path('sa.key')}",
+        f"--api-audiences=https://127.0.0.1:{port}",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--allow-privileged=true",
+        "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,"
+        "ValidatingAdmissionWebhook",
+        "--profiling=false", "--v=1",
+    ]
+
+
+def start_control_plane(binary: str, workdir: Path, attempts: int = 3) -> ControlPlane:
+    """etcd, then kube-apiserver, on free loopback ports; retried if a port was taken meanwhile."""
+    pki = make_pki(workdir / "pki")
+    started = time.monotonic()
+    last: Exception | None = None
+    for attempt in range(attempts):
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd = Proc("etcd", [binary, "etcd", "--data-dir", str(workdir / f"etcd-{attempt}"),
+                             "--listen-client-url", f"http://127.0.0.1:{etcd_port}",
+                             "--listen-peer-url", f"http://127.0.0.1:{peer_port}"],
+                    workdir / f"etcd-{attempt}.log").start()
+        apiserver: Proc | None = None
+        try:
+            wait_until(lambda: _http_get(etcd_port, "/health")[1].find(b'"true"') >= 0,  # noqa: B023
+                       30, "etcd /health", proc=etcd)
+            apiserver = Proc("kube-apiserver", [binary, "kube-apiserver", *_apiserver_flags(pki, api_port, etcd_port)],
+                             workdir / f"kube-apiserver-{attempt}.log").start()
+            context = ssl.create_default_context(cafile=pki.ca_file)
+            wait_until(lambda: _http_get(api_port, "/readyz", context)[0] == 200,  # noqa: B023
+                       90, "kube-apiserver /readyz", proc=apiserver, interval=0.2)
+        except (RuntimeError, TimeoutError) as exc:
+            last = exc
+            if apiserver is not None:
+                apiserver.stop()
+            etcd.stop()
+            continue
+        kubeconfig = write_kubeconfig(workdir / "admin.kubeconfig", f"https://127.0.0.1:{api_port}", pki.ca_file,
+                                      client_cert=pki.path("admin.crt"), client_key=pki.path("admin.key"),
+                                      user=ADMIN_USER)
+        return ControlPlane(binary, workdir, pki, etcd, apiserver, api_port, kubeconfig,
+                            time.monotonic() - started)
+    raise RuntimeError(f"control plane did not start in {attempts} attempts: {last}")
