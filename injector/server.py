@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import os
 import signal
@@ -116,11 +117,16 @@ def build_store(settings: ServeSettings) -> tuple[IdentityStore, CredentialsFile
     return store, credentials
 
 
-async def connect_cluster(settings: ServeSettings, store: IdentityStore, *,
-                          manage_certificates: bool = False) -> tuple[Any, list[Any]]:
-    """The API client and the live sources this configuration needs (none: `(None, [])`)."""
-    wants_api = uses_cluster(settings) or (manage_certificates and settings.cert_mode == "self-managed")
-    if not wants_api:
+async def connect_cluster(settings: ServeSettings, store: IdentityStore, *, manage_certificates: bool = False,
+                          watch: bool = True) -> tuple[Any, list[Any]]:
+    """The API client and the sources this process runs (none: `(None, [])`).
+
+    `watch=False` skips the identity watches (the supervisor of several workers needs them
+    only for the debug cache dump).
+    """
+    watch = watch and uses_cluster(settings)
+    certificates = manage_certificates and settings.cert_mode == "self-managed"
+    if not (watch or certificates):
         return None, []
     from .kube import api_client
     from .sources.configmap import ConfigMapSource
@@ -128,11 +134,11 @@ async def connect_cluster(settings: ServeSettings, store: IdentityStore, *,
 
     api = await api_client(settings.kubeconfig, settings.kube_api)
     sources: list[Any] = []
-    if not settings.service_account_files:
+    if watch and not settings.service_account_files:
         sources.append(ServiceAccountSource(api, store, settings.resync_period))
-    if settings.watch_config_map:
+    if watch and settings.watch_config_map:
         sources.append(ConfigMapSource(api, store, settings.namespace, settings.resync_period))
-    if manage_certificates and settings.cert_mode == "self-managed":
+    if certificates:
         controller = SelfManagedCertificates(
             api, namespace=settings.namespace, secret=settings.tls_secret, service=settings.service_name,
             webhook_configuration=settings.webhook_configuration, directory=Path(settings.cert_dir),
@@ -351,23 +357,29 @@ async def _start_site(runner: web.AppRunner, settings: ServeSettings, port: int,
 
 
 async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: int = 0,
-                        prepared: tuple[IdentityStore, CredentialsFileSource | None] | None = None) -> None:
+                        prepared: tuple[IdentityStore, CredentialsFileSource | None, CertificateReloader] | None
+                        = None) -> None:
     """One serving process: the TLS webhook port, and /metrics when it is the only process.
 
     The process that serves /metrics also manages self-managed certificates; it finishes
-    that before it listens, so a listener always has a certificate.
+    that before it listens, so a listener always has a certificate. A worker sharing the
+    port with others starts listening only once its sources are loaded: a readiness probe
+    reaches just one of them, so each must be ready before it takes requests.
     """
     from .metrics import Exposition, Metrics
 
-    if settings.workers != 1:
+    shared_port = settings.workers != 1
+    if shared_port:
         structlog.contextvars.bind_contextvars(worker=worker)
-    store, credentials = prepared or build_store(settings)
+    store, credentials, tls = prepared or (*build_store(settings), build_tls(settings))
     api, sources = await connect_cluster(settings, store, manage_certificates=with_metrics)
-    tls = build_tls(settings)
-    tls.load()
+    if not tls.loaded:
+        tls.load()
     metrics = Metrics()
     state = ServerState(settings, store, tls, metrics)
     start_background(state, credentials, sources)
+    if shared_port:
+        await _wait_until_ready(state)
 
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -389,6 +401,15 @@ async def serve_process(settings: ServeSettings, *, with_metrics: bool, worker: 
     if api is not None:
         await api.close()
     log.info("shutdown complete")
+
+
+async def _wait_until_ready(state: ServerState) -> None:
+    for tick in itertools.count(1):
+        if state.ready:
+            return
+        if tick % 100 == 0:  # every ~10 s
+            log.info("not listening yet", waiting_for=state.not_ready_because())
+        await asyncio.sleep(0.1)
 
 
 def start_background(state: ServerState, credentials: CredentialsFileSource | None, sources: list[Any]) -> None:
@@ -434,7 +455,8 @@ async def supervise(settings: ServeSettings, workers: int) -> int:
     from .metrics import Exposition, Metrics
 
     store, credentials = build_store(settings)  # for the debug cache routes on the metrics port
-    api, sources = await connect_cluster(settings, store, manage_certificates=True)
+    api, sources = await connect_cluster(settings, store, manage_certificates=True,
+                                         watch=settings.enable_debugging_handlers)
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for index in range(workers):
@@ -507,7 +529,7 @@ def run(settings: ServeSettings) -> int:
     except (InputError, CertificateLoadError, OSError, ValueError) as exc:
         raise SettingsError(str(exc)) from None
     if workers == 1:
-        _run_loop(serve_process(settings, with_metrics=True, prepared=(store, credentials)))
+        _run_loop(serve_process(settings, with_metrics=True, prepared=(store, credentials, tls)))
         return 0
     settings = replace(settings, workers=workers)
     with tempfile.TemporaryDirectory(prefix="injector-metrics-") as metrics_dir:
