@@ -36,6 +36,13 @@ log = structlog.get_logger(__name__)
 READY_MARKER = "ca-bundle-in-place"
 CA_RENEW_BEFORE = timedelta(days=365)
 MAX_CONFLICT_RETRIES = 5
+# When the CA changes, the previously registered CAs stay in the caBundle this many check
+# intervals, so replicas still serving the old certificate keep being trusted until they switch.
+CA_OVERLAP_CHECKS = 3
+CA_CHANGED_ANNOTATION = "pod-identity-injector/ca-changed-at"
+# The API server picks up a changed webhook configuration through an informer: give it this
+# long before serving a certificate that only the new caBundle trusts.
+PROPAGATION_DELAY = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,21 @@ def _serving_problem(bundle: Bundle, ca_cert: x509.Certificate, spec: Certificat
     return certs.serving_cert_problem(cert, public_key, ca_cert, spec.dns_names, ips, now, spec.renew_before)
 
 
+def registered_bundle(secret_ca_pem: bytes, registered_b64: str | None, ca_changed_at: datetime | None,
+                      now: datetime, overlap: timedelta) -> bytes:
+    """The caBundle to register: the Secret's CAs, plus, shortly after a CA change, every
+    still-valid CA registered before (a replica may still serve a certificate they signed)."""
+    if ca_changed_at is None or now - ca_changed_at >= overlap or not registered_b64:
+        return secret_ca_pem
+    try:
+        previous = x509.load_pem_x509_certificates(base64.b64decode(registered_b64))
+    except ValueError:
+        return secret_ca_pem
+    current = x509.load_pem_x509_certificates(secret_ca_pem)
+    kept = [ca for ca in previous if ca not in current and ca.not_valid_after_utc > now]
+    return secret_ca_pem + b"".join(certs.cert_to_pem(ca) for ca in kept)
+
+
 def write_pair(directory: Path, bundle: Bundle) -> None:
     """Write the serving pair for the TLS reloader, only where the content changed."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -169,9 +191,19 @@ class SelfManagedCertificates:
 
     # -- the loop ------------------------------------------------------------------------
     async def reconcile(self) -> None:
-        bundle = await self._ensure_secret()
+        config = await get_object(self.admission.read_mutating_webhook_configuration, self.webhook_configuration)
+        if config is None:
+            self._set_marker(False)
+            raise RuntimeError(f"MutatingWebhookConfiguration {self.webhook_configuration} does not exist")
+        bundle, ca_changed_at = await self._ensure_secret(config)
+        registered = (((config.get("webhooks") or [{}])[0]).get("clientConfig") or {}).get("caBundle")
+        overlap = timedelta(seconds=max(30.0, CA_OVERLAP_CHECKS * self.check_interval))
+        wanted = registered_bundle(bundle.ca_pem, registered, ca_changed_at, datetime.now(UTC), overlap)
+        patched = await self._ensure_ca_bundle(config, wanted)
+        if patched and _differs(self.directory / certs.SERVING_CERT_FILE, bundle.cert_pem):
+            await asyncio.sleep(PROPAGATION_DELAY)  # the API server trusts the new CA before we serve it
         write_pair(self.directory, bundle)
-        await self._ensure_ca_bundle(bundle.ca_pem)
+        self._set_marker(True)
 
     async def wait_until_ready(self) -> None:
         """Reconcile until a certificate is on disk and the bundle is registered."""
@@ -196,41 +228,48 @@ class SelfManagedCertificates:
                 log.error("self-managed certificate check failed", error=str(exc) or type(exc).__name__)
 
     # -- the Secret ----------------------------------------------------------------------
-    async def _ensure_secret(self) -> Bundle:
+    async def _ensure_secret(self, config: dict[str, Any]) -> tuple[Bundle, datetime | None]:
+        """The stored bundle (issuing what is needed) and when its CA last changed."""
         for _ in range(MAX_CONFLICT_RETRIES):
             secret = await get_object(self.core.read_namespaced_secret, self.secret, self.namespace)
             current = Bundle.from_secret(secret) if secret else None
             wanted, reason = renewed_bundle(current, self.spec)
             if reason is None:
-                return current  # type: ignore[return-value]
-            body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                    "metadata": {"name": self.secret, "namespace": self.namespace,
-                                 "labels": {"app.kubernetes.io/managed-by": "pod-identity-injector"}},
+                assert current is not None and secret is not None
+                return current, _ca_changed_at(secret)
+            changed_at = datetime.now(UTC) if current is None or wanted.ca_pem != current.ca_pem else None
+            metadata = dict((secret or {}).get("metadata") or {})
+            metadata.pop("managedFields", None)
+            annotations = dict(metadata.get("annotations") or {})
+            if changed_at is not None:
+                annotations[CA_CHANGED_ANNOTATION] = changed_at.isoformat()
+            metadata.update(
+                name=self.secret, namespace=self.namespace, annotations=annotations,
+                labels={**(metadata.get("labels") or {}), "app.kubernetes.io/managed-by": "pod-identity-injector"},
+                # Deleted with the webhook configuration (helm uninstall): no orphaned CA.
+                ownerReferences=metadata.get("ownerReferences") or [_owner(config)])
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": metadata,
                     "data": wanted.to_secret_data()}
             try:
                 if secret is None:
                     await call_json(self.core.create_namespaced_secret, self.namespace, body)
-                else:
-                    metadata = secret.get("metadata") or {}
-                    body["metadata"] = {**metadata, "resourceVersion": metadata.get("resourceVersion")}
+                else:  # metadata carries the resourceVersion read above: a concurrent write conflicts
                     await call_json(self.core.replace_namespaced_secret, self.secret, self.namespace, body)
             except KubeError as exc:
                 if exc.status in (409,):  # another replica wrote first: adopt theirs
                     log.info("certificate secret changed concurrently; re-reading", secret=self.secret)
                     continue
                 raise
-            log.info("serving certificate issued", secret=f"{self.namespace}/{self.secret}", reason=reason)
-            return wanted
+            log.info("serving certificate issued", secret=f"{self.namespace}/{self.secret}", reason=reason,
+                     new_ca=changed_at is not None)
+            return wanted, changed_at or _ca_changed_at(secret or {})
         raise RuntimeError(f"secret {self.namespace}/{self.secret} kept changing; giving up this pass")
 
     # -- local files ---------------------------------------------------------------------
     # -- the webhook configuration -------------------------------------------------------
-    async def _ensure_ca_bundle(self, ca_pem: bytes) -> None:
+    async def _ensure_ca_bundle(self, config: dict[str, Any], ca_pem: bytes) -> bool:
+        """Make every webhook of the configuration carry `ca_pem`; True if it had to patch."""
         wanted = base64.b64encode(ca_pem).decode("ascii")
-        config = await get_object(self.admission.read_mutating_webhook_configuration, self.webhook_configuration)
-        if config is None:
-            self._set_marker(False)
-            raise RuntimeError(f"MutatingWebhookConfiguration {self.webhook_configuration} does not exist")
         webhooks = config.get("webhooks") or []
         patch: list[dict[str, Any]] = []
         for index, webhook in enumerate(webhooks):
@@ -244,11 +283,32 @@ class SelfManagedCertificates:
                             _content_type="application/json-patch+json")
             log.info("caBundle written to the webhook configuration", configuration=self.webhook_configuration,
                      webhooks=len(patch) - 1)
-        self._set_marker(True)
+        return bool(patch)
 
     def _set_marker(self, in_place: bool) -> None:
         self.bundle_in_place = in_place
         set_bundle_in_place(self.directory, in_place)
+
+
+def _ca_changed_at(secret: dict[str, Any]) -> datetime | None:
+    raw = ((secret.get("metadata") or {}).get("annotations") or {}).get(CA_CHANGED_ANNOTATION)
+    try:
+        return datetime.fromisoformat(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _differs(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() != data
+    except OSError:
+        return True
+
+
+def _owner(config: dict[str, Any]) -> dict[str, Any]:
+    metadata = config.get("metadata") or {}
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "name": metadata.get("name"), "uid": metadata.get("uid")}
 
 
 def bundle_in_place(directory: Path) -> bool:

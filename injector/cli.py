@@ -136,6 +136,8 @@ def _add_serve(sub: Any) -> None:
           help="self-managed: serving certificate lifetime (default 2160h)")
     _flag(g, "--cert-renew-before", type=go_duration, default=30 * 24 * 3600.0,
           help="self-managed: renew this long before expiry (default 720h)")
+    _flag(g, "--cert-check-interval", type=go_duration, default=60.0,
+          help="self-managed: how often to re-check the Secret and the caBundle (repairs a wiped one)")
     _flag(g, "--cert-dir", default="", help="self-managed: where to write the serving pair (default: a temp dir)")
     _flag(g, "--cert-san", dest="cert_extra_sans", action="append", default=[], metavar="NAME_OR_IP",
           help="self-managed: extra DNS name or IP for the certificate (repeatable)")
@@ -241,6 +243,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         webhook_configuration=args.webhook_configuration,
         cert_validity=args.cert_validity,
         cert_renew_before=args.cert_renew_before,
+        cert_check_interval=args.cert_check_interval,
         cert_dir=args.cert_dir,
         cert_extra_sans=tuple(args.cert_extra_sans),
         namespace=args.namespace,

@@ -114,3 +114,24 @@ def test_the_serving_certificate_lives_as_long_as_asked():
     bundle, _ = renewed_bundle(None, spec(validity_days=10))
     not_after = certs.cert_from_pem(bundle.cert_pem).not_valid_after_utc
     assert abs(not_after - (datetime.now(UTC) + timedelta(days=10))) < timedelta(minutes=10)
+
+
+def test_after_a_ca_change_the_previous_cas_stay_registered_for_the_overlap():
+    """Replicas that still serve the old certificate must stay trusted until they switch."""
+    import base64
+
+    from injector.cert_controller import registered_bundle
+
+    old, _ = renewed_bundle(None, spec())
+    new, _ = renewed_bundle(None, spec())
+    registered = base64.b64encode(old.ca_pem).decode()
+    now = datetime.now(UTC)
+    overlap = timedelta(minutes=3)
+    during = registered_bundle(new.ca_pem, registered, now - timedelta(seconds=10), now, overlap)
+    assert x509.load_pem_x509_certificates(during) == [
+        *x509.load_pem_x509_certificates(new.ca_pem), *x509.load_pem_x509_certificates(old.ca_pem)]
+    assert registered_bundle(new.ca_pem, registered, now - timedelta(minutes=5), now, overlap) == new.ca_pem
+    assert registered_bundle(new.ca_pem, registered, None, now, overlap) == new.ca_pem
+    assert registered_bundle(new.ca_pem, "not base64 pem", now, now, overlap) == new.ca_pem
+    # the same CA registered again is not duplicated
+    assert registered_bundle(new.ca_pem, base64.b64encode(new.ca_pem).decode(), now, now, overlap) == new.ca_pem

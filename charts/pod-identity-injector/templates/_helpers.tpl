@@ -137,6 +137,7 @@ app.kubernetes.io/part-of: pod-identity-injector
       (printf "--webhook-configuration=%s" $fullname)) -}}
 {{- with .Values.certificates.selfManaged.validity }}{{ $args = append $args (printf "--cert-validity=%s" .) }}{{ end -}}
 {{- with .Values.certificates.selfManaged.renewBefore }}{{ $args = append $args (printf "--cert-renew-before=%s" .) }}{{ end -}}
+{{- with .Values.certificates.selfManaged.checkInterval }}{{ $args = append $args (printf "--cert-check-interval=%s" .) }}{{ end -}}
 {{- range .Values.certificates.selfManaged.extraSANs }}{{ $args = append $args (printf "--cert-san=%s" .) }}{{ end -}}
 {{- else -}}
 {{- $args = concat $args (list "--cert-mode=files" "--tls-cert=/etc/webhook/certs/tls.crt" "--tls-key=/etc/webhook/certs/tls.key") -}}
