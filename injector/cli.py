@@ -11,6 +11,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -228,41 +229,15 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
             "--in-cluster=true (certificates from the CSR API) is not supported: it cannot obtain a "
             "certificate on current clusters. Use --in-cluster=false with --tls-cert/--tls-key."
         )
-    return ServeSettings(
+    # Every serve flag's dest is named after its ServeSettings field.
+    values = {f.name: getattr(args, f.name) for f in fields(ServeSettings) if hasattr(args, f.name)}
+    values.update(
         mutation=mutation_settings(args),
-        port=args.port,
-        metrics_port=args.metrics_port,
-        bind_address=args.bind_address,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_min_version=args.tls_min_version,
-        tls_cipher_suites=args.tls_cipher_suites,
-        cert_mode=args.cert_mode,
-        tls_secret=args.tls_secret,
-        service_name=args.service_name,
-        webhook_configuration=args.webhook_configuration,
-        cert_validity=args.cert_validity,
-        cert_renew_before=args.cert_renew_before,
-        cert_check_interval=args.cert_check_interval,
-        cert_dir=args.cert_dir,
-        cert_extra_sans=tuple(args.cert_extra_sans),
-        namespace=args.namespace,
-        kubeconfig=args.kubeconfig,
-        kube_api=args.kube_api,
-        watch_config_map=args.watch_config_map,
-        watch_container_credentials_config=args.watch_container_credentials_config,
         service_account_files=tuple(args.service_account_files),
-        config_map_file=args.config_map_file,
-        service_account_lookup_grace_period=args.service_account_lookup_grace_period,
-        resync_period=args.resync_period,
-        enable_debugging_handlers=args.enable_debugging_handlers,
-        workers=args.workers,
-        max_request_bytes=args.max_request_bytes,
-        shutdown_delay=args.shutdown_delay,
-        shutdown_timeout=args.shutdown_timeout,
-        log_format=args.log_format,
+        cert_extra_sans=tuple(args.cert_extra_sans),
         log_level="debug" if args.verbosity >= 4 else args.log_level,
     )
+    return ServeSettings(**values)
 
 
 def _fail(message: str) -> int:

@@ -75,6 +75,12 @@ def parse_go_int64(text: str) -> int | None:
     return value if -(2**63) <= value < 2**63 else None
 
 
+def parse_expiration(raw: Any) -> int | None:
+    """A token-expiration annotation: a Go base-10 int64, raised to 600; None when invalid."""
+    parsed = parse_go_int64(raw) if isinstance(raw, str) else None
+    return None if parsed is None else clamp_expiration(parsed)
+
+
 def parse_go_bool(text: str) -> bool | None:
     """`strconv.ParseBool`: the twelve spellings Go accepts, anything else is None."""
     if text in _TRUE:
@@ -127,11 +133,11 @@ def service_account_entry(
     expiration = settings.token_expiration
     raw = annotations.get(key("token-expiration"))
     if raw is not None:
-        parsed_int = parse_go_int64(raw) if isinstance(raw, str) else None
-        if parsed_int is None:
+        parsed_expiration = parse_expiration(raw)
+        if parsed_expiration is None:
             problems.append(f"{key('token-expiration')} {raw!r} is not an integer; using the default")
         else:
-            expiration = clamp_expiration(parsed_int)
+            expiration = parsed_expiration
 
     return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems))
 

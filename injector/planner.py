@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .identity import Identity, Mode, parse_go_int64
+from .identity import Identity, Mode, parse_expiration
 from .settings import (
     DEFAULT_TOKEN_EXPIRATION,
     JITTER_FLOOR,
@@ -23,7 +23,6 @@ from .settings import (
     WEB_IDENTITY_TOKEN_PATH,
     WEB_IDENTITY_VOLUME_NAME,
     MutationSettings,
-    clamp_expiration,
 )
 
 Operation = dict[str, Any]
@@ -163,11 +162,11 @@ def token_expiration(pod: dict[str, Any], identity: Identity, settings: Mutation
     key = settings.annotation("token-expiration")
     raw = annotations.get(key)
     if raw is not None:
-        parsed = parse_go_int64(raw) if isinstance(raw, str) else None
+        parsed = parse_expiration(raw)
         if parsed is None:
             notes.append(f"pod annotation {key} {raw!r} is not an integer; using {seconds}")
         else:
-            seconds = clamp_expiration(parsed)
+            seconds = parsed
     if identity.mode is Mode.CONTAINER_CREDENTIALS and seconds == DEFAULT_TOKEN_EXPIRATION:
         seconds = jitter(JITTER_FLOOR, DEFAULT_TOKEN_EXPIRATION)
     return seconds
