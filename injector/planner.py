@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,10 +293,3 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
                          injected, skipped, notes)
     return Plan(ops, expiration, tuple(injected), tuple(skipped), tuple(notes))
 
-
-def container_names(pod: dict[str, Any]) -> Iterable[str]:
-    spec = _dict(pod.get("spec"))
-    for list_name in ("initContainers", "containers"):
-        for container in spec.get(list_name) or ():
-            if isinstance(container, dict):
-                yield str(container.get("name"))
