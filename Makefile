@@ -45,6 +45,13 @@ test: lint unit
 e2e: $(STAMP)
 	E2E_REQUIRED=1 $(BIN)/pytest -m e2e tests/e2e
 
+# The same tier against a kind cluster; needs Docker and kind (docs/e2e.md). Builds the image,
+# installs the chart in the cluster (`helm test`), runs tests/e2e with E2E_KUBECONFIG, deletes
+# the cluster: `make e2e-kind E2E_KIND_ARGS=--keep` keeps it.
+.PHONY: e2e-kind
+e2e-kind: $(STAMP)
+	bash tools/e2e-kind.sh $(E2E_KIND_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 

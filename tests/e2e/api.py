@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import inspect
 import time
 import uuid
@@ -47,11 +48,21 @@ async def api_client(kubeconfig: str | Path) -> client.ApiClient:
     return client.ApiClient(configuration=configuration)
 
 
-class Kube:
-    """One identity's view of the API server (admin, or the webhook's ServiceAccount)."""
+# The cluster-scoped creates of the suite; in external mode the admin labels what they create.
+CLUSTER_SCOPED_CREATES = frozenset({"create_namespace", "create_mutating_webhook_configuration",
+                                    "create_cluster_role", "create_cluster_role_binding"})
 
-    def __init__(self, api: client.ApiClient) -> None:
+
+class Kube:
+    """One identity's view of the API server (admin, or the webhook's ServiceAccount).
+
+    `owner_labels` (external mode): added to every namespace, MutatingWebhookConfiguration,
+    ClusterRole and ClusterRoleBinding created through this client, so that the session can
+    find and delete exactly what the tests created in a cluster that is not theirs."""
+
+    def __init__(self, api: client.ApiClient, *, owner_labels: dict[str, str] | None = None) -> None:
         self.api = api
+        self.owner_labels = dict(owner_labels or {})
         self.core = client.CoreV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
@@ -60,6 +71,11 @@ class Kube:
 
     async def call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         """Any generated API method, answered as decoded JSON; non-2xx raises ApiError."""
+        if self.owner_labels and getattr(method, "__name__", "") in CLUSTER_SCOPED_CREATES:
+            body = copy.deepcopy(args[0])
+            body.setdefault("metadata", {})["labels"] = {**(body["metadata"].get("labels") or {}),
+                                                         **self.owner_labels}
+            args = (body, *args[1:])
         response = await method(*args, _preload_content=False, **kwargs)
         try:
             body = await response.read()
@@ -76,12 +92,17 @@ class Kube:
     # -- objects the tests need all the time ----------------------------------------------------
     async def namespace(self, prefix: str, labels: dict[str, str] | None = None,
                         service_accounts: tuple[str, ...] = ("default",)) -> str:
-        """A fresh namespace (never deleted: without a controller-manager it would never finish
-        terminating) and its ServiceAccounts, which nothing else creates here."""
+        """A fresh namespace (never deleted by the local tier: without a controller-manager it
+        would never finish terminating) and its ServiceAccounts, which nothing else creates
+        there. In a real cluster the controller-manager may create `default` first: fine."""
         name = f"{prefix[:40].rstrip('-')}-{uuid.uuid4().hex[:6]}"
         await self.call(self.core.create_namespace, {"metadata": {"name": name, "labels": labels or {}}})
         for sa in service_accounts:
-            await self.service_account(name, sa)
+            try:
+                await self.service_account(name, sa)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
         return name
 
     async def service_account(self, namespace: str, name: str, annotations: dict[str, str] | None = None) -> dict:

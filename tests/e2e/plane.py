@@ -3,23 +3,31 @@
 Everything listens on 127.0.0.1 and is contacted only there. The binary is
 `tools/kube-test-plane` (kube-apiserver and an embedded etcd in one static file); see
 docs/e2e.md and the harness notes for why each flag is set.
+
+External mode (`E2E_KUBECONFIG`, e.g. a kind cluster): `connect_external_cluster` starts
+nothing and gives the same attributes for an existing cluster; the webhooks the tests start
+listen on `E2E_WEBHOOK_HOST`, the address at which that cluster's API server reaches them.
 """
 
 from __future__ import annotations
 
 import atexit
+import base64
 import ctypes
 import http.client
+import ipaddress
+import json
 import os
 import signal
 import ssl
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from cryptography import x509
@@ -33,6 +41,7 @@ from serving import free_port
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "kube-test-plane" / "build.sh"
 ADMIN_USER = "e2e-admin"
+LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT = 30.0
 
 
@@ -245,6 +254,7 @@ def _http_get(port: int, path: str, context: ssl.SSLContext | None = None, timeo
 # -- the control plane -----------------------------------------------------------------------
 @dataclass
 class ControlPlane:
+    external: ClassVar[bool] = False
     binary: str
     workdir: Path
     pki: Pki
@@ -261,6 +271,15 @@ class ControlPlane:
     @property
     def issuer(self) -> str:
         return self.url
+
+    @property
+    def api_ca_file(self) -> str:
+        """The CA of the API server's serving certificate (here the one CA of everything)."""
+        return self.pki.ca_file
+
+    @property
+    def webhook_host(self) -> str:
+        return LOOPBACK
 
     def admin_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.pki.ca_file)
@@ -328,3 +347,171 @@ def start_control_plane(binary: str, workdir: Path, attempts: int = 3) -> Contro
         return ControlPlane(binary, workdir, pki, etcd, apiserver, api_port, kubeconfig,
                             time.monotonic() - started)
     raise RuntimeError(f"control plane did not start in {attempts} attempts: {last}")
+
+
+# -- an existing cluster (external mode) ---------------------------------------------------------
+class ExternalClusterError(RuntimeError):
+    """E2E_KUBECONFIG or E2E_WEBHOOK_HOST cannot be used."""
+
+
+def external_kubeconfig() -> str:
+    """`E2E_KUBECONFIG`: run the tier against that cluster instead of starting one."""
+    return os.environ.get("E2E_KUBECONFIG", "")
+
+
+def webhook_host() -> str:
+    """The address at which the API server reaches the processes the tests start (webhooks, the
+    reinvocation test's sidecar injector): `E2E_WEBHOOK_HOST` in external mode (kind: the
+    gateway of the docker network `kind`), else always 127.0.0.1."""
+    if external_kubeconfig():
+        return os.environ.get("E2E_WEBHOOK_HOST", "") or LOOPBACK
+    return LOOPBACK
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def make_webhook_pki(directory: Path, host: str) -> Pki:
+    """External mode: a fresh CA and the webhooks' serving certificate (SANs localhost,
+    127.0.0.1 and `host`); the cluster's own PKI is not ours to use."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = generate_ca("e2e-webhook-ca", days=2)
+    cert, key = generate_serving_cert(ca_cert, ca_key, ["localhost"], list(dict.fromkeys([LOOPBACK, host])), days=2)
+    for name, data in {"ca.crt": cert_to_pem(ca_cert), "ca.key": key_to_pem(ca_key),
+                       "webhook.crt": cert_to_pem(cert), "webhook.key": key_to_pem(key)}.items():
+        (directory / name).write_bytes(data)
+        os.chmod(directory / name, 0o600 if name.endswith(".key") else 0o644)
+    return Pki(directory)
+
+
+@dataclass
+class ExternalCluster:
+    """An existing cluster given by an admin kubeconfig: nothing is started or stopped here.
+    The attributes the tests use, as ControlPlane has them: `url`, `kubeconfig` (a copy of the
+    current context with absolute file paths), `workdir`, `pki` (the webhooks' serving
+    certificates only), `issuer` (from the cluster's OIDC discovery document), `get()` as
+    the kubeconfig's user."""
+
+    external: ClassVar[bool] = True
+    workdir: Path
+    pki: Pki
+    kubeconfig: Path
+    url: str
+    api_ca_file: str
+    webhook_host: str
+    client_cert: str = ""
+    client_key: str = ""
+    token: str = ""
+    issuer: str = ""
+    jwks_uri: str = ""
+    startup_seconds: float = 0.0
+
+    def admin_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.api_ca_file)
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """A GET as the kubeconfig's user, e.g. /metrics or the OIDC discovery document."""
+        server = urllib.parse.urlsplit(self.url)
+        conn = http.client.HTTPSConnection(server.hostname or "", server.port or 443,
+                                           context=self.admin_context(), timeout=10)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            conn.request("GET", server.path.rstrip("/") + path, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Nothing to stop: the cluster is not ours (conftest deletes what the tests created)."""
+
+
+_FILE_FIELDS = ("certificate-authority", "client-certificate", "client-key", "tokenFile")
+
+
+def _current_context(path: Path) -> tuple[str, dict, dict, dict]:
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExternalClusterError(f"cannot read {path}: {exc}") from None
+    name = config.get("current-context") or ""
+
+    def entry(kind: str, wanted: str) -> dict:
+        found = [item.get(kind) or {} for item in config.get(f"{kind}s") or [] if item.get("name") == wanted]
+        if not found:
+            raise ExternalClusterError(f"{path}: no {kind} {wanted!r} (current-context {name!r})")
+        return dict(found[0])
+
+    context = entry("context", name)
+    cluster, user = entry("cluster", context.get("cluster", "")), entry("user", context.get("user", ""))
+    for item in (cluster, user):  # relative paths are relative to the kubeconfig's directory
+        for key in _FILE_FIELDS:
+            if item.get(key):
+                item[key] = str((path.parent / os.path.expanduser(item[key])).resolve())
+    return name, context, cluster, user
+
+
+def _credential_file(item: dict, key: str, target: Path) -> str:
+    """`key` as a file: the path as given, or `key-data` decoded into `target`."""
+    if item.get(key):
+        return item[key]
+    if item.get(f"{key}-data"):
+        target.write_bytes(base64.b64decode(item[f"{key}-data"]))
+        os.chmod(target, 0o600)
+        return str(target)
+    return ""
+
+
+def connect_external_cluster(kubeconfig: Path, workdir: Path, host: str, timeout: float = 60) -> ExternalCluster:
+    """Read the admin kubeconfig, make the webhooks' certificates for `host`, wait for /readyz
+    and read the issuer from /.well-known/openid-configuration."""
+    started = time.monotonic()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ExternalClusterError(f"E2E_WEBHOOK_HOST={host!r} is not an IP address (the webhooks bind to it "
+                                   "and their serving certificate names it as an IP SAN)") from None
+    name, context, cluster, user = _current_context(kubeconfig)
+    if not str(cluster.get("server", "")).startswith("https://"):
+        raise ExternalClusterError(f"{kubeconfig}: cluster server {cluster.get('server')!r} is not https://")
+    workdir.mkdir(parents=True, exist_ok=True)
+    api_ca = _credential_file(cluster, "certificate-authority", workdir / "cluster-ca.crt")
+    if not api_ca:
+        raise ExternalClusterError(f"{kubeconfig}: the cluster has no certificate-authority(-data); the "
+                                   "webhooks' kubeconfig needs the API server's CA")
+    client_cert = _credential_file(user, "client-certificate", workdir / "admin.crt")
+    client_key = _credential_file(user, "client-key", workdir / "admin.key")
+    token = user.get("token") or ""
+    if not token and user.get("tokenFile"):
+        token = Path(user["tokenFile"]).read_text().strip()
+    if not (client_cert and client_key) and not token:
+        raise ExternalClusterError(f"{kubeconfig}: user {context.get('user')!r} has neither a client certificate "
+                                   "nor a bearer token (exec and auth-provider plugins are not supported; kind's "
+                                   "kubeconfig has a client certificate)")
+    copy = {"apiVersion": "v1", "kind": "Config", "current-context": name, "preferences": {},
+            "clusters": [{"name": context["cluster"], "cluster": cluster}],
+            "users": [{"name": context["user"], "user": user}],
+            "contexts": [{"name": name, "context": context}]}
+    (workdir / "admin.kubeconfig").write_text(yaml.safe_dump(copy))
+    os.chmod(workdir / "admin.kubeconfig", 0o600)
+    plane = ExternalCluster(workdir, make_webhook_pki(workdir / "pki", host), workdir / "admin.kubeconfig",
+                            cluster["server"].rstrip("/"), api_ca, host, client_cert, client_key, token)
+
+    def ready() -> bool:
+        status, body = plane.get("/readyz")
+        if status in (401, 403):
+            raise ExternalClusterError(f"{plane.url}/readyz: {status} for the kubeconfig's user: {body[:300]!r}")
+        return status == 200
+
+    wait_until(ready, timeout, f"{plane.url}/readyz", interval=0.5)
+    status, body = plane.get("/.well-known/openid-configuration")
+    if status != 200:
+        raise ExternalClusterError(f"{plane.url}/.well-known/openid-configuration: {status} {body[:300]!r}")
+    document = json.loads(body)
+    plane.issuer, plane.jwks_uri = document["issuer"], document.get("jwks_uri", "")
+    plane.startup_seconds = time.monotonic() - started
+    return plane

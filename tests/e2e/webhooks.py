@@ -1,10 +1,16 @@
 """Our webhook as a real `serve` process registered with the API server, and small helper
-servers (a second webhook, a container-credentials endpoint) running in threads."""
+servers (a second webhook, a container-credentials endpoint) running in threads.
+
+Whatever the API server calls listens on `plane.webhook_host` (127.0.0.1, or
+`E2E_WEBHOOK_HOST` against an existing cluster); what only the tests' own processes call
+(the credentials endpoint botocore uses) stays on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -17,10 +23,43 @@ from aiohttp import web
 
 from . import api
 from .api import NAMESPACE_LABEL, Kube
-from .plane import ControlPlane, Proc
+from .plane import LOOPBACK, ControlPlane, ExternalCluster, Proc, host_port, webhook_host
 from serving import Server, free_port, wait_ready
 
 PROBE_ROLE = "arn:aws:iam::111122223333:role/e2e-probe"
+
+
+def free_port_on(host: str) -> int:
+    if host == LOOPBACK:
+        return free_port()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class HostServer(Server):
+    """A `serve` process listening on `host` (serving.Server assumes 127.0.0.1)."""
+
+    host: str = LOOPBACK
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def metrics(self, path: str = "/metrics") -> str:
+        conn = http.client.HTTPConnection(self.host, self.metrics_port, timeout=10)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
 
 
 @dataclass
@@ -31,11 +70,11 @@ class Webhook:
     name: str
     label: str
     proc: Proc
-    server: Server
+    server: HostServer
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.server.port}/mutate"
+        return f"https://{host_port(self.server.host, self.server.port)}/mutate"
 
     @property
     def namespace_labels(self) -> dict[str, str]:
@@ -58,19 +97,21 @@ class Webhook:
         return [entry for entry in self.log_events("admission") if all(entry.get(k) == v for k, v in match.items())]
 
 
-def spawn_serve(plane: ControlPlane, workdir: Path, name: str, kubeconfig: Path, *flags: str) -> tuple[Proc, Server]:
+def spawn_serve(plane: ControlPlane | ExternalCluster, workdir: Path, name: str, kubeconfig: Path,
+                *flags: str) -> tuple[Proc, HostServer]:
     """`serve` with the API server as its identity source (not waited for). Call it from the
     main thread: the child's parent-death signal is tied to the thread that started it."""
-    port, metrics_port = free_port(), free_port()
+    host = plane.webhook_host
+    port, metrics_port = free_port_on(host), free_port_on(host)
     cmd = [sys.executable, "-m", "injector", "serve", "--port", str(port), "--metrics-port", str(metrics_port),
-           "--bind-address", "127.0.0.1", "--tls-cert", plane.pki.path("webhook.crt"),
+           "--bind-address", host, "--tls-cert", plane.pki.path("webhook.crt"),
            "--tls-key", plane.pki.path("webhook.key"), "--workers", "1", "--log-format", "json",
            "--kubeconfig", str(kubeconfig), "--service-account-lookup-grace-period", "1s",
            "--resync-period", "60s", *flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = Proc(name, cmd, workdir / f"{name}.log", env=env).start()
     assert proc.proc is not None
-    return proc, Server(proc.proc, port, metrics_port, Path(plane.pki.ca_file), proc.log_file)
+    return proc, HostServer(proc.proc, port, metrics_port, Path(plane.pki.ca_file), proc.log_file, host)
 
 
 async def probe_namespace(admin: Kube, labels: dict[str, str]) -> str:
@@ -88,8 +129,8 @@ async def wait_until_active(admin: Kube, namespace: str, *, service_account: str
         accept, timeout=timeout, interval=0.2, what=f"webhook active for namespace {namespace}")
 
 
-async def launch(plane: ControlPlane, admin: Kube, workdir: Path, kubeconfig: Path, *, name: str, label: str,
-                 flags: tuple[str, ...] = ()) -> Webhook:
+async def launch(plane: ControlPlane | ExternalCluster, admin: Kube, workdir: Path, kubeconfig: Path, *, name: str,
+                 label: str, flags: tuple[str, ...] = ()) -> Webhook:
     """Start `serve`, register it (deploy/webhook-configuration.yaml, by URL), wait until the
     API server calls it."""
     proc, server = spawn_serve(plane, workdir, name, kubeconfig, *flags)
@@ -116,13 +157,17 @@ async def retire(admin: Kube, hook: Webhook) -> int | None:
 
 
 class BackgroundServer:
-    """An aiohttp application on 127.0.0.1 in its own thread and event loop, so it answers
-    whatever the test's own loop is doing (including blocking in a subprocess)."""
+    """An aiohttp application in its own thread and event loop, so it answers whatever the
+    test's own loop is doing (including blocking in a subprocess). It listens on `host`; by
+    default a TLS server is a webhook the API server calls (`webhook_host()`), a plain HTTP
+    one a local stand-in for the tests' own processes (127.0.0.1)."""
 
-    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None, *,
+                 host: str | None = None) -> None:
         self.app = app
         self.ssl_context = ssl_context
-        self.port = free_port()
+        self.host = host or (webhook_host() if ssl_context is not None else LOOPBACK)
+        self.port = free_port_on(self.host)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="e2e-helper-server", daemon=True)
@@ -135,7 +180,7 @@ class BackgroundServer:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start()
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context).start()
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -147,10 +192,10 @@ class BackgroundServer:
     @property
     def base_url(self) -> str:
         scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{host_port(self.host, self.port)}"
 
 
-def serving_context(plane: ControlPlane) -> ssl.SSLContext:
+def serving_context(plane: ControlPlane | ExternalCluster) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(plane.pki.path("webhook.crt"), plane.pki.path("webhook.key"))
     return context
