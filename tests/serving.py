@@ -41,6 +41,7 @@ class Server:
     metrics_port: int
     ca_file: Path
     log_file: Path
+    host: str = "127.0.0.1"  # where it listens (the e2e tier may use another host)
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -48,7 +49,7 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ssl_context, timeout=10)
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context, timeout=10)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
@@ -65,7 +66,7 @@ class Server:
             return status, body.decode()
 
     def metrics(self, path: str = "/metrics") -> str:
-        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
+        conn = http.client.HTTPConnection(self.host, self.metrics_port, timeout=10)
         try:
             conn.request("GET", path)
             return conn.getresponse().read().decode()

@@ -182,6 +182,16 @@ class Installed:
         await self.admin.service_account(namespace, "app", {ROLE_ANNOTATION: ROLE})
         return namespace
 
+    async def wait_ca_bundle(self, what: str) -> None:
+        def registered(config: dict) -> bool:
+            return all(w["clientConfig"].get("caBundle") for w in config["webhooks"])
+
+        await api.eventually(self.configuration, registered, timeout=20, what=what)
+
+    async def wait_mutating(self, namespace: str, what: str) -> None:
+        await api.eventually(lambda: self.admin.create_pod(namespace, api.pod(api.unique("app"), "app"), dry_run=True),
+                             api.mutated, timeout=20, what=what)
+
     async def assert_mutates(self, namespace: str, *, dry_run: bool = True) -> dict:
         pod = await self.admin.create_pod(namespace, api.pod(api.unique("app"), "app"), dry_run=dry_run)
         assert api.env_of(pod, "app").get("AWS_ROLE_ARN") == ROLE, pod
@@ -225,12 +235,8 @@ async def test_a_wiped_ca_bundle_is_repaired(installed: Installed):
     wipe = [{"op": "remove", "path": f"/webhooks/{i}/clientConfig/caBundle"} for i in range(len(config["webhooks"]))]
     await installed.admin.call(installed.admin.admission.patch_mutating_webhook_configuration, installed.fullname,
                                wipe, _content_type="application/json-patch+json")
-    await api.eventually(installed.configuration,
-                         lambda c: all(w["clientConfig"].get("caBundle") for w in c["webhooks"]),
-                         timeout=20, what="caBundle repaired")
-    await api.eventually(lambda: installed.admin.create_pod(namespace, api.pod(api.unique("app"), "app"),
-                                                            dry_run=True), api.mutated, timeout=20,
-                         what="mutating again after the repair")
+    await installed.wait_ca_bundle("caBundle repaired")
+    await installed.wait_mutating(namespace, "mutating again after the repair")
 
 
 async def test_a_new_ca_rolls_out_without_a_single_unmutated_pod(installed: Installed):
@@ -259,12 +265,8 @@ async def test_helm_upgrade_keeps_mutating(installed: Installed):
     namespace = await installed.workload_namespace()
     run([installed.helm, "upgrade", installed.release, str(CHART), *installed.helm_args(),
          "--set", "config.logLevel=debug"], installed.plane.kubeconfig)
-    await api.eventually(installed.configuration,
-                         lambda c: all(w["clientConfig"].get("caBundle") for w in c["webhooks"]),
-                         timeout=20, what="caBundle in place after the upgrade")
-    await api.eventually(lambda: installed.admin.create_pod(namespace, api.pod(api.unique("app"), "app"),
-                                                            dry_run=True), api.mutated, timeout=20,
-                         what="mutating after the upgrade")
+    await installed.wait_ca_bundle("caBundle in place after the upgrade")
+    await installed.wait_mutating(namespace, "mutating after the upgrade")
 
 
 async def test_helm_uninstall_removes_everything_it_installed(installed: Installed):

@@ -8,7 +8,6 @@ Whatever the API server calls listens on `plane.webhook_host` (127.0.0.1, or
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import socket
 import ssl
@@ -38,31 +37,6 @@ def free_port_on(host: str) -> int:
 
 
 @dataclass
-class HostServer(Server):
-    """A `serve` process listening on `host` (serving.Server assumes 127.0.0.1)."""
-
-    host: str = LOOPBACK
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
-
-    def metrics(self, path: str = "/metrics") -> str:
-        conn = http.client.HTTPConnection(self.host, self.metrics_port, timeout=10)
-        try:
-            conn.request("GET", path)
-            return conn.getresponse().read().decode()
-        finally:
-            conn.close()
-
-
-@dataclass
 class Webhook:
     """A running `pod-identity-injector serve` and the configuration that sends it pods from
     namespaces labelled `e2e-webhook=<label>`."""
@@ -70,7 +44,7 @@ class Webhook:
     name: str
     label: str
     proc: Proc
-    server: HostServer
+    server: Server
 
     @property
     def url(self) -> str:
@@ -98,7 +72,7 @@ class Webhook:
 
 
 def spawn_serve(plane: ControlPlane | ExternalCluster, workdir: Path, name: str, kubeconfig: Path,
-                *flags: str) -> tuple[Proc, HostServer]:
+                *flags: str) -> tuple[Proc, Server]:
     """`serve` with the API server as its identity source (not waited for). Call it from the
     main thread: the child's parent-death signal is tied to the thread that started it."""
     host = plane.webhook_host
@@ -111,7 +85,7 @@ def spawn_serve(plane: ControlPlane | ExternalCluster, workdir: Path, name: str,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = Proc(name, cmd, workdir / f"{name}.log", env=env).start()
     assert proc.proc is not None
-    return proc, HostServer(proc.proc, port, metrics_port, Path(plane.pki.ca_file), proc.log_file, host)
+    return proc, Server(proc.proc, port, metrics_port, Path(plane.pki.ca_file), proc.log_file, host)
 
 
 async def probe_namespace(admin: Kube, labels: dict[str, str]) -> str:
