@@ -2,6 +2,9 @@
 
 Prints numbers; asserts nothing. Usage: `make bench` or
 `python benchmarks/bench.py [--duration 10] [--connections 32] [--workers 0] [--only-inprocess]`.
+`--url https://127.0.0.1:PORT/mutate --ca FILE` drives a webhook that is already running (ours
+or another implementation, e.g. the Go webhook) instead of starting `serve`; it must know the
+ServiceAccount SERVICE_ACCOUNT (bench/bench-app) and answer the review with a JSONPatch.
 wrk comes from Debian's `wrk` package (installed here when missing and running as root).
 """
 
@@ -166,6 +169,24 @@ def run_wrk(wrk: str, url: str, body: bytes, workdir: Path, duration: int, conne
     return rps, lat.get("50", float("nan")), lat.get("99", float("nan")), errors.group(0) if errors else ""
 
 
+def measure(wrk: str, url: str, ctx: ssl.SSLContext, args: argparse.Namespace, sizes: list[int],
+            work: Path) -> list[tuple]:
+    rows = []
+    for size in sizes:
+        body = orjson.dumps(review(size))
+        check_response(url, body, ctx)
+        rows.append((size, *run_wrk(wrk, url, body, work, args.duration, args.connections, args.threads)))
+    return rows
+
+
+def measure_running(args: argparse.Namespace, sizes: list[int]) -> list[tuple]:
+    """The same load against a webhook started elsewhere (`--url`, `--ca`)."""
+    wrk = ensure_wrk()
+    ctx = ssl.create_default_context(cafile=args.ca)
+    with tempfile.TemporaryDirectory(prefix="injector-bench-") as tmp:
+        return measure(wrk, args.url, ctx, args, sizes, Path(tmp))
+
+
 def serve_and_measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple]:
     wrk = ensure_wrk()
     exe = shutil.which("pod-identity-injector", path=str(Path(sys.executable).parent)) or "pod-identity-injector"
@@ -185,13 +206,7 @@ def serve_and_measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple]
         try:
             ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
             wait_ready(f"https://127.0.0.1:{port}/readyz", ctx, server)
-            rows = []
-            for size in sizes:
-                body = orjson.dumps(review(size))
-                check_response(f"https://127.0.0.1:{port}/mutate", body, ctx)
-                rows.append((size, *run_wrk(wrk, f"https://127.0.0.1:{port}/mutate", body, work,
-                                            args.duration, args.connections, args.threads)))
-            return rows
+            return measure(wrk, f"https://127.0.0.1:{port}/mutate", ctx, args, sizes, work)
         finally:
             server.terminate()
             server.wait(30)
@@ -227,8 +242,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="serve --workers (0: one per CPU)")
     parser.add_argument("--sizes", default="1,3,10", help="containers per pod")
     parser.add_argument("--only-inprocess", action="store_true")
+    parser.add_argument("--url", help="drive this already running webhook's /mutate instead of starting serve")
+    parser.add_argument("--ca", help="CA file that verifies --url's certificate (default: the system's)")
     parser.add_argument("serve_args", nargs="*", help="extra flags for serve (after --)")
     args = parser.parse_args()
+    if args.url and args.serve_args:
+        parser.error("flags for serve make no sense with --url")
+    if args.ca and not args.url:
+        parser.error("--ca goes with --url")
     sizes = [int(s) for s in args.sizes.split(",")]
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -239,10 +260,13 @@ def main() -> None:
         print(f"{size:>10} {plan_rate:>12,.0f} {full_rate:>22,.0f}")
     if args.only_inprocess:
         return
-    print(f"\nserve over HTTPS (wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
-          f"workers={args.workers or 'auto'})")
+    if args.url:
+        print(f"\n{args.url} (already running; wrk -t{args.threads} -c{args.connections} -d{args.duration}s)")
+    else:
+        print(f"\nserve over HTTPS (wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
+              f"workers={args.workers or 'auto'})")
     print(f"{'containers':>10} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8}  errors")
-    for size, rps, p50, p99, errors in serve_and_measure(args, sizes):
+    for size, rps, p50, p99, errors in (measure_running if args.url else serve_and_measure)(args, sizes):
         print(f"{size:>10} {rps:>12,.0f} {p50:>8.2f} {p99:>8.2f}  {errors or 'none'}")
 
 
