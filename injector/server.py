@@ -450,11 +450,13 @@ def _worker_main(settings: ServeSettings, index: int) -> None:
     _run_loop(serve_process(settings, with_metrics=False, worker=index))
 
 
-async def supervise(settings: ServeSettings, workers: int) -> int:
-    """Spawn the serving processes, serve /metrics for all of them, forward shutdown."""
-    from .metrics import Exposition, Metrics
+async def supervise(settings: ServeSettings, workers: int, store: IdentityStore,
+                    credentials: CredentialsFileSource | None) -> int:
+    """Spawn the serving processes, serve /metrics for all of them, forward shutdown.
 
-    store, credentials = build_store(settings)  # for the debug cache routes on the metrics port
+    `store` (loaded by `run`) backs the debug cache routes on the metrics port.
+    """
+    from .metrics import Exposition, Metrics
     api, sources = await connect_cluster(settings, store, manage_certificates=True,
                                          watch=settings.enable_debugging_handlers)
     ctx = multiprocessing.get_context("spawn")
@@ -534,4 +536,4 @@ def run(settings: ServeSettings) -> int:
     settings = replace(settings, workers=workers)
     with tempfile.TemporaryDirectory(prefix="injector-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-        return _run_loop(supervise(settings, workers))
+        return _run_loop(supervise(settings, workers, store, credentials))
