@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import certs
 from .kube import KubeError, call_json, get_object
+from .settings import ServeSettings
 
 log = structlog.get_logger(__name__)
 
@@ -67,12 +68,6 @@ class Bundle:
         except (KeyError, ValueError, TypeError):
             return None
         return cls(*parts)
-
-
-def service_names(service: str, namespace: str) -> list[str]:
-    """The DNS names the API server may use to reach the webhook's Service."""
-    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-            f"{service}.{namespace}.svc.cluster.local"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,24 +164,26 @@ def set_bundle_in_place(directory: Path, in_place: bool) -> None:
 class SelfManagedCertificates:
     """Reconciles the Secret, the local files and the webhook configuration's caBundle."""
 
-    def __init__(self, api: Any, *, namespace: str, secret: str, service: str, webhook_configuration: str,
-                 directory: Path, validity: float, renew_before: float, extra_sans: tuple[str, ...] = (),
-                 check_interval: float = 60.0) -> None:
+    def __init__(self, api: Any, settings: ServeSettings) -> None:
+        """Reads --namespace, --tls-secret, --service-name, --webhook-configuration,
+        --cert-dir, --cert-validity, --cert-renew-before, --cert-san, --cert-check-interval."""
         from kubernetes_asyncio import client
 
         self.core = client.CoreV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
-        self.namespace, self.secret, self.webhook_configuration = namespace, secret, webhook_configuration
-        self.directory = directory
-        dns_names, ip_addresses = service_names(service, namespace), []
-        for san in extra_sans:
+        self.namespace, self.secret = settings.namespace, settings.tls_secret
+        self.webhook_configuration = settings.webhook_configuration
+        self.directory = Path(settings.cert_dir)
+        dns_names, ip_addresses = certs.service_names(settings.service_name, settings.namespace), []
+        for san in settings.cert_extra_sans:
             try:
                 ip_addresses.append(str(ipaddress.ip_address(san)))
             except ValueError:
                 dns_names.append(san)
-        self.spec = CertificateSpec(tuple(dns_names), tuple(ip_addresses), max(1, round(validity / 86400)),
-                                    timedelta(seconds=renew_before))
-        self.check_interval = check_interval
+        self.spec = CertificateSpec(tuple(dns_names), tuple(ip_addresses),
+                                    max(1, round(settings.cert_validity / 86400)),
+                                    timedelta(seconds=settings.cert_renew_before))
+        self.check_interval = settings.cert_check_interval
         self.bundle_in_place = False
 
     # -- the loop ------------------------------------------------------------------------

@@ -52,6 +52,12 @@ _DNS_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*\Z")
 
 
+def service_names(service: str, namespace: str) -> list[str]:
+    """The DNS names the API server may use to reach a Service in the cluster."""
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+            f"{service}.{namespace}.svc.cluster.local"]
+
+
 class CertificateFileError(ValueError):
     """A certificate or key file exists but cannot be used; the message names the file."""
 

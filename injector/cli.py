@@ -32,7 +32,6 @@ from .settings import (
     SettingsError,
 )
 
-SUBCOMMANDS = ("serve", "mutate", "certs", "version")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -272,14 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_certs(args: argparse.Namespace) -> int:
-    from .certs import ensure_certs
+    from .certs import ensure_certs, service_names
 
     dns = list(args.dns)
     if args.service:
         name, _, namespace = args.service.partition(".")
         if not name or not namespace:
             return _fail(f"--service {args.service!r} must be NAME.NAMESPACE")
-        dns += [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+        dns += service_names(name, namespace)
     ips = list(args.ip)
     if not dns and not ips:
         dns, ips = ["localhost"], ["127.0.0.1", "::1"]

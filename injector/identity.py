@@ -39,12 +39,12 @@ class Identity:
     audience: str
     regional_sts: bool
     token_expiration: int
-    source: str
 
 
 @dataclass(frozen=True, slots=True)
 class RoleMapping:
-    """One role mapping (from annotations or the ConfigMap); `problems` are for the logs."""
+    """One role mapping, from ServiceAccount annotations or a ConfigMap entry (both have this
+    shape); `problems` are for the logs."""
 
     role_arn: str
     audience: str
@@ -60,11 +60,6 @@ class RoleMapping:
             "UseRegionalSTS": self.regional_sts,
             "TokenExpiration": self.token_expiration,
         }
-
-
-# Entries of both sources share one shape.
-ServiceAccountEntry = RoleMapping
-ConfigMapEntry = RoleMapping
 
 
 def parse_go_int64(text: str) -> int | None:
@@ -99,7 +94,7 @@ def compose_role_arn(value: str, settings: MutationSettings) -> str:
 
 def service_account_entry(
     annotations: Mapping[str, Any] | None, settings: MutationSettings
-) -> ServiceAccountEntry:
+) -> RoleMapping:
     """Parse a ServiceAccount's annotations (behaviour.md §3.2).
 
     Invalid values fall back to the flag defaults, as in the Go webhook, and are reported in
@@ -154,7 +149,7 @@ _CM_FIELDS = {
 }
 
 
-def _config_map_entry(key: str, raw: Any, settings: MutationSettings) -> ConfigMapEntry:
+def _config_map_entry(key: str, raw: Any, settings: MutationSettings) -> RoleMapping:
     if not isinstance(raw, dict):
         raise ConfigMapError(f"entry {key!r} is not an object")
     values: dict[str, Any] = {"role_arn": "", "audience": "", "regional_sts": False, "token_expiration": 0}
@@ -185,12 +180,12 @@ def _config_map_entry(key: str, raw: Any, settings: MutationSettings) -> ConfigM
 class ConfigMapMapping:
     """The `pod-identity-webhook` ConfigMap's mapping: exact keys, then namespace globs."""
 
-    exact: Mapping[str, ConfigMapEntry] = field(default_factory=dict)
+    exact: Mapping[str, RoleMapping] = field(default_factory=dict)
     # (namespace pattern, service account name, entry), most specific pattern first.
-    patterns: tuple[tuple[str, str, ConfigMapEntry], ...] = ()
+    patterns: tuple[tuple[str, str, RoleMapping], ...] = ()
     rejected: tuple[str, ...] = field(default=(), compare=False)
 
-    def lookup(self, namespace: str, name: str) -> ConfigMapEntry | None:
+    def lookup(self, namespace: str, name: str) -> RoleMapping | None:
         """Exact `namespace/name` wins; then the most specific glob (`team-*`, then `*`)."""
         entry = self.exact.get(f"{namespace}/{name}")
         if entry is not None:
@@ -200,7 +195,7 @@ class ConfigMapMapping:
                 return candidate
         return None
 
-    def lookup_exact(self, namespace: str, name: str) -> ConfigMapEntry | None:
+    def lookup_exact(self, namespace: str, name: str) -> RoleMapping | None:
         return self.exact.get(f"{namespace}/{name}")
 
     def __len__(self) -> int:
@@ -218,8 +213,8 @@ def parse_config_map(document: Any, settings: MutationSettings) -> ConfigMapMapp
     """
     if not isinstance(document, dict):
         raise ConfigMapError("the config value must be a JSON object of \"namespace/name\" keys")
-    exact: dict[str, ConfigMapEntry] = {}
-    patterns: list[tuple[str, str, ConfigMapEntry]] = []
+    exact: dict[str, RoleMapping] = {}
+    patterns: list[tuple[str, str, RoleMapping]] = []
     rejected: list[str] = []
     for key, raw in document.items():
         entry = _config_map_entry(key, raw, settings)
@@ -268,7 +263,7 @@ class Resolution:
 class IdentityTables:
     """The current lookup tables; the sources replace members, `resolve` only reads them."""
 
-    service_accounts: dict[str, ServiceAccountEntry] = field(default_factory=dict)
+    service_accounts: dict[str, RoleMapping] = field(default_factory=dict)
     config_map: ConfigMapMapping = EMPTY_CONFIG_MAP
     pod_identities: frozenset[tuple[str, str]] = frozenset()
 
@@ -288,24 +283,19 @@ def resolve(
         regional_sts, expiration = (
             (common.regional_sts, common.token_expiration) if common else (False, DEFAULT_TOKEN_EXPIRATION)
         )
-        identity = Identity(
-            Mode.CONTAINER_CREDENTIALS, "", settings.cc_audience, regional_sts, expiration,
-            "pod-identity-association",
-        )
+        identity = Identity(Mode.CONTAINER_CREDENTIALS, "", settings.cc_audience, regional_sts, expiration)
         return Resolution(identity, "pod-identity-association", known)
 
     if sa_entry is not None and sa_entry.role_arn:
-        return Resolution(_web_identity(sa_entry, "service-account-annotation"), "service-account-annotation", True)
+        return Resolution(_web_identity(sa_entry), "service-account-annotation", True)
 
     cm_entry = tables.config_map.lookup(namespace, name)
     if cm_entry is not None and cm_entry.role_arn:
-        return Resolution(_web_identity(cm_entry, "config-map"), "config-map", known)
+        return Resolution(_web_identity(cm_entry), "config-map", known)
 
     reason = "service-account-has-no-role" if known else "service-account-not-found"
     return Resolution(None, reason, known)
 
 
-def _web_identity(entry: RoleMapping, source: str) -> Identity:
-    return Identity(
-        Mode.WEB_IDENTITY, entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration, source
-    )
+def _web_identity(entry: RoleMapping) -> Identity:
+    return Identity(Mode.WEB_IDENTITY, entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration)

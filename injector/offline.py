@@ -19,14 +19,7 @@ from .admission import Decision, decide
 from .review import AdmissionRequest, BadReview, Envelope, encode_response, parse_review
 from .settings import MutationSettings
 from .sources import IdentityStore
-from .sources.static import (
-    InputError,
-    load_config_map,
-    load_pod_identities,
-    load_service_accounts,
-    parse_documents,
-    read_text,
-)
+from .sources.static import InputError, load_manifests, load_pod_identities, parse_documents, read_text
 
 
 def _read_input(path: str) -> Any:
@@ -82,10 +75,9 @@ def _with_namespace(request: AdmissionRequest, namespace: str) -> AdmissionReque
 
 
 def build_store(args: argparse.Namespace, settings: MutationSettings) -> IdentityStore:
-    store = IdentityStore(settings)
-    store.replace_service_accounts(load_service_accounts(args.service_account_files, settings, args.namespace))
-    if args.config_map_file:
-        store.replace_config_map(load_config_map(args.config_map_file, settings))
+    """The identity inputs the command was given; problems in them are not logged here."""
+    store = IdentityStore(settings, log_problems=False)
+    load_manifests(store, args.service_account_files, args.config_map_file, args.namespace)
     if args.container_credentials_config:
         store.replace_pod_identities(load_pod_identities(args.container_credentials_config))
     return store

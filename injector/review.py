@@ -110,7 +110,7 @@ def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
 
 
 def encode_response(envelope: Envelope, allowed: bool, operations: list[Operation] | None = None,
-                    message: str | None = None, warnings: list[str] | None = None) -> bytes:
+                    message: str | None = None) -> bytes:
     """The AdmissionReview answer: TypeMeta and uid echoed, patch as base64 JSON Patch."""
     response: dict[str, Any] = {"uid": envelope.uid, "allowed": allowed}
     if message:
@@ -118,8 +118,6 @@ def encode_response(envelope: Envelope, allowed: bool, operations: list[Operatio
     if operations:
         response["patch"] = base64.b64encode(orjson.dumps(operations)).decode("ascii")
         response["patchType"] = "JSONPatch"
-    if warnings:
-        response["warnings"] = warnings
     review: dict[str, Any] = {}
     if envelope.kind is not None:
         review["kind"] = envelope.kind

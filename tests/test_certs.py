@@ -42,6 +42,11 @@ def issue(ca, key, dns=("localhost",), ips=("127.0.0.1",), days=365, **kwargs):
 # --- generate_ca ------------------------------------------------------------------------
 
 
+def test_a_service_is_named_every_way_the_api_server_may_reach_it():
+    assert certs.service_names("injector", "infra") == [
+        "injector", "injector.infra", "injector.infra.svc", "injector.infra.svc.cluster.local"]
+
+
 def test_ca_is_self_signed_and_may_only_sign_certificates(ca):
     cert, key = ca
     assert cert.subject == cert.issuer

@@ -137,7 +137,6 @@ identities = st.builds(
     audience=st.sampled_from(["sts.amazonaws.com", "pods.eks.amazonaws.com", ""]),
     regional_sts=st.booleans(),
     token_expiration=st.sampled_from([600, 3600, 86400, 172800]),
-    source=st.just("test"),
 )
 mutation_settings = st.builds(
     MutationSettings,

@@ -11,21 +11,31 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import structlog
+
 from ..identity import (
     ConfigMapMapping,
     IdentityTables,
     Resolution,
-    ServiceAccountEntry,
+    RoleMapping,
     resolve,
 )
 from ..settings import MutationSettings
 
+log = structlog.get_logger(__name__)
+
 
 class IdentityStore:
-    """The in-memory tables plus per-source readiness."""
+    """The in-memory tables plus per-source readiness.
 
-    def __init__(self, settings: MutationSettings, lookup_grace: float = 0.0) -> None:
+    Every update passes through here, so problems in what arrives (annotation values, ConfigMap
+    keys) are logged in one place whether a file, the initial list, a relist, a watch event or
+    a direct lookup brought them; `log_problems=False` keeps the offline command's output clean.
+    """
+
+    def __init__(self, settings: MutationSettings, lookup_grace: float = 0.0, *, log_problems: bool = True) -> None:
         self.settings = settings
+        self.log_problems = log_problems
         self.tables = IdentityTables()
         self._pending: set[str] = set()
         # Set by a live ServiceAccount source: fetch one ServiceAccount missing from the table.
@@ -41,28 +51,40 @@ class IdentityStore:
         self._pending.discard(source)
 
     @property
-    def ready(self) -> bool:
-        return not self._pending
-
-    @property
     def waiting_for(self) -> tuple[str, ...]:
         return tuple(sorted(self._pending))
 
     # -- updates -----------------------------------------------------------------------
-    def replace_service_accounts(self, entries: dict[str, ServiceAccountEntry]) -> None:
+    def replace_service_accounts(self, entries: dict[str, RoleMapping]) -> None:
+        previous = self.tables.service_accounts
+        for key, entry in entries.items():
+            self._report(key, entry, previous.get(key))
         self.tables.service_accounts = entries
 
-    def put_service_account(self, namespace: str, name: str, entry: ServiceAccountEntry) -> None:
-        self.tables.service_accounts[f"{namespace}/{name}"] = entry
+    def put_service_account(self, namespace: str, name: str, entry: RoleMapping) -> None:
+        key = f"{namespace}/{name}"
+        self._report(key, entry, self.tables.service_accounts.get(key))
+        self.tables.service_accounts[key] = entry
 
     def remove_service_account(self, namespace: str, name: str) -> None:
         self.tables.service_accounts.pop(f"{namespace}/{name}", None)
 
     def replace_config_map(self, mapping: ConfigMapMapping) -> None:
+        previous = self.tables.config_map
+        if self.log_problems and (mapping != previous or mapping.rejected != previous.rejected):
+            for problem in mapping.rejected:
+                log.error("config map entry rejected", problem=problem)
         self.tables.config_map = mapping
 
     def replace_pod_identities(self, pairs: frozenset[tuple[str, str]]) -> None:
         self.tables.pod_identities = pairs
+
+    def _report(self, key: str, entry: RoleMapping, previous: RoleMapping | None) -> None:
+        """Say each problem once: a relist or an unchanged update repeats nothing."""
+        if not self.log_problems or (previous == entry and previous.problems == entry.problems):
+            return
+        for problem in entry.problems:
+            log.warning("service account annotation problem", service_account=key, problem=problem)
 
     def clear(self) -> None:
         """The debug handler's reset: the sources repopulate on their next event."""
@@ -74,7 +96,7 @@ class IdentityStore:
 
     async def resolve_waiting(self, namespace: str, name: str) -> Resolution:
         """`resolve`, but a ServiceAccount missing from the table is fetched first, waiting at
-        most the lookup grace period (design.md decision 4; both modes)."""
+        most the lookup grace period (docs/reference.md#lookup-grace)."""
         resolution = self.resolve(namespace, name)
         if resolution.service_account_known or self.fetch_missing is None or self.lookup_grace <= 0 or not name:
             return resolution

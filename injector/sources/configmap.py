@@ -39,8 +39,6 @@ class ConfigMapSource:
         except InputError as exc:
             log.error("config map invalid; keeping the previous mapping", error=str(exc))
             return
-        for problem in mapping.rejected:
-            log.error("config map entry rejected", configmap=where, problem=problem)
         self.store.replace_config_map(mapping)
         log.info("config map mapping loaded", configmap=where, entries=len(mapping))
 

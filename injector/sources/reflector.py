@@ -43,7 +43,6 @@ class Reflector:
         self.resync = resync
         self.selectors = selectors
         self.synced = False
-        self.lists = 0
 
     async def run(self) -> None:
         backoff = 0.5
@@ -84,7 +83,6 @@ class Reflector:
                 version = metadata.get("resourceVersion", "")
                 break
         self.on_replace(items)
-        self.lists += 1
         if not self.synced:
             self.synced = True
             log.info("initial list complete", source=self.name, count=len(items))

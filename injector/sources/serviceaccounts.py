@@ -77,9 +77,6 @@ class ServiceAccountSource:
             self.store.remove_service_account(namespace, name)
         else:
             self.store.put_service_account(namespace, name, entry)
-            for problem in entry.problems:
-                log.warning("service account annotation problem", service_account=f"{namespace}/{name}",
-                            problem=problem)
 
     async def run(self) -> None:
         await self.reflector.run()

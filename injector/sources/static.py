@@ -1,6 +1,8 @@
 """Identity inputs read from files: ServiceAccount manifests, the ConfigMap manifest and the
-Pod Identity identities file. Used by the offline `mutate` command and by `serve` when it
-runs without a cluster. Every problem becomes an `InputError` naming the file.
+Pod Identity identities file.
+
+Used by the offline `mutate` command and by `serve` when it runs without a cluster. Every
+problem becomes an `InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import yaml
 from ..identity import (
     ConfigMapError,
     ConfigMapMapping,
-    ServiceAccountEntry,
+    RoleMapping,
     parse_config_map,
     parse_pod_identities,
     service_account_entry,
 )
 from ..settings import MutationSettings
+from . import IdentityStore
 
 
 class ManifestLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -92,8 +95,8 @@ def load_documents(path: str | Path) -> list[Any]:
 
 def service_account_entries(
     documents: Iterable[Any], settings: MutationSettings, default_namespace: str, path: str | Path
-) -> dict[str, ServiceAccountEntry]:
-    entries: dict[str, ServiceAccountEntry] = {}
+) -> dict[str, RoleMapping]:
+    entries: dict[str, RoleMapping] = {}
     for index, doc in enumerate(documents):
         if not isinstance(doc, dict) or doc.get("kind") != "ServiceAccount":
             kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
@@ -112,8 +115,8 @@ def service_account_entries(
 
 def load_service_accounts(
     paths: Iterable[str | Path], settings: MutationSettings, default_namespace: str = "default"
-) -> dict[str, ServiceAccountEntry]:
-    entries: dict[str, ServiceAccountEntry] = {}
+) -> dict[str, RoleMapping]:
+    entries: dict[str, RoleMapping] = {}
     for path in paths:
         entries.update(service_account_entries(load_documents(path), settings, default_namespace, path))
     return entries
@@ -159,3 +162,11 @@ def parse_identities_file(text: str, path: str | Path) -> frozenset[tuple[str, s
 
 def load_pod_identities(path: str | Path) -> frozenset[tuple[str, str]]:
     return parse_identities_file(read_text(path), path)
+
+
+def load_manifests(store: IdentityStore, service_account_files: Iterable[str | Path], config_map_file: str = "",
+                   default_namespace: str = "default") -> None:
+    """Fill the store from ServiceAccount manifests and a ConfigMap manifest, if given."""
+    store.replace_service_accounts(load_service_accounts(service_account_files, store.settings, default_namespace))
+    if config_map_file:
+        store.replace_config_map(load_config_map(config_map_file, store.settings))

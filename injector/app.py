@@ -1,0 +1,272 @@
+"""The HTTP applications: the webhook port's routes and handlers, and the metrics port's.
+
+Request path of /mutate: body → `review.parse_review` → `IdentityStore.resolve_waiting` →
+`admission.decide` → `review.encode_response`. The handlers only translate between HTTP and
+that pure path; how each kind of bad input is answered is in docs/mutation.md#answers.
+Building the store and the sources is `startup`'s job, running processes is `server`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from .admission import Decision, decide, precheck
+from .cert_controller import bundle_in_place
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .review import (
+    AdmissionRequest,
+    BadReview,
+    Envelope,
+    decode_json,
+    encode_error_review,
+    encode_response,
+    parse_review,
+)
+from .settings import ServeSettings
+from .sources import IdentityStore
+from .tls import CertificateReloader
+
+log = structlog.get_logger(__name__)
+
+JSON = "application/json"
+_UNSUPPORTED_MEDIA = "Invalid Content-Type, expected `application/json`\n"
+
+Job = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ServerState:
+    """What the handlers of one process share, and what "ready" means for it."""
+
+    settings: ServeSettings
+    store: IdentityStore
+    tls: CertificateReloader | None
+    metrics: Any
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return not self.not_ready_because()
+
+    def not_ready_because(self) -> list[str]:
+        """Every reason /readyz fails (docs/reference.md#readiness); empty when ready."""
+        reasons = []
+        if self.draining:
+            reasons.append("shutting down")
+        if self.tls is not None and not self.tls.loaded:
+            reasons.append("no serving certificate loaded")
+        if self.settings.cert_mode == "self-managed" and not bundle_in_place(Path(self.settings.cert_dir)):
+            reasons.append(f"caBundle of {self.settings.webhook_configuration} not in place yet")
+        reasons += [f"waiting for {source}" for source in self.store.waiting_for]
+        return reasons
+
+
+STATE = web.AppKey("state", ServerState)
+EXPOSITION = web.AppKey("exposition", object)
+
+
+def run_beside(app: web.Application, jobs: Iterable[Job], then: Job | None = None) -> None:
+    """Run each job as a task for exactly as long as `app` runs.
+
+    The tasks start when the app starts (before any site listens) and are cancelled when it
+    is cleaned up, after in-flight requests have finished; `then` runs last, to close what
+    the jobs used (the API client).
+    """
+    jobs = list(jobs)
+
+    async def lifetime(_: web.Application):
+        tasks = [asyncio.create_task(job()) for job in jobs]
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if then is not None:
+            await then()
+
+    app.cleanup_ctx.append(lifetime)
+
+
+async def refresh_gauges(state: ServerState, interval: float = 1.0) -> None:
+    """Keep the gauges that describe state (not events) current."""
+    metrics = state.metrics
+    while True:
+        metrics.used.set(1 if state.store.tables.service_accounts else 0)
+        metrics.ready.set(1 if state.ready else 0)
+        if state.tls is not None and state.tls.not_after is not None:
+            metrics.cert_expiry.set(state.tls.not_after.timestamp())
+        await asyncio.sleep(interval)
+
+
+# -- /mutate ---------------------------------------------------------------------------------
+def _plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text if text.endswith("\n") else text + "\n")
+
+
+async def handle_mutate(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.split(";", 1)[0].strip().lower() != JSON:
+        log.warning("admission refused", reason="unsupported content type", content_type=content_type)
+        return _plain(415, _UNSUPPORTED_MEDIA)
+    limit = state.settings.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _too_large(request.content_length, limit)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(None, limit)
+    try:
+        envelope, parsed = parse_review(decode_json(body))
+    except BadReview as exc:
+        log.warning("admission refused", reason="undecodable review", error=str(exc), bytes=len(body))
+        return _plain(exc.status, str(exc))
+    if isinstance(parsed, str):
+        log.warning("admission denied", reason="bad content", detail=parsed)
+        return web.Response(body=encode_error_review(envelope, parsed), content_type=JSON)
+
+    try:
+        decision = precheck(parsed)
+        if decision is None:
+            resolution = await state.store.resolve_waiting(parsed.namespace, parsed.service_account)
+            if not resolution.service_account_known and resolution.identity is None:
+                state.metrics.missing_sa.inc()
+            decision = decide(parsed, resolution, state.settings.mutation)
+        body_out = encode_response(envelope, decision.allowed, decision.operations, decision.message or None)
+    except Exception as exc:  # allow-and-log: never fail a pod because of our own bug
+        log.exception("admission failed; allowing the pod unchanged", uid=envelope.uid)
+        decision = Decision(True, "internal-error", [], message=f"pod-identity-injector error: {exc}")
+        body_out = encode_response(envelope, True, None, decision.message)
+
+    elapsed = time.perf_counter() - started
+    state.metrics.count_admission(decision.mode, decision.reason, elapsed)
+    _log_decision(envelope, parsed, decision, elapsed)
+    return web.Response(body=body_out, content_type=JSON)
+
+
+def _too_large(size: int | None, limit: int) -> web.Response:
+    got = f"{size} bytes" if size is not None else "more"
+    log.warning("admission refused", reason="request body too large", limit=limit, size=size)
+    return _plain(413, f"request body too large: {got}, the limit is {limit} bytes (--max-request-bytes)")
+
+
+def _log_decision(envelope: Envelope, request: AdmissionRequest, decision: Decision, elapsed: float) -> None:
+    """One structured line per admission (docs/reference.md#logs)."""
+    fields: dict[str, Any] = {
+        "namespace": request.namespace,
+        "pod": request.pod_name,
+        "service_account": request.service_account,
+        "decision": decision.reason,
+        "mutated": decision.mutated,
+        "uid": envelope.uid,
+        "duration_ms": round(elapsed * 1000, 3),
+    }
+    if decision.mode:
+        fields["mode"] = decision.mode
+    if decision.role_arn:
+        fields["role_arn"] = decision.role_arn
+    if request.dry_run:
+        fields["dry_run"] = True
+    plan = decision.plan
+    if plan is not None:
+        if plan.injected:
+            fields["containers"] = list(plan.injected)
+        if plan.skipped:
+            fields["skipped_containers"] = list(plan.skipped)
+        if plan.notes:
+            fields["notes"] = list(plan.notes)
+    if decision.message:
+        fields["detail"] = decision.message
+    log.info("admission", **fields)
+
+
+# -- health, debug, metrics ------------------------------------------------------------------
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.ready:
+        return web.Response(text="ok")
+    return _plain(503, "not ready: " + "; ".join(state.not_ready_because()))
+
+
+async def handle_debug_deny(request: web.Request) -> web.Response:
+    body = {"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview",
+            "response": {"uid": "", "allowed": False, "status": {"message": "Test deny message"}}}
+    return web.json_response(body)
+
+
+async def handle_debug_500(request: web.Request) -> web.Response:
+    return web.Response(status=500, text="test error")
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[EXPOSITION].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def handle_debug_cache(request: web.Request) -> web.Response:
+    import orjson
+
+    dump = request.app[STATE].store.dump()
+    return web.Response(body=orjson.dumps(dump, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
+                        content_type=JSON)
+
+
+async def handle_debug_cache_clear(request: web.Request) -> web.Response:
+    request.app[STATE].store.clear()
+    log.warning("identity cache cleared by debug handler")
+    return web.Response()
+
+
+def counted(handler: Any) -> Any:
+    """Count requests per method/path/status. A plain wrapper: aiohttp middlewares cost
+    about 40 µs a request, a sixth of the whole /mutate budget."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            request.app[STATE].metrics.count_request(request.method, request.path, status)
+
+    return wrapper
+
+
+def webhook_app(state: ServerState) -> web.Application:
+    """The TLS port: /mutate, the probes and, on request, the Go webhook's debug routes."""
+    app = web.Application(client_max_size=state.settings.max_request_bytes)
+    app[STATE] = state
+    app.router.add_route("*", "/mutate", counted(handle_mutate))
+    app.router.add_get("/healthz", handle_healthz)  # probes stay out of the request counts
+    app.router.add_get("/readyz", handle_readyz)
+    if state.settings.enable_debugging_handlers:
+        app.router.add_route("*", "/debug/alpha/deny", counted(handle_debug_deny))
+        app.router.add_route("*", "/debug/alpha/500", counted(handle_debug_500))
+    return app
+
+
+def metrics_app(state: ServerState, exposition: Any) -> web.Application:
+    """The plain-HTTP port: /metrics and, on request, the identity cache debug routes."""
+    app = web.Application()
+    app[STATE] = state
+    app[EXPOSITION] = exposition
+    app.router.add_get("/metrics", handle_metrics)
+    if state.settings.enable_debugging_handlers:
+        app.router.add_get("/debug/alpha/cache", handle_debug_cache)
+        app.router.add_route("*", "/debug/alpha/cache/clear", handle_debug_cache_clear)
+    return app
