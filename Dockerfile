@@ -1,5 +1,6 @@
-# syntax=docker/dockerfile:1
-# Two stages: the first builds the wheels (and may need compilers), the second only runs.
+# Two stages: the first installs the package into a virtualenv (and may need compilers), the
+# second only runs it. No `# syntax=` line: the classic builder and BuildKit both build this
+# file as it is, and BuildKit then needs no frontend image from a registry.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -7,20 +8,27 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY injector ./injector
-# Install into a prefix that the runtime stage copies whole: no pip, no compilers there.
-RUN pip install --prefix=/install . \
-    && find /install -name '__pycache__' -prune -exec rm -rf {} +
+# A venv works on any Python base: the official image (python in /usr/local/bin, pip present)
+# and Debian's own python3 (externally managed, PEP 668, no pip command) alike. Its interpreter
+# is a symlink to the base's python3, which the runtime stage has at the same path. pip and
+# setuptools leave the venv once it is installed: none of them at run time. The bytecode pip
+# compiled stays (+25 MB): the root filesystem is read-only, so without it every process
+# start compiles kubernetes_asyncio & co. again (measured: 4.4 s instead of 0.9 s of imports).
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="pod-identity-injector" \
       org.opencontainers.image.description="Kubernetes admission webhook that gives pods AWS IAM credentials" \
       org.opencontainers.image.licenses="Apache-2.0"
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-COPY --from=build /install /usr/local
+COPY --from=build /opt/venv /opt/venv
 # The Go webhook's Deployments run `/webhook --flag=…`; flags alone mean `serve` here, so
-# switching a Deployment needs only a new image.
-RUN ln -s /usr/local/bin/pod-identity-injector /webhook \
+# switching a Deployment needs only a new image. The base's own pip (the official image has
+# one) is not needed at run time either.
+RUN ln -s /opt/venv/bin/pod-identity-injector /webhook \
     && (pip uninstall --yes pip setuptools wheel >/dev/null 2>&1 || true)
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # Numeric non-root user (runAsNonRoot can verify it); nothing is written outside /tmp,
 # so the root filesystem can be read-only (mount an emptyDir at /tmp for self-managed certs).
 USER 65532:65532

@@ -1,0 +1,3 @@
+module pod-identity-injector/tools/image/pause
+
+go 1.22
