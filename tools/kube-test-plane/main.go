@@ -1,15 +1,23 @@
 // Command kube-test-plane is a test-only multi-call binary that bundles the
-// two processes of a minimal Kubernetes control plane for end-to-end tests:
+// processes of a small Kubernetes cluster for end-to-end tests:
 //
 //	kube-test-plane kube-apiserver [kube-apiserver flags...]
 //	kube-test-plane etcd --data-dir D --listen-client-url http://127.0.0.1:P --listen-peer-url http://127.0.0.1:Q
+//	kube-test-plane kube-controller-manager [flags...]
+//	kube-test-plane kube-scheduler [flags...]
+//	kube-test-plane kubelet [flags...]
 //	kube-test-plane version
+//
+// One binary links the shared Kubernetes packages once, which keeps the cold build
+// and the cache small. The first two are all the API-server tier needs; the local
+// cluster (tools/local-cluster) runs all five.
 //
 // Each subcommand is meant to run in its own process; the e2e fixtures start
 // one process per subcommand. It is never shipped: see README.md.
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +32,7 @@ import (
 	// Embedded zone database, as in the upstream kube-apiserver (CronJob time zones).
 	_ "time/tzdata"
 
+	"github.com/spf13/cobra"
 	etcdversion "go.etcd.io/etcd/api/v3/version"
 	"go.etcd.io/etcd/server/v3/embed"
 
@@ -34,6 +43,9 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	kubeversion "k8s.io/component-base/version"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	controllermanagerapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // inputsHash is set by build.sh (-ldflags -X main.inputsHash=...) to a hash of
@@ -43,6 +55,9 @@ var inputsHash = "unknown"
 const usage = `usage:
   kube-test-plane kube-apiserver [kube-apiserver flags]
   kube-test-plane etcd --data-dir DIR --listen-client-url http://127.0.0.1:PORT --listen-peer-url http://127.0.0.1:PORT [--log-level LEVEL] [--unsafe-no-fsync=false]
+  kube-test-plane kube-controller-manager [kube-controller-manager flags]
+  kube-test-plane kube-scheduler [kube-scheduler flags]
+  kube-test-plane kubelet [kubelet flags]
   kube-test-plane version
 `
 
@@ -57,6 +72,12 @@ func main() {
 		os.Exit(runAPIServer(rest))
 	case "etcd":
 		os.Exit(runEtcd(rest))
+	case "kube-controller-manager":
+		os.Exit(runUpstream(sub, rest, controllermanagerapp.NewControllerManagerCommand))
+	case "kube-scheduler":
+		os.Exit(runUpstream(sub, rest, func() *cobra.Command { return schedulerapp.NewSchedulerCommand() }))
+	case "kubelet":
+		os.Exit(runUpstream(sub, rest, func() *cobra.Command { return kubeletapp.NewKubeletCommand(context.Background()) }))
 	case "version", "--version", "-version":
 		fmt.Printf("kube-apiserver %s\netcd %s\ninputs %s\n", kubeversion.Get().GitVersion, etcdversion.Version, inputsHash)
 	case "help", "-h", "--help":
@@ -72,6 +93,13 @@ func main() {
 func runAPIServer(args []string) int {
 	os.Args = append([]string{"kube-apiserver"}, args...)
 	return cli.Run(apiserverapp.NewAPIServerCommand())
+}
+
+// runUpstream runs an unmodified upstream component command under its own name,
+// exactly as its upstream main package does.
+func runUpstream(name string, args []string, newCommand func() *cobra.Command) int {
+	os.Args = append([]string{name}, args...)
+	return cli.Run(newCommand())
 }
 
 // runEtcd starts a single-member etcd server in this process and blocks until
