@@ -13,6 +13,8 @@ help:
 	@echo "make test   - lint and run the whole test suite"
 	@echo "make bench  - throughput/latency benchmark of serve (wrk) and of the planner"
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
+	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
+	@echo "make cluster-down - stop it and remove everything it made"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +39,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint unit
+test: lint unit cluster-test
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
@@ -73,3 +75,18 @@ chart-lint:
 		$$helm template chart-lint $(CHART) --kube-version $(KUBE_VERSION) -n pod-identity-injector -f $$values >/dev/null \
 			|| exit 1; \
 	done
+
+# A single-node cluster of real components in a network namespace of its own (root; see
+# tools/local-cluster/README.md): builds what is missing, installs the chart with its defaults.
+.PHONY: cluster-up cluster-down cluster-test
+cluster-up: $(STAMP)
+	$(BIN)/python tools/local-cluster/cluster.py up
+
+# Needs nothing but python3: it must work even when the venv or the cluster is half gone.
+cluster-down:
+	python3 tools/local-cluster/cluster.py down
+
+# The smoke tier, inside the cluster's namespace. Brings the cluster up if it is not (and
+# leaves it up); fails, never skips, when it cannot start.
+cluster-test: cluster-up
+	LOCAL_CLUSTER_TIER=1 tools/local-cluster/run -- $(BIN)/pytest -q -p no:cacheprovider tests/cluster
