@@ -2,7 +2,7 @@
 and the Pod Identity (container credentials) association list.
 
 Everything here is pure: parsers turn raw inputs into small immutable entries, and
-`resolve` applies the precedence rules of behaviour.md §2.3/§3. The sources that feed the
+`resolve` applies the precedence rules of docs/mutation.md#precedence. The sources that feed the
 tables (files, watches) live in `injector.sources`.
 """
 
@@ -95,7 +95,7 @@ def compose_role_arn(value: str, settings: MutationSettings) -> str:
 def service_account_entry(
     annotations: Mapping[str, Any] | None, settings: MutationSettings
 ) -> RoleMapping:
-    """Parse a ServiceAccount's annotations (behaviour.md §3.2).
+    """Parse a ServiceAccount's annotations (docs/mutation.md#service-account-annotations).
 
     Invalid values fall back to the flag defaults, as in the Go webhook, and are reported in
     `problems` so the edge can log them instead of failing silently.
@@ -206,7 +206,7 @@ EMPTY_CONFIG_MAP = ConfigMapMapping()
 
 
 def parse_config_map(document: Any, settings: MutationSettings) -> ConfigMapMapping:
-    """Parse the decoded `config` value (behaviour.md §3.5 with design.md's improvements).
+    """Parse the decoded `config` value (docs/mutation.md#config-map, with #differences).
 
     A wrong type anywhere rejects the whole document (as in Go); a malformed key is
     rejected on its own and reported in `rejected` instead of crashing.
@@ -271,7 +271,7 @@ class IdentityTables:
 def resolve(
     namespace: str, name: str, tables: IdentityTables, settings: MutationSettings
 ) -> Resolution:
-    """Apply the precedence of behaviour.md §2.3: Pod Identity > annotation > ConfigMap."""
+    """Apply docs/mutation.md#precedence: Pod Identity > annotation > ConfigMap."""
     key = f"{namespace}/{name}"
     sa_entry = tables.service_accounts.get(key)
     known = sa_entry is not None

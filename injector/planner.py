@@ -3,7 +3,7 @@
 The pod is a raw dict straight from the AdmissionReview and is never re-serialised: every
 operation adds exactly one thing we own (an env entry, a mount, the volume, the label) at
 its own path, so fields this code does not know survive untouched. The *resulting pod*
-equals the Go webhook's (behaviour.md §2.4–§2.8), and planning a pod that already carries
+equals the Go webhook's (docs/mutation.md, section 4), and planning a pod that already carries
 everything yields no operations, which makes reinvocation safe.
 """
 
@@ -174,7 +174,7 @@ def token_expiration(pod: dict[str, Any], identity: Identity, settings: Mutation
 
 def _container_env(identity: Identity, settings: MutationSettings, layout: _Layout,
                    present: set[str]) -> list[dict[str, str]] | None:
-    """The env entries to append, or None when the container is already complete (§2.5)."""
+    """The env entries to append, or None when the container is already complete (§env)."""
     identity_defined = any(k in present for k in layout.identity_keys)
     region_defined = REGION in present or DEFAULT_REGION in present
     sts_defined = STS_REGIONAL_ENDPOINTS in present

@@ -8,6 +8,7 @@ as it arrives and the expected resulting pod (absent: the pod must stay unchange
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from injector.settings import MutationSettings
 from injector.sources.static import ManifestLoader
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "planner"
+DOCS_DIR = Path(__file__).parent.parent / "docs"
+# A fixture cites the rules it exercises as §anchor, an anchor of docs/mutation.md.
+CITATION = re.compile(r"§([a-z][a-z0-9-]*)")
+_ANCHOR = re.compile(r'<a id="([a-z0-9-]+)"></a>')
 FIXTURE_KEYS = {"description", "flags", "namespace", "serviceAccount", "configMap", "podIdentity", "pod", "expected"}
 JITTER_FLOOR = 79200
 JITTER_CEILING = 86400
@@ -58,6 +63,11 @@ class Case:
     @property
     def changes(self) -> bool:
         return "expected" in self.data
+
+
+def doc_anchors(name: str) -> set[str]:
+    """The stable anchors (`<a id="…"></a>`) of one page in docs/."""
+    return set(_ANCHOR.findall((DOCS_DIR / name).read_text(encoding="utf-8")))
 
 
 def load_cases() -> list[Case]:

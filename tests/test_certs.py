@@ -1,4 +1,4 @@
-"""Certificate generation, atomic files and `ensure_certs` (behaviour.md §5, design.md `certs`)."""
+"""Certificate generation, atomic files and `ensure_certs` (docs/reference.md#certs-command)."""
 
 from __future__ import annotations
 

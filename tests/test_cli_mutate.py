@@ -1,4 +1,4 @@
-"""The offline `mutate` command (design.md "Command-line contract") on every planner fixture,
+"""The offline `mutate` command (README, "See what the webhook would do, offline") on every planner fixture,
 through the real console entry point: identity inputs are materialised as the files a user
 would pass (ServiceAccount manifest, `pod-identity-webhook` ConfigMap, identities JSON).
 
@@ -128,7 +128,7 @@ def ok(run: Run) -> str:
 
 def normalise_jitter(pod: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
     """Where the fixture pins the container-credentials jitter to 79200, accept any value in
-    [79200, 86400] (§2.3 A) and substitute 79200 for the comparison."""
+    [79200, 86400] (§container-credentials) and substitute 79200 for the comparison."""
     pod = copy.deepcopy(pod)
     got_volumes = (pod.get("spec") or {}).get("volumes") or []
     want_volumes = (expected.get("spec") or {}).get("volumes") or []
@@ -168,8 +168,8 @@ def test_yaml_output_parses_to_the_expected_pod(case: Case, runs):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_review_output_echoes_the_request_and_carries_the_patch(case: Case, runs):
-    """§2.1: apiVersion and kind are echoed, response.uid = request.uid, allowed; the patch is
-    base64 JSON Patch with patchType JSONPatch, and absent when nothing changes (§2.2)."""
+    """§answers: apiVersion and kind are echoed, response.uid = request.uid, allowed; the patch is
+    base64 JSON Patch with patchType JSONPatch, and absent when nothing changes (§answers)."""
     review = json.loads(ok(runs[(case.id, "review")]))
     assert review["apiVersion"] == review_version(case)
     assert review["kind"] == "AdmissionReview"
@@ -216,7 +216,7 @@ def test_json_pod_file(tmp_path: Path):
 
 
 def test_pod_output_keeps_unquoted_yaml_timestamps_as_written(tmp_path: Path):
-    """design.md decision 1: fields we do not own come back verbatim. An unquoted YAML
+    """§fine-grained: fields we do not own come back verbatim. An unquoted YAML
     timestamp is the string the API server would see ("...Z"), not a re-rendered datetime."""
     identity_args = write_inputs(BASELINE, tmp_path)
     pod_file = tmp_path / "pod.yaml"

@@ -1,6 +1,7 @@
-"""Specification of the identity rules: ServiceAccount annotations (behaviour.md §3.2, §3.6),
-the ConfigMap mapping (§3.5 with design.md decision 6), the Pod Identity list (§4) and the
-precedence applied by `resolve` (§2.3, §3.3, §3.7).
+"""Specification of the identity rules: ServiceAccount annotations (§service-account-annotations,
+§compose-role-arn), the ConfigMap mapping (§config-map with §differences), the Pod Identity
+list (§pod-identity-file) and the precedence applied by `resolve` (§precedence, §no-role,
+§common-settings). A §anchor is a section of docs/mutation.md.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ def annotations(**values: str) -> dict[str, str]:
     return {f"eks.amazonaws.com/{key.replace('_', '-')}": value for key, value in values.items()}
 
 
-# --- §3.2 ServiceAccount annotations ---------------------------------------------------------
+# --- ServiceAccount annotations (§service-account-annotations) --------------------------------
 
 
 def test_unannotated_service_account_has_no_role_and_flag_defaults():
-    """§3.1/§3.2: every SA gets an entry; without annotations the flags supply the values."""
+    """§service-account-annotations: every SA gets an entry; without annotations the flags supply the values."""
     settings = MutationSettings(token_audience="aud.example", token_expiration=7200, sts_regional_endpoint=True)
     entry = service_account_entry(None, settings)
     assert (entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration) == (
@@ -51,7 +52,7 @@ def test_role_arn_annotation_is_taken_as_written():
     ["arn:aws:iam::12345:role/short-account", "arn:aws:s3:::bucket", "just-a-name", "arn:aws:iam::111122223333:user/u"],
 )
 def test_invalid_role_arn_is_still_used_and_reported(value: str):
-    """§3.2: a role ARN that fails validation only logs a warning; the value is still used."""
+    """§service-account-annotations: a role ARN that fails validation only logs a warning; the value is still used."""
     entry = service_account_entry(annotations(role_arn=value), DEFAULTS)
     assert entry.role_arn == value
     assert entry.problems, "the malformed ARN must be reported"
@@ -71,11 +72,11 @@ def test_audience_annotation_overrides_the_flag():
 
 
 def test_empty_audience_annotation_is_taken_as_is():
-    """§3.2: the audience annotation is a raw string, even when empty."""
+    """§service-account-annotations: the audience annotation is a raw string, even when empty."""
     assert service_account_entry(annotations(audience=""), DEFAULTS).audience == ""
 
 
-# The 8-case regional-STS matrix of cache_test.go (§8.3): annotation × flag default.
+# The 8-case regional-STS matrix of the Go webhook's cache_test.go: annotation × flag default.
 @pytest.mark.parametrize(
     ("annotation", "flag", "expected"),
     [
@@ -90,7 +91,8 @@ def test_empty_audience_annotation_is_taken_as_is():
     ],
 )
 def test_regional_sts_annotation_overrides_the_flag_and_empty_means_default(annotation, flag, expected):
-    """§3.2: sts-regional-endpoints wins either way; an empty value is invalid ⇒ flag default."""
+    """§service-account-annotations: sts-regional-endpoints wins either way; an empty value is
+    invalid ⇒ flag default."""
     values = {} if annotation is None else annotations(sts_regional_endpoints=annotation)
     entry = service_account_entry(values, MutationSettings(sts_regional_endpoint=flag))
     assert entry.regional_sts is expected
@@ -150,7 +152,7 @@ def test_go_parse_int_rejects_everything_else(text: str):
     [("3600", 3600), ("+3600", 3600), ("600", 600), ("599", 600), ("0", 600), ("-5", 600), ("172800", 172800)],
 )
 def test_token_expiration_annotation_is_min_clamped_to_600_without_upper_bound(text: str, expected: int):
-    """§2.6/§3.2: values below 600 are raised to 600; there is no maximum."""
+    """§token-lifetime/§service-account-annotations: values below 600 are raised to 600; there is no maximum."""
     assert service_account_entry(annotations(token_expiration=text), DEFAULTS).token_expiration == expected
 
 
@@ -162,13 +164,13 @@ def test_invalid_token_expiration_annotation_falls_back_to_the_flag_and_is_repor
 
 
 def test_token_expiration_flag_below_600_is_raised_at_start_up():
-    """§1.1: --token-expiration below 600 is raised to 600."""
+    """§flags: --token-expiration below 600 is raised to 600."""
     assert MutationSettings(token_expiration=1).token_expiration == 600
     assert service_account_entry({}, MutationSettings(token_expiration=1)).token_expiration == 600
 
 
 def test_annotation_prefix_selects_which_annotations_count():
-    """§1.1: --annotation-prefix renames every annotation key."""
+    """§flags: --annotation-prefix renames every annotation key."""
     settings = MutationSettings(annotation_prefix="iam.corp.example")
     entry = service_account_entry(
         {"eks.amazonaws.com/role-arn": ROLE, "iam.corp.example/token-expiration": "1234"}, settings
@@ -178,7 +180,7 @@ def test_annotation_prefix_selects_which_annotations_count():
     assert service_account_entry({"iam.corp.example/role-arn": ROLE}, settings).role_arn == ROLE
 
 
-# --- §3.6 --compose-role-arn -------------------------------------------------------------------
+# --- --compose-role-arn (§compose-role-arn) ---------------------------------------------------
 
 
 COMPOSE = MutationSettings(compose_role_arn=True, aws_account_id="123456789012", aws_partition="aws-cn")
@@ -193,7 +195,7 @@ COMPOSE = MutationSettings(compose_role_arn=True, aws_account_id="123456789012",
     ],
 )
 def test_compose_role_arn_expands_values_without_arn_prefix(value: str, expected: str):
-    """§3.6: a value not containing "arn:" becomes arn:<partition>:iam::<account>:role/<value>."""
+    """§compose-role-arn: a value not containing "arn:" becomes arn:<partition>:iam::<account>:role/<value>."""
     entry = service_account_entry(annotations(role_arn=value), COMPOSE)
     assert entry.role_arn == expected
     assert entry.problems == ()
@@ -214,7 +216,7 @@ def test_compose_role_arn_needs_an_account_id_and_a_known_partition(kwargs):
         MutationSettings(compose_role_arn=True, **kwargs)
 
 
-# --- §3.5 ConfigMap ---------------------------------------------------------------------------
+# --- ConfigMap (§config-map) ------------------------------------------------------------------
 
 
 def test_config_map_entry_with_all_members():
@@ -234,7 +236,7 @@ def test_config_map_entry_with_all_members():
     ],
 )
 def test_config_map_member_names_match_case_insensitively(members):
-    """§3.5: Go's decoder matches member names case-insensitively."""
+    """§config-map: Go's decoder matches member names case-insensitively."""
     entry = parse_config_map({"ns/sa": members}, DEFAULTS).lookup("ns", "sa")
     assert (entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration) == (ROLE, "aud", True, 4000)
 
@@ -269,7 +271,7 @@ def test_config_map_null_members_count_as_absent():
     ],
 )
 def test_config_map_wrong_type_anywhere_rejects_the_whole_document(bad_entry):
-    """§3.5: a wrong type in any entry rejects the document (the previous mapping stays)."""
+    """§config-map: a wrong type in any entry rejects the document (the previous mapping stays)."""
     document = {"good/one": {"RoleARN": ROLE}, "bad/one": bad_entry}
     with pytest.raises(ConfigMapError):
         parse_config_map(document, DEFAULTS)
@@ -282,7 +284,7 @@ def test_config_map_document_must_be_an_object(document):
 
 
 def test_config_map_key_without_slash_is_rejected_alone():
-    """design.md decision 6: a key without "/" is rejected (Go crashes) and the rest is kept."""
+    """§differences: a key without "/" is rejected (Go crashes) and the rest is kept."""
     mapping = parse_config_map({"no-slash": {"RoleARN": ROLE}, "ns/sa": {"RoleARN": ROLE}}, DEFAULTS)
     assert mapping.lookup("ns", "sa") is not None
     assert len(mapping.rejected) == 1 and "no-slash" in mapping.rejected[0]
@@ -297,26 +299,26 @@ def test_config_map_token_expiration_zero_or_absent_means_the_flag_default(store
 
 
 def test_config_map_token_expiration_below_600_is_raised_to_600():
-    """Deliberate difference (docs/mutation.md §1): the Go webhook passes 300 through and the
+    """Deliberate difference (§differences): the Go webhook passes 300 through and the
     API server then rejects the pod (a projected token lives at least 600 s)."""
     mapping = parse_config_map({"ns/sa": {"RoleARN": ROLE, "TokenExpiration": 300}}, DEFAULTS)
     assert mapping.lookup("ns", "sa").token_expiration == 600
 
 
 def test_config_map_entry_without_audience_gets_the_default_audience():
-    """design.md decision 6 (Go leaves it empty, §3.5)."""
+    """§differences (Go leaves it empty, §config-map)."""
     mapping = parse_config_map({"ns/sa": {"RoleARN": ROLE}}, MutationSettings(token_audience="sts.internal"))
     assert mapping.lookup("ns", "sa").audience == "sts.internal"
 
 
 def test_config_map_regional_sts_ignores_the_flag():
-    """§1.3: ConfigMap entries carry their own boolean, default false."""
+    """§flag-interactions: ConfigMap entries carry their own boolean, default false."""
     mapping = parse_config_map({"ns/sa": {"RoleARN": ROLE}}, MutationSettings(sts_regional_endpoint=True))
     assert mapping.lookup("ns", "sa").regional_sts is False
 
 
 def test_config_map_role_arn_is_neither_composed_nor_validated():
-    """§3.5/§3.6: composition applies to SA annotations only."""
+    """§config-map/§compose-role-arn: composition applies to SA annotations only."""
     mapping = parse_config_map({"ns/sa": {"RoleARN": "bare-name"}}, COMPOSE)
     assert mapping.lookup("ns", "sa").role_arn == "bare-name"
 
@@ -333,7 +335,7 @@ def test_config_map_star_matches_the_name_in_any_namespace():
     [("team-a", True), ("team-blue", True), ("team-", True), ("team", False), ("teams-a", False), ("ops", False)],
 )
 def test_config_map_namespace_globs(namespace: str, matches: bool):
-    """design.md decision 6: namespace patterns such as team-* work."""
+    """§differences: namespace patterns such as team-* work."""
     mapping = parse_config_map({"team-*/builder": {"RoleARN": ROLE}}, DEFAULTS)
     assert (mapping.lookup(namespace, "builder") is not None) is matches
 
@@ -364,7 +366,7 @@ def test_config_map_more_specific_glob_wins():
     assert mapping.lookup("team-red-1", "builder").role_arn.endswith("/team")
 
 
-# --- §4 Pod Identity list ---------------------------------------------------------------------
+# --- Pod Identity list (§pod-identity-file) ---------------------------------------------------
 
 
 def test_pod_identities_are_exact_namespace_service_account_pairs():
@@ -394,7 +396,7 @@ def test_malformed_pod_identities_are_rejected(document):
         parse_pod_identities(document)
 
 
-# --- §2.3 / §3.3 / §3.7 resolve precedence ----------------------------------------------------
+# --- resolve: §precedence, §no-role, §common-settings -----------------------------------------
 
 
 def tables(sa: dict | None = None, config_map: dict | None = None, pod_identity: bool = False,
@@ -410,7 +412,7 @@ def tables(sa: dict | None = None, config_map: dict | None = None, pod_identity:
 
 
 def test_pod_identity_beats_the_role_annotation():
-    """§2.3 A (rawPodWithRoleArn): container credentials win; the role ARN is ignored."""
+    """§container-credentials (the Go fixture rawPodWithRoleArn): container credentials win; the role ARN is ignored."""
     settings = MutationSettings(cc_audience="pods.example")
     found = resolve("ns", "sa", tables(annotations(role_arn=ROLE), pod_identity=True, settings=settings), settings)
     assert found.identity.mode is Mode.CONTAINER_CREDENTIALS
@@ -419,7 +421,7 @@ def test_pod_identity_beats_the_role_annotation():
 
 
 def test_pod_identity_common_configuration_comes_from_the_service_account():
-    """§3.7: SA entry (annotated or not) first; its values default to the flags."""
+    """§common-settings: SA entry (annotated or not) first; its values default to the flags."""
     settings = MutationSettings(sts_regional_endpoint=True, token_expiration=7200)
     found = resolve("ns", "sa", tables({}, pod_identity=True, settings=settings), settings).identity
     assert (found.regional_sts, found.token_expiration) == (True, 7200)
@@ -444,7 +446,7 @@ def test_pod_identity_common_configuration_falls_back_to_the_exact_config_map_en
 
 @pytest.mark.parametrize("key", ["*/sa", "n*/sa", "other/sa"])
 def test_pod_identity_common_configuration_ignores_non_exact_config_map_keys(key):
-    """§2.3 A: the wildcard is not consulted; unknown SA ⇒ (false, 86400) whatever the flags."""
+    """§container-credentials: the wildcard is not consulted; unknown SA ⇒ (false, 86400) whatever the flags."""
     settings = MutationSettings(sts_regional_endpoint=True, token_expiration=3600)
     config_map = {key: {"UseRegionalSTS": True, "TokenExpiration": 5400}}
     found = resolve("ns", "sa", tables(None, config_map, pod_identity=True, settings=settings), settings).identity
@@ -458,7 +460,7 @@ def test_pod_identity_requires_the_exact_pair():
 
 
 def test_role_annotation_beats_the_config_map_entirely():
-    """§3.5 precedence: all four fields come from the SA when it has a role."""
+    """§config-map (precedence): all four fields come from the SA when it has a role."""
     config_map = {"ns/sa": {"RoleARN": "arn:aws:iam::111122223333:role/cm", "Audience": "cm", "UseRegionalSTS": True,
                             "TokenExpiration": 1234}}
     found = resolve("ns", "sa", tables(annotations(role_arn=ROLE), config_map), DEFAULTS)
@@ -469,7 +471,7 @@ def test_role_annotation_beats_the_config_map_entirely():
 
 @pytest.mark.parametrize("sa", [None, {}, annotations(audience="sa-aud")])
 def test_service_account_without_role_falls_through_to_the_config_map(sa):
-    """§3.3: unknown SA or SA without role ⇒ ConfigMap ns/name, then */name."""
+    """§no-role: unknown SA or SA without role ⇒ ConfigMap ns/name, then */name."""
     config_map = {"ns/sa": {"RoleARN": ROLE, "Audience": "cm-aud", "TokenExpiration": 2400}}
     found = resolve("ns", "sa", tables(sa, config_map), DEFAULTS)
     assert found.identity.mode is Mode.WEB_IDENTITY
@@ -503,7 +505,7 @@ def test_unknown_service_account_resolves_to_no_identity():
 
 
 def test_known_service_account_without_role_resolves_to_no_identity_but_is_known():
-    """§2.3 B: found without role ⇒ no mutation, and not a "missing SA"."""
+    """§web-identity: found without role ⇒ no mutation, and not a "missing SA"."""
     found = resolve("ns", "sa", tables({}), DEFAULTS)
     assert found.identity is None
     assert found.service_account_known is True
@@ -520,7 +522,8 @@ def test_web_identity_takes_audience_sts_and_expiration_from_the_service_account
 
 @pytest.mark.parametrize("document", [{"identities": {}}, {"identities": ""}, {"identities": 0}])
 def test_identities_that_are_not_a_list_are_an_error_not_an_empty_set(document):
-    """§4: a malformed file keeps the previous identities, so it must not parse as 'none'."""
+    """docs/reference.md#identity-files: a malformed file keeps the previous identities, so it
+    must not parse as 'none'."""
     with pytest.raises(ValueError):
         parse_pod_identities(document)
 

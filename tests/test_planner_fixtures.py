@@ -1,4 +1,4 @@
-"""Table-driven specification of the mutation (behaviour.md §2–§4, design.md decisions 1, 2, 6).
+"""Table-driven specification of the mutation (docs/mutation.md, every section).
 
 Every file in tests/fixtures/planner/ is one case: identity inputs and flags, the pod as it
 arrives and the whole resulting pod. The planner must produce fine-grained operations whose
@@ -15,9 +15,19 @@ import pytest
 
 from injector import identity, planner
 
-from planner_cases import FIXTURE_KEYS, JITTER_FLOOR, Case, load_cases, settings_for, tables_for
+from planner_cases import (
+    CITATION,
+    FIXTURE_KEYS,
+    JITTER_FLOOR,
+    Case,
+    doc_anchors,
+    load_cases,
+    settings_for,
+    tables_for,
+)
 
 CASES = load_cases()
+RULES = doc_anchors("mutation.md")
 IDS = [case.id for case in CASES]
 WHOLE_LISTS = {"/spec/containers", "/spec/initContainers"}
 
@@ -36,7 +46,7 @@ def plan(case: Case, pod: dict) -> list[dict]:
     return planner.plan_mutation(pod, resolution.identity, settings, jitter=pinned_jitter).operations
 
 
-# behaviour.md §8.2: each of the Go webhook's 24 fixtures and the case of ours that covers it.
+# Each of the Go webhook's 24 handler fixtures (pkg/handler/testdata) and the case of ours that covers it.
 GO_FIXTURES = {
     "betaWindowsPodWithoutVolumes": "wi-windows-beta-os-selector",
     "windowsPodWithoutVolumes": "wi-windows-os-selector",
@@ -66,7 +76,7 @@ GO_FIXTURES = {
 
 
 def test_every_go_fixture_case_has_a_counterpart():
-    """§8.2: the Go webhook's 24 fixture cases are all covered."""
+    """The Go webhook's 24 fixture cases are all covered."""
     assert len(GO_FIXTURES) == 24
     assert set(GO_FIXTURES.values()) <= set(IDS)
 
@@ -75,7 +85,10 @@ def test_every_go_fixture_case_has_a_counterpart():
 def test_fixture_is_well_formed(case: Case):
     assert set(case.data) <= FIXTURE_KEYS, f"unknown keys {set(case.data) - FIXTURE_KEYS}"
     description = case.data.get("description")
-    assert isinstance(description, str) and ("§" in description or "design.md" in description), "cite the rule"
+    assert isinstance(description, str), "describe the case"
+    cited = set(CITATION.findall(description))
+    assert cited, "cite the rule it exercises as §anchor (an anchor of docs/mutation.md)"
+    assert cited <= RULES, f"no such rule in docs/mutation.md: {sorted(cited - RULES)}"
     assert isinstance(case.data.get("pod"), dict)
     pod_namespace = (case.data["pod"].get("metadata") or {}).get("namespace")
     assert pod_namespace in (None, case.namespace), "the pod's namespace must match the fixture's"
@@ -85,7 +98,7 @@ def test_fixture_is_well_formed(case: Case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_applying_the_plan_gives_the_expected_pod(case: Case):
-    """The resulting pod equals the Go webhook's result (design.md decision 1)."""
+    """The resulting pod equals the Go webhook's result (docs/mutation.md#fine-grained)."""
     pod = case.pod
     operations = plan(case, pod)
     result = jsonpatch.apply_patch(copy.deepcopy(pod), operations)
@@ -96,7 +109,7 @@ def test_applying_the_plan_gives_the_expected_pod(case: Case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_operations_are_fine_grained_additions(case: Case):
-    """Never a replacement of a whole container list (§2.8 consequence; design.md decision 1)."""
+    """Never a replacement of a whole container list (docs/mutation.md#fine-grained)."""
     for operation in plan(case, case.pod):
         assert operation["op"] == "add"
         assert operation["path"] not in WHOLE_LISTS
@@ -105,7 +118,7 @@ def test_operations_are_fine_grained_additions(case: Case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_planning_the_result_again_yields_no_operations(case: Case):
-    """Idempotence (design.md decision 2): reinvocation adds nothing."""
+    """Idempotence (docs/mutation.md#idempotent): reinvocation adds nothing."""
     result = jsonpatch.apply_patch(case.pod, plan(case, case.pod))
     assert plan(case, result) == []
 
@@ -113,7 +126,7 @@ def test_planning_the_result_again_yields_no_operations(case: Case):
 # --- rules the fixtures exercise only by example ----------------------------------------------
 
 SKIP_CONTAINERS = [
-    # (annotation value, names skipped) — Go encoding/csv, one record (§2.7), names trimmed (design.md 6)
+    # (annotation value, names skipped) — one CSV record, names trimmed (docs/mutation.md#skip-containers)
     ("sidecar", {"sidecar"}),
     ("a,b", {"a", "b"}),
     ("a, b", {"a", "b"}),
@@ -135,7 +148,7 @@ SKIP_CONTAINERS = [
 
 @pytest.mark.parametrize(("value", "skipped"), SKIP_CONTAINERS, ids=[repr(v) for v, _ in SKIP_CONTAINERS])
 def test_skip_containers_is_one_csv_record_with_trimmed_names(value: str, skipped: set[str]):
-    """§2.7: one CSV record (only the first non-empty line, as Go's csv.Reader skips empty
+    """§skip-containers: one CSV record (only the first non-empty line, as Go's csv.Reader skips empty
     lines); a parse error or an empty value skips nothing."""
     names, _error = planner.parse_skip_containers(value)
     assert names == skipped
@@ -153,10 +166,10 @@ def test_skip_containers_is_one_csv_record_with_trimmed_names(value: str, skippe
     ],
 )
 def test_token_file_path_is_joined_like_go_filepath_join(parts, joined):
-    """§2.4: the token file is filepath.Join(mountPath, tokenPath), which cleans the result."""
+    """§containers: the token file is filepath.Join(mountPath, tokenPath), which cleans the result."""
     assert planner.go_path_join(*parts) == joined
 
 
 def test_windows_token_path_is_c_drive_with_backslashes():
-    """§2.4: "C:" + the path with every "/" replaced by "\\"."""
+    """§containers: "C:" + the path with every "/" replaced by "\\"."""
     assert planner.windows_path("/var/run/x/token") == "C:\\var\\run\\x\\token"

@@ -1,12 +1,12 @@
-"""Properties of the planner over random pods, identities and settings (design.md decisions 1
-and 2, behaviour.md §2.4–§2.8):
+"""Properties of the planner over random pods, identities and settings (§fine-grained,
+§idempotent, and section 4 of docs/mutation.md):
 
 * the operations apply cleanly and only add: the label, the token volume (first), env
   entries appended after the existing ones, one mount appended;
 * every field the planner does not own is unchanged (the result with our additions removed
   equals the input);
 * no operation replaces a whole container list;
-* the result satisfies §2.5 for every container, and planning it again yields nothing.
+* the result satisfies §env for every container, and planning it again yields nothing.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_ch
 @PROPERTY_SETTINGS
 @given(pod=pods(), identity=identities, config=mutation_settings, jitter=jitter_values)
 def test_operations_apply_and_only_add_at_paths_the_planner_owns(pod, identity, config, jitter):
-    """design.md decision 1: fine-grained "add" operations; never a whole container list."""
+    """§fine-grained: fine-grained "add" operations; never a whole container list."""
     original = copy.deepcopy(pod)
     operations = plan(pod, identity, config, jitter)
     assert pod == original, "the planner must not modify its input"
@@ -264,7 +264,7 @@ def test_every_field_the_planner_does_not_own_is_unchanged(pod, identity, config
 @PROPERTY_SETTINGS
 @given(pod=pods(), identity=identities, config=mutation_settings, jitter=jitter_values)
 def test_planning_the_result_again_yields_no_operations(pod, identity, config, jitter):
-    """design.md decision 2: the planner is idempotent."""
+    """§idempotent: the planner is idempotent."""
     result = jsonpatch.apply_patch(pod, plan(pod, identity, config, jitter))
     assert plan(result, identity, config, jitter) == []
 
@@ -272,10 +272,10 @@ def test_planning_the_result_again_yields_no_operations(pod, identity, config, j
 @PROPERTY_SETTINGS
 @given(pod=pods(), identity=identities, config=mutation_settings, jitter=jitter_values)
 def test_every_processed_container_ends_up_complete(pod, identity, config, jitter):
-    """§2.5: after mutation each non-skipped container either was an early exit (left exactly
+    """§env: after mutation each non-skipped container either was an early exit (left exactly
     as it was) or defines the identity group, the region group when a region is configured,
     the STS key when regional STS is on, and mounts the token volume; skipped containers are
-    untouched (§2.7); exactly one pod volume carries the token volume's name (§2.8)."""
+    untouched (§skip-containers); exactly one pod volume carries the token volume's name (§pod-patch)."""
     result = jsonpatch.apply_patch(pod, plan(pod, identity, config, jitter))
     volume = volume_name(identity, config)
     skip = skipped_names(pod)

@@ -1,4 +1,5 @@
-"""TLS flags and certificate hot reload (behaviour.md §1.1 `--tls-*`, §5.1), over real TLS on 127.0.0.1."""
+"""TLS flags and certificate hot reload (docs/reference.md#tls and
+docs/reference.md#certificate-reload), over real TLS on 127.0.0.1."""
 
 from __future__ import annotations
 
