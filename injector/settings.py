@@ -1,13 +1,18 @@
-"""Immutable settings objects, built once from flags and passed down (no globals).
+"""Immutable settings, built once from flags and passed down (no globals); the one place where
+each flag's name, default and help are declared.
 
 `MutationSettings` is everything the planner and the identity rules read; `ServeSettings`
-adds what only the server edge needs. Defaults and names follow the Go webhook's flags.
+adds what only the server edge needs. A field declared with `flag(...)` is a command-line
+flag: `cli` generates the parser from these declarations (type from the annotation), so a
+default can never differ between the command line and the code. Names and defaults follow
+the Go webhook's flags.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_ANNOTATION_PREFIX = "eks.amazonaws.com"
 DEFAULT_TOKEN_AUDIENCE = "sts.amazonaws.com"
@@ -32,6 +37,25 @@ POD_IDENTITY_LABEL = "eks.amazonaws.com/pod-identity"
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov", "aws-iso", "aws-iso-b", "aws-iso-e", "aws-iso-f", "aws-eusc")
 
 
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """How a settings field appears on the command line; `name` defaults to the field's."""
+
+    help: str = ""
+    name: str = ""
+    group: str = ""
+    choices: tuple[str, ...] = ()
+    metavar: str = ""
+
+
+SERVER, SOURCES = "server", "identity sources"
+
+
+def flag(default: Any, help: str = "", **spec: Any) -> Any:
+    """A settings field that is also a flag (see `Flag`)."""
+    return field(default=default, metadata={"flag": Flag(help, **spec)})
+
+
 class SettingsError(ValueError):
     """A flag value that cannot be used; the message names the flag."""
 
@@ -45,20 +69,21 @@ def clamp_expiration(seconds: int) -> int:
 class MutationSettings:
     """What decides the shape of a mutation: the flags that change the resulting pod."""
 
-    annotation_prefix: str = DEFAULT_ANNOTATION_PREFIX
-    token_audience: str = DEFAULT_TOKEN_AUDIENCE
-    token_mount_path: str = DEFAULT_TOKEN_MOUNT_PATH
-    token_expiration: int = DEFAULT_TOKEN_EXPIRATION
-    aws_default_region: str = ""
-    sts_regional_endpoint: bool = False
-    compose_role_arn: bool = False
-    aws_account_id: str = ""
-    aws_partition: str = "aws"
-    cc_audience: str = DEFAULT_CC_AUDIENCE
-    cc_mount_path: str = DEFAULT_CC_MOUNT_PATH
-    cc_volume_name: str = DEFAULT_CC_VOLUME_NAME
-    cc_token_path: str = DEFAULT_CC_TOKEN_PATH
-    cc_full_uri: str = DEFAULT_CC_FULL_URI
+    annotation_prefix: str = flag(DEFAULT_ANNOTATION_PREFIX, "domain of the ServiceAccount and pod annotation keys")
+    token_audience: str = flag(DEFAULT_TOKEN_AUDIENCE, "default audience of the projected token")
+    token_mount_path: str = flag(DEFAULT_TOKEN_MOUNT_PATH, "mount path of the token volume")
+    token_expiration: int = flag(DEFAULT_TOKEN_EXPIRATION, "default token lifetime in seconds (raised to 600 if lower)")
+    aws_default_region: str = flag("", "inject AWS_DEFAULT_REGION and AWS_REGION with this value")
+    sts_regional_endpoint: bool = flag(
+        False, "inject AWS_STS_REGIONAL_ENDPOINTS=regional unless a ServiceAccount annotation says otherwise")
+    compose_role_arn: bool = flag(False, "allow role-arn annotations holding only a role name; needs --aws-account-id")
+    aws_account_id: str = flag("", "account id for --compose-role-arn")
+    aws_partition: str = flag("aws", "partition for --compose-role-arn (aws, aws-cn, aws-us-gov, …)")
+    cc_audience: str = flag(DEFAULT_CC_AUDIENCE, name="container-credentials-audience")
+    cc_mount_path: str = flag(DEFAULT_CC_MOUNT_PATH, name="container-credentials-token-mount-path")
+    cc_volume_name: str = flag(DEFAULT_CC_VOLUME_NAME, name="container-credentials-token-volume-name")
+    cc_token_path: str = flag(DEFAULT_CC_TOKEN_PATH, name="container-credentials-token-path")
+    cc_full_uri: str = flag(DEFAULT_CC_FULL_URI, name="container-credentials-full-uri")
 
     def __post_init__(self) -> None:
         # The Go webhook raises a too-short flag value at start-up; so do we.
@@ -84,38 +109,57 @@ class ServeSettings:
     """The admission server's own settings; `mutation` is shared with the offline CLI."""
 
     mutation: MutationSettings = field(default_factory=MutationSettings)
-    port: int = 443
-    metrics_port: int = 9999
-    bind_address: str = ""
-    tls_cert: str = "/etc/webhook/certs/tls.crt"
-    tls_key: str = "/etc/webhook/certs/tls.key"
-    tls_min_version: str = ""
-    tls_cipher_suites: str = ""
-    cert_reload_interval: float = 1.0
-    # --cert-mode=self-managed: the webhook keeps its own CA and serving certificate in the
-    # Secret --tls-secret and keeps the caBundle of --webhook-configuration in step.
-    cert_mode: str = "files"
-    tls_secret: str = "pod-identity-webhook"
-    service_name: str = "pod-identity-webhook"
-    webhook_configuration: str = "pod-identity-webhook"
-    cert_validity: float = 90 * 24 * 3600.0
-    cert_renew_before: float = 30 * 24 * 3600.0
-    cert_check_interval: float = 60.0
-    cert_dir: str = ""  # where the self-managed pair is written; "" = a fresh temporary directory
-    cert_extra_sans: tuple[str, ...] = ()
-    namespace: str = "eks"
-    kubeconfig: str = ""
-    kube_api: str = ""
-    watch_config_map: bool = False
-    watch_container_credentials_config: str = ""
-    service_account_files: tuple[str, ...] = ()
-    config_map_file: str = ""
-    service_account_lookup_grace_period: float = 1.0
-    resync_period: float = 60.0
-    enable_debugging_handlers: bool = False
-    workers: int = 1
-    max_request_bytes: int = 3 * 1024 * 1024
-    shutdown_delay: float = 0.0
-    shutdown_timeout: float = 10.0
-    log_format: str = "auto"
-    log_level: str = "info"
+    port: int = flag(443, "TLS port for /mutate, /healthz, /readyz", group=SERVER)
+    metrics_port: int = flag(9999, "plain-HTTP port for /metrics (0 disables)", group=SERVER)
+    bind_address: str = flag("", "address to listen on (default: all interfaces)", group=SERVER)
+    tls_cert: str = flag("/etc/webhook/certs/tls.crt", "serving certificate (reloaded on change)", group=SERVER)
+    tls_key: str = flag("/etc/webhook/certs/tls.key", "serving key (reloaded on change)", group=SERVER)
+    tls_min_version: str = flag("", "1.0, 1.1, 1.2, 1.3 or VersionTLS10…VersionTLS13", group=SERVER)
+    tls_cipher_suites: str = flag("", "comma-separated Go/IANA cipher suite names", group=SERVER)
+    cert_reload_interval: float = 1.0  # how often the serving pair's files are checked
+    cert_mode: str = flag(
+        "files", "files: read --tls-cert/--tls-key; self-managed: keep a CA and serving certificate in the "
+        "Secret --tls-secret and the caBundle of --webhook-configuration up to date",
+        group=SERVER, choices=("files", "self-managed"))
+    service_name: str = flag(
+        "pod-identity-webhook", "self-managed: the Service whose DNS names the certificate carries", group=SERVER)
+    tls_secret: str = flag("pod-identity-webhook", "self-managed: Secret holding CA and certificate", group=SERVER)
+    webhook_configuration: str = flag(
+        "pod-identity-webhook", "self-managed: MutatingWebhookConfiguration whose caBundle is kept in step",
+        group=SERVER)
+    cert_validity: float = flag(90 * 24 * 3600.0, "self-managed: serving certificate lifetime (default 2160h)",
+                                group=SERVER)
+    cert_renew_before: float = flag(30 * 24 * 3600.0, "self-managed: renew this long before expiry (default 720h)",
+                                    group=SERVER)
+    cert_check_interval: float = flag(
+        60.0, "self-managed: how often to re-check the Secret and the caBundle (repairs a wiped one)", group=SERVER)
+    cert_dir: str = flag("", "self-managed: where to write the serving pair (default: a temp dir)", group=SERVER)
+    cert_extra_sans: tuple[str, ...] = flag(
+        (), "self-managed: extra DNS name or IP for the certificate (repeatable)", group=SERVER, name="cert-san",
+        metavar="NAME_OR_IP")
+    namespace: str = flag("eks", "the webhook's namespace: where the pod-identity-webhook ConfigMap and --tls-secret "
+                          "live", group=SERVER)
+    enable_debugging_handlers: bool = flag(False, "serve /debug/alpha/* routes", group=SERVER)
+    workers: int = flag(0, "serving processes sharing the port (0: one per available CPU)", group=SERVER)
+    max_request_bytes: int = flag(3 * 1024 * 1024, "larger AdmissionReview bodies get HTTP 413", group=SERVER)
+    shutdown_delay: float = flag(
+        0.0, "on SIGTERM, report not-ready and keep serving this long before draining (e.g. 5s)", group=SERVER)
+    shutdown_timeout: float = flag(10.0, "longest wait for in-flight requests on shutdown", group=SERVER)
+    log_format: str = flag("auto", "auto: console on a terminal, JSON otherwise", group=SERVER,
+                           choices=("auto", "json", "console"))
+    log_level: str = flag("info", group=SERVER, choices=("debug", "info", "warning", "error"))
+    service_account_files: tuple[str, ...] = flag(
+        (), "serve ServiceAccounts from manifests instead of watching the cluster (repeatable; YAML/JSON, List)",
+        group=SOURCES, name="service-account", metavar="FILE")
+    config_map_file: str = flag("", "a pod-identity-webhook ConfigMap manifest to serve from, without a cluster",
+                                group=SOURCES, name="config-map", metavar="FILE")
+    watch_container_credentials_config: str = flag(
+        "", "EKS Pod Identity identities file (JSON), reloaded when it changes", group=SOURCES, metavar="FILE")
+    kubeconfig: str = flag("", "kubeconfig for the API server (default: in-cluster config, then ~/.kube/config)",
+                           group=SOURCES)
+    kube_api: str = flag("", "API server URL override", group=SOURCES)
+    watch_config_map: bool = flag(False, "watch the pod-identity-webhook ConfigMap in --namespace (needs a cluster)",
+                                  group=SOURCES)
+    service_account_lookup_grace_period: float = flag(
+        1.0, "on a cache miss, wait this long for the ServiceAccount (0 disables)", group=SOURCES)
+    resync_period: float = flag(60.0, "ServiceAccount watch resync period", group=SOURCES)
