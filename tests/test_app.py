@@ -1,0 +1,210 @@
+"""The HTTP applications in process (aiohttp's test client): every class of input gets its
+documented answer (docs/mutation.md#answers), the probes say why they fail
+(docs/reference.md#readiness), and the debug and metrics routes exist only when asked for.
+The same app over real TLS, as a process, is tests/test_server.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from injector.app import ServerState, metrics_app, webhook_app
+from injector.identity import service_account_entry
+from injector.metrics import Exposition, Metrics
+from injector.settings import MutationSettings, ServeSettings
+from injector.sources import IdentityStore
+
+from serving import pod_review
+
+ROLE = "arn:aws:iam::111122223333:role/my-app"
+LIMIT = 64 * 1024
+
+
+def make_state(**settings) -> ServerState:
+    serve = ServeSettings(max_request_bytes=LIMIT, **settings)
+    store = IdentityStore(serve.mutation)
+    annotations = {"eks.amazonaws.com/role-arn": ROLE}
+    store.replace_service_accounts({
+        "default/my-app": service_account_entry(annotations, serve.mutation),
+        "default/default": service_account_entry({}, serve.mutation),
+    })
+    return ServerState(serve, store, None, Metrics())
+
+
+@pytest.fixture
+async def client():
+    async with TestClient(TestServer(webhook_app(make_state()))) as test_client:
+        yield test_client
+
+
+async def review(client: TestClient, document, content_type: str = "application/json"):
+    response = await client.post("/mutate", data=json.dumps(document), headers={"Content-Type": content_type})
+    return response.status, await response.json()
+
+
+def patch_of(answer: dict) -> list:
+    return json.loads(base64.b64decode(answer["response"]["patch"]))
+
+
+# -- well-formed reviews ---------------------------------------------------------------------
+@pytest.mark.parametrize("api_version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
+async def test_a_pod_with_a_role_is_patched_and_the_envelope_echoed(client, api_version):
+    status, answer = await review(client, pod_review(api_version=api_version, uid="u-1"))
+    assert status == 200
+    assert (answer["apiVersion"], answer["kind"]) == (api_version, "AdmissionReview")
+    assert answer["response"]["uid"] == "u-1" and answer["response"]["allowed"] is True
+    assert answer["response"]["patchType"] == "JSONPatch"
+    assert {"op": "add", "path": "/spec/containers/0/env", "value": [
+        {"name": "AWS_ROLE_ARN", "value": ROLE},
+        {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"},
+    ]} in patch_of(answer)
+
+
+@pytest.mark.parametrize("service_account", ["default", "unknown"])
+async def test_a_pod_without_an_identity_is_allowed_without_a_patch(client, service_account):
+    _, answer = await review(client, pod_review(service_account=service_account, uid="u"))
+    assert answer["response"] == {"uid": "u", "allowed": True}
+
+
+async def test_json_with_parameters_is_json(client):
+    status, answer = await review(client, pod_review(), "Application/JSON; charset=utf-8")
+    assert status == 200 and "patch" in answer["response"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r["request"].update(operation="UPDATE"), "UPDATE is not mutated"),
+    (lambda r: r["request"].update(kind={"group": "apps", "version": "v1", "kind": "Deployment"}), "not a Pod"),
+    (lambda r: r["request"].update(object="not a pod"), "no pod object"),
+])
+async def test_what_is_not_a_pod_create_is_allowed_unchanged_with_the_reason(client, change, reason):
+    document = pod_review()
+    change(document)
+    status, answer = await review(client, document)
+    assert status == 200 and answer["response"]["allowed"] is True and "patch" not in answer["response"]
+    assert reason in answer["response"]["status"]["message"]
+
+
+@pytest.mark.parametrize("document", [{}, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"},
+                                      {"kind": "AdmissionReview", "request": None}])
+async def test_a_review_without_a_request_is_denied_as_bad_content(client, document):
+    status, answer = await review(client, document)
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert answer["response"]["status"] == {"message": "bad content: the AdmissionReview has no request",
+                                            "code": 403}
+
+
+async def test_an_error_of_ours_allows_the_pod_unchanged_and_says_so():
+    class BrokenStore(IdentityStore):
+        async def resolve_waiting(self, namespace: str, name: str):
+            raise RuntimeError("boom")
+
+    state = make_state()
+    state.store = BrokenStore(MutationSettings())
+    async with TestClient(TestServer(webhook_app(state))) as test_client:
+        status, answer = await review(test_client, pod_review(uid="u"))
+    assert status == 200
+    assert answer["response"] == {"uid": "u", "allowed": True,
+                                  "status": {"message": "pod-identity-injector error: boom"}}
+
+
+# -- bad input: an HTTP error with the reason, never a crash ----------------------------------
+@pytest.mark.parametrize("content_type", ["application/xml", "text/plain", "", "application/json-patch+json"])
+async def test_another_content_type_is_415_with_the_go_message(client, content_type):
+    response = await client.post("/mutate", data=b"{}", headers={"Content-Type": content_type})
+    assert response.status == 415
+    assert await response.text() == "Invalid Content-Type, expected `application/json`\n"
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"", "not valid JSON"),
+    (b'{"request": {', "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'"text"', "not a JSON object"),
+    (b'{"kind": "Pod"}', "expected kind AdmissionReview"),
+])
+async def test_an_undecodable_body_is_400_with_the_reason(client, body, fragment):
+    response = await client.post("/mutate", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400 and fragment in await response.text()
+
+
+async def test_a_body_declared_too_large_is_413_before_it_is_read(client):
+    response = await client.post("/mutate", data=b"x" * (LIMIT + 1), headers={"Content-Type": "application/json"})
+    assert response.status == 413
+    assert await response.text() == (f"request body too large: {LIMIT + 1} bytes, the limit is {LIMIT} bytes "
+                                     "(--max-request-bytes)\n")
+
+
+async def test_a_chunked_body_that_grows_too_large_is_413(client):
+    async def chunks():
+        for _ in range(4):
+            yield b" " * (LIMIT // 2)
+
+    response = await client.post("/mutate", data=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status == 413 and "request body too large: more" in await response.text()
+
+
+async def test_bad_input_is_counted_and_the_server_keeps_answering():
+    state = make_state()
+    async with TestClient(TestServer(webhook_app(state))) as test_client:
+        await test_client.post("/mutate", data=b"{", headers={"Content-Type": "application/json"})
+        status, answer = await review(test_client, pod_review())
+    assert status == 200 and answer["response"]["allowed"] is True
+    requests = "pod_identity_injector_http_requests_total"
+    for code in ("400", "200"):
+        labels = {"method": "POST", "path": "/mutate", "code": code}
+        assert state.metrics.registry.get_sample_value(requests, labels) == 1.0
+
+
+# -- probes ----------------------------------------------------------------------------------
+async def test_healthz_is_liveness_only(client):
+    response = await client.get("/healthz")
+    assert response.status == 200 and await response.text() == "ok"
+
+
+async def test_readyz_lists_every_reason_it_is_not_ready():
+    state = make_state()
+    state.store.expect("serviceaccounts")
+    state.draining = True
+    async with TestClient(TestServer(webhook_app(state))) as test_client:
+        response = await test_client.get("/readyz")
+        assert response.status == 503
+        assert await response.text() == "not ready: shutting down; waiting for serviceaccounts\n"
+        state.draining = False
+        state.store.mark_ready("serviceaccounts")
+        response = await test_client.get("/readyz")
+        assert response.status == 200 and await response.text() == "ok"
+
+
+# -- debug and metrics routes ----------------------------------------------------------------
+async def test_debug_routes_exist_only_when_enabled():
+    async with TestClient(TestServer(webhook_app(make_state()))) as test_client:
+        assert (await test_client.get("/debug/alpha/deny")).status == 404
+    async with TestClient(TestServer(webhook_app(make_state(enable_debugging_handlers=True)))) as test_client:
+        deny = await (await test_client.get("/debug/alpha/deny")).json()
+        assert deny["response"] == {"uid": "", "allowed": False, "status": {"message": "Test deny message"}}
+        response = await test_client.get("/debug/alpha/500")
+        assert response.status == 500 and await response.text() == "test error"
+
+
+async def test_the_metrics_port_renders_the_go_names_and_dumps_the_cache_on_request():
+    state = make_state(enable_debugging_handlers=True)
+    async with TestClient(TestServer(webhook_app(state))) as webhook:
+        await review(webhook, pod_review())
+        await review(webhook, pod_review(service_account="unknown"))
+    async with TestClient(TestServer(metrics_app(state, Exposition(state.metrics)))) as metrics:
+        response = await metrics.get("/metrics")
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = await response.text()
+        assert 'pod_identity_webhook_pod_count{method="sts_web_identity"} 1.0' in text
+        assert "pod_identity_webhook_missing_sa_count 1.0" in text
+        assert 'pod_identity_injector_http_requests_total{code="200",method="POST",path="/mutate"} 2.0' in text
+        cache = await (await metrics.get("/debug/alpha/cache")).json()
+        assert cache["default/my-app"] == {"RoleARN": ROLE, "Audience": "sts.amazonaws.com",
+                                           "UseRegionalSTS": False, "TokenExpiration": 86400}
+        assert (await metrics.post("/debug/alpha/cache/clear")).status == 200
+        assert await (await metrics.get("/debug/alpha/cache")).json() == {}
