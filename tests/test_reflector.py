@@ -1,0 +1,182 @@
+"""List-then-watch against a fake API call (docs/reference.md#watches): pages, bookmarks,
+410 Gone, other errors and the periodic relist. The fake speaks what kubernetes-asyncio
+returns with `_preload_content=False`, so `kube.list_page`/`watch_events` run for real."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from injector.sources import reflector
+from injector.sources.reflector import Reflector
+
+
+class Content:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def iter_any(self):
+        for chunk in self.chunks:
+            yield chunk
+
+
+class Response:
+    """A raw aiohttp-like response: a list page, or a watch stream of JSON lines."""
+
+    def __init__(self, status: int = 200, body: Any = None, events: list[dict] | None = None) -> None:
+        self.status = status
+        self.body = orjson.dumps(body) if body is not None else b""
+        lines = b"".join(orjson.dumps(event) + b"\n" for event in events or [])
+        # Split mid-line on purpose: watch_events must reassemble lines across chunks.
+        self.content = Content([lines[:7], lines[7:]] if lines else [])
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def release(self) -> None:
+        pass
+
+
+class FakeApi:
+    """Answers list and watch calls from two scripts; once a script is used up, the call
+    waits forever (a watch the server keeps open)."""
+
+    def __init__(self, lists: list[Response], watches: list[Response], watch_lasts: float = 0.0) -> None:
+        self.lists, self.watches = list(lists), list(watches)
+        self.watch_lasts = watch_lasts  # how long the server keeps each scripted watch open
+        self.calls: list[tuple[str, dict]] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, watch: bool = False, _preload_content: bool = True, **params: Any) -> Response:
+        assert _preload_content is False
+        self.calls.append(("watch" if watch else "list", params))
+        self.changed.set()
+        script = self.watches if watch else self.lists
+        if not script:
+            await asyncio.Event().wait()
+        if watch and self.watch_lasts:
+            await asyncio.sleep(self.watch_lasts)
+        return script.pop(0)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.calls]
+
+
+def page(names: list[str], version: str = "10", continue_token: str = "") -> Response:
+    metadata = {"resourceVersion": version, **({"continue": continue_token} if continue_token else {})}
+    return Response(body={"items": [{"metadata": {"name": n}} for n in names], "metadata": metadata})
+
+
+def event(kind: str, name: str, version: str) -> dict:
+    return {"type": kind, "object": {"metadata": {"name": name, "resourceVersion": version}}}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.replaced: list[list[str]] = []
+        self.events: list[tuple[str, str]] = []
+        self.synced = 0
+
+    def on_replace(self, items: list[dict]) -> None:
+        self.replaced.append([item["metadata"]["name"] for item in items])
+
+    def on_event(self, kind: str, obj: dict) -> None:
+        self.events.append((kind, obj["metadata"]["name"]))
+
+    def on_synced(self) -> None:
+        self.synced += 1
+
+
+async def run_until(api: FakeApi, done, resync: float = 0.0, **selectors: Any) -> Recorder:
+    """Run a reflector until `done(api, recorder)` holds (at most 5 s), then stop it."""
+    recorder = Recorder()
+    r = Reflector("test", api, on_replace=recorder.on_replace, on_event=recorder.on_event, resync=resync,
+                  on_synced=recorder.on_synced, **selectors)
+    task = asyncio.create_task(r.run())
+    try:
+        async with asyncio.timeout(5):
+            while not done(api, recorder):
+                api.changed.clear()
+                await asyncio.wait([asyncio.create_task(api.changed.wait()), task], timeout=0.05,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                assert not task.done() or task.cancelled(), task.exception()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    return recorder
+
+
+async def test_pages_are_joined_into_one_replace_and_the_watch_starts_at_the_lists_version():
+    api = FakeApi([page(["a", "b"], continue_token="next"), page(["c"], version="42")], [])
+    recorder = await run_until(api, lambda api, _: "watch" in api.kinds(), field_selector="metadata.name=x")
+    assert recorder.replaced == [["a", "b", "c"]] and recorder.synced == 1
+    (_, first), (_, second), (_, watch) = api.calls
+    assert first == {"limit": 500, "field_selector": "metadata.name=x"}
+    assert second == {"limit": 500, "field_selector": "metadata.name=x", "_continue": "next"}
+    assert watch["resource_version"] == "42" and watch["allow_watch_bookmarks"] is True
+    assert watch["field_selector"] == "metadata.name=x"
+
+
+async def test_events_are_delivered_and_a_bookmark_moves_the_version_without_an_event():
+    api = FakeApi([page([], version="1")], [
+        Response(events=[event("ADDED", "a", "2"), event("BOOKMARK", "", "5"), event("MODIFIED", "a", "6"),
+                         event("DELETED", "a", "7"), event("BOOKMARK", "", "9")]),
+    ])
+    recorder = await run_until(api, lambda api, _: api.kinds().count("watch") == 2)
+    assert recorder.events == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+    assert [params["resource_version"] for kind, params in api.calls if kind == "watch"] == ["1", "9"]
+    assert api.kinds().count("list") == 1  # a watch the server ended is resumed, not relisted
+
+
+@pytest.mark.parametrize("gone", [
+    Response(events=[{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}]),
+    Response(status=410, body={"kind": "Status", "code": 410, "message": "too old"}),
+])
+async def test_410_gone_means_list_again_at_once(gone):
+    api = FakeApi([page(["a"], version="1"), page(["a", "b"], version="20")], [gone])
+    recorder = await run_until(api, lambda api, _: api.kinds() == ["list", "watch", "list", "watch"])
+    assert recorder.replaced == [["a"], ["a", "b"]] and recorder.synced == 1
+    assert api.calls[-1][1]["resource_version"] == "20"
+
+
+async def test_an_expired_continue_token_restarts_the_list_from_the_first_page():
+    api = FakeApi([page(["a"], continue_token="t1"), Response(status=410, body={"message": "expired"}),
+                   page(["a"], continue_token="t2"), page(["b"], version="3")], [])
+    recorder = await run_until(api, lambda api, _: "watch" in api.kinds())
+    assert recorder.replaced == [["a", "b"]]
+    assert ["_continue" in params for kind, params in api.calls if kind == "list"] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("failure", [
+    Response(status=500, body={"message": "etcd unavailable"}),
+    Response(events=[{"type": "ERROR", "object": {"code": 500, "message": "internal"}}]),
+])
+async def test_other_errors_back_off_then_list_again(monkeypatch, failure):
+    monkeypatch.setattr(reflector.random, "random", lambda: 0.0)  # the first delay is exactly 0.5 s
+    api = FakeApi([page(["a"], version="1"), page(["a"], version="2")], [failure])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    recorder = await run_until(api, lambda api, _: api.kinds() == ["list", "watch", "list", "watch"])
+    assert loop.time() - started >= 0.5
+    assert recorder.replaced == [["a"], ["a"]] and recorder.synced == 1
+
+
+async def test_a_failing_first_list_leaves_the_source_unsynced_until_a_list_succeeds(monkeypatch):
+    monkeypatch.setattr(reflector.random, "random", lambda: 0.0)
+    api = FakeApi([Response(status=403, body={"message": "forbidden"}), page(["a"])], [])
+    recorder = await run_until(api, lambda api, rec: rec.synced == 1)
+    assert api.kinds()[:2] == ["list", "list"] and recorder.replaced == [["a"]]
+
+
+async def test_every_resync_period_the_watch_ends_and_everything_is_listed_again():
+    api = FakeApi([page(["a"], version="1"), page(["a", "b"], version="2"), page(["b"], version="3")],
+                  [Response() for _ in range(50)], watch_lasts=0.05)
+    recorder = await run_until(api, lambda _, rec: len(rec.replaced) == 3, resync=0.2)
+    assert recorder.replaced == [["a"], ["a", "b"], ["b"]] and recorder.synced == 1
+    watches = [params for kind, params in api.calls if kind == "watch"]
+    assert {params["timeout_seconds"] for params in watches} == {1}  # never past the resync deadline
+    assert {params["resource_version"] for params in watches} <= {"1", "2", "3"}

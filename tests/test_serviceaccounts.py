@@ -1,0 +1,44 @@
+"""The ServiceAccount source's rate limit for direct lookups (docs/reference.md#lookup-grace):
+a token bucket of 10 a second with a burst of 20, like the Go webhook's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from injector.sources.serviceaccounts import TokenBucket
+
+
+async def test_the_burst_is_available_at_once():
+    bucket = TokenBucket()
+    started = time.monotonic()
+    for _ in range(20):
+        await bucket.acquire()
+    assert time.monotonic() - started < 0.09  # the 21st would need a tenth of a second
+    assert bucket.tokens < 1
+
+
+async def test_past_the_burst_tokens_come_at_the_rate():
+    bucket = TokenBucket(rate=50.0, burst=2)
+    await bucket.acquire()
+    await bucket.acquire()
+    started = time.monotonic()
+    for _ in range(3):
+        await bucket.acquire()
+    assert time.monotonic() - started >= 3 / 50 - 0.005
+
+
+async def test_idle_time_refills_up_to_the_burst_only():
+    bucket = TokenBucket(rate=1000.0, burst=3)
+    for _ in range(3):
+        await bucket.acquire()
+    await asyncio.sleep(0.05)  # worth 50 tokens at this rate
+    await bucket.acquire()
+    assert bucket.tokens <= 2
+
+
+async def test_waiters_are_served_one_token_each():
+    bucket = TokenBucket(rate=100.0, burst=1)
+    started = time.monotonic()
+    await asyncio.gather(*(bucket.acquire() for _ in range(4)))
+    assert time.monotonic() - started >= 3 / 100 - 0.005
