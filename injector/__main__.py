@@ -1,3 +1,5 @@
+"""`python -m injector`: the same command as the `pod-identity-injector` console script."""
+
 import sys
 
 from .cli import main

@@ -12,7 +12,8 @@ from __future__ import annotations
 import posixpath
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .identity import Identity, Mode, parse_expiration
@@ -202,9 +203,20 @@ def _append(ops: list[Operation], base: str, member: str, current: Any, items: l
         ops.extend({"op": "add", "path": f"{base}/{member}/-", "value": item} for item in items)
 
 
-def _plan_containers(ops: list[Operation], list_name: str, containers: Any, skip: frozenset[str],
-                     identity: Identity, settings: MutationSettings, layout: _Layout,
-                     injected: list[str], skipped: list[str], notes: list[str]) -> None:
+@dataclass(slots=True)
+class _Draft:
+    """The plan being built: operations so far, and what the decision log will say."""
+
+    ops: list[Operation] = field(default_factory=list)
+    injected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: frozenset[str], layout: _Layout,
+                     env_for: Callable[[set[str]], list[dict[str, str]] | None]) -> None:
+    """Env and mount operations for one container list; `env_for(present names)` is `_container_env`."""
+    ops, notes = draft.ops, draft.notes
     if not isinstance(containers, list):
         return
     mount = {"name": layout.volume_name, "readOnly": True, "mountPath": layout.mount_path}
@@ -214,7 +226,7 @@ def _plan_containers(ops: list[Operation], list_name: str, containers: Any, skip
             continue
         name = container.get("name")
         if name in skip:
-            skipped.append(str(name))
+            draft.skipped.append(str(name))
             continue
         env, mounts = container.get("env"), container.get("volumeMounts")
         if (env is not None and not isinstance(env, list)) or (
@@ -222,7 +234,7 @@ def _plan_containers(ops: list[Operation], list_name: str, containers: Any, skip
         ):
             notes.append(f"{list_name}[{index}] has a malformed env or volumeMounts; left alone")
             continue
-        new_env = _container_env(identity, settings, layout, _names(env))
+        new_env = env_for(_names(env))
         if new_env is None:
             continue  # already complete: untouched, not even a mount (Go's early exit)
         base = f"/spec/{list_name}/{index}"
@@ -230,7 +242,7 @@ def _plan_containers(ops: list[Operation], list_name: str, containers: Any, skip
         if layout.volume_name not in _names(mounts):
             _append(ops, base, "volumeMounts", mounts, [dict(mount)])
         if new_env or layout.volume_name not in _names(mounts):
-            injected.append(str(name))
+            draft.injected.append(str(name))
 
 
 def _volume(layout: _Layout, audience: str, expiration: int) -> dict[str, Any]:
@@ -286,10 +298,9 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         # Inserted first, as the Go webhook does.
         ops.append({"op": "add", "path": "/spec/volumes/0", "value": _volume(layout, identity.audience, expiration)})
 
-    injected: list[str] = []
-    skipped: list[str] = []
+    draft = _Draft(ops, notes=notes)
+    env_for = partial(_container_env, identity, settings, layout)
     for list_name in ("initContainers", "containers"):
-        _plan_containers(ops, list_name, spec.get(list_name), skip, identity, settings, layout,
-                         injected, skipped, notes)
-    return Plan(ops, expiration, tuple(injected), tuple(skipped), tuple(notes))
+        _plan_containers(draft, list_name, spec.get(list_name), skip, layout, env_for)
+    return Plan(ops, expiration, tuple(draft.injected), tuple(draft.skipped), tuple(notes))
 
