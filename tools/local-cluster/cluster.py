@@ -63,8 +63,9 @@ IMAGE_TAG = "dev"
 CHECK_NAMESPACE = "local-cluster-check"
 CHECK_ROLE_ARN = "arn:aws:iam::111122223333:role/local-cluster-check"
 
+# tool → Debian package; dockerd and debootstrap build the images (tools/image).
 APT_PACKAGES = {"containerd": "containerd", "runc": "runc", "/usr/lib/cni/bridge": "containernetworking-plugins",
-                "ip": "iproute2", "nsenter": "util-linux"}
+                "ip": "iproute2", "nsenter": "util-linux", "dockerd": "docker.io", "debootstrap": "debootstrap"}
 # Processes in start order; `down` stops them in reverse.
 COMPONENTS = ("containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 
@@ -457,6 +458,7 @@ def cmd_start(_: argparse.Namespace) -> int:
     images = [Path(p) for p in artifacts["images"]]
     (STATE / "containerd/config.toml").write_text(containerd_config(artifacts["pause_image"]))
     commands = component_commands(artifacts["binary"], pki)
+    (STATE / "commands.json").write_text(json.dumps(commands, indent=1))
     sock = str(STATE / "containerd/containerd.sock")
 
     t0 = time.monotonic()
@@ -658,6 +660,25 @@ def leftovers() -> list[str]:
     return problems
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    """Stop a component (SIGTERM, or SIGKILL with --kill) and start it again with the same command,
+    inside the namespace; for fault tests."""
+    if netns_inode("/proc/self/ns/net") != netns_inode(str(NETNS_PATH)):
+        return subprocess.run(["nsenter", f"--net={NETNS_PATH}", sys.executable, __file__, "restart", args.component,
+                               *(["--kill"] if args.kill else []), "--down-for", str(args.down_for)]).returncode
+    commands = json.loads((STATE / "commands.json").read_text())
+    pid = read_pid(args.component)
+    if pid and alive(pid):
+        os.kill(pid, signal.SIGKILL if args.kill else signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(args.down_for)
+    start(args.component, commands[args.component])
+    log(f"{args.component} restarted")
+    return 0
+
+
 def cmd_status(_: argparse.Namespace) -> int:
     up = True
     for name in COMPONENTS:
@@ -674,6 +695,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("_start", cmd_start)):
         sub.add_parser(name).set_defaults(fn=fn)
+    restart = sub.add_parser("restart", help="stop a component and start it again (fault tests)")
+    restart.add_argument("component", choices=COMPONENTS)
+    restart.add_argument("--kill", action="store_true", help="SIGKILL instead of SIGTERM")
+    restart.add_argument("--down-for", type=float, default=0.0, help="seconds to stay down")
+    restart.set_defaults(fn=cmd_restart)
     args = parser.parse_args(argv)
     return args.fn(args)
 
