@@ -9,8 +9,9 @@
 #
 # It is a stand-in, not a copy: Debian's python3 3.11 is /usr/bin/python3, externally managed
 # (PEP 668), with no pip command; the Dockerfile installs into a venv, so it builds from both.
-# The host's own CAs (/usr/local/share/ca-certificates) are added, and PIP_CERT set, so that
-# pip in a RUN step trusts what pip on this host trusts (e.g. a TLS-inspecting egress proxy).
+# The host's own CAs (/usr/local/share/ca-certificates) are added to its trust store, so that
+# pip in a RUN step trusts what this host trusts (here: a TLS-inspecting egress proxy; Debian's
+# pip, which the venv gets, uses /etc/ssl/certs/ca-certificates.crt rather than certifi).
 set -euo pipefail
 # shellcheck source=tools/image/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -49,6 +50,7 @@ apt_mirror() {
 }
 
 trap img_daemon_release EXIT
+img_lock
 img_daemon_ensure
 if ((!force)) && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     img_log "base $BASE_IMAGE present ($(img_size "$BASE_IMAGE")); --force rebuilds it"
@@ -110,7 +112,6 @@ changes=(
     --change 'ENV LANG=C.UTF-8'
     --change 'CMD ["python3"]'
 )
-((extra_ca)) && changes+=(--change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt')
 # /dev, /proc and /sys stay empty: the runtime mounts its own.
 tar -C "$rootfs" --numeric-owner --xattrs -c \
     --exclude=./dev/* --exclude=./proc/* --exclude=./sys/* . |

@@ -55,6 +55,7 @@ save() { # save REF ARCHIVE
 
 ctx=""
 trap 'rm -rf "$ctx"; img_daemon_release' EXIT
+img_lock
 img_daemon_ensure
 
 if ((app)); then

@@ -10,12 +10,24 @@ set -euo pipefail
 # shellcheck source=tools/image/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The PID of the dockerd running on our data-root: from the pidfile, or, when that is gone
+# (a removed cache dir), from the process table, so no second daemon ever shares the data-root.
 dockerd_pid() {
-    local pid
-    [[ -s $DOCKERD_PID ]] || return 1
-    pid=$(<"$DOCKERD_PID")
-    [[ -d /proc/$pid ]] && grep -qa dockerd "/proc/$pid/cmdline" 2>/dev/null || return 1
-    printf '%s\n' "$pid"
+    local pid c
+    if [[ -s $DOCKERD_PID ]]; then
+        pid=$(<"$DOCKERD_PID")
+        if [[ -d /proc/$pid ]] && grep -qa dockerd "/proc/$pid/cmdline" 2>/dev/null; then
+            printf '%s\n' "$pid"; return 0
+        fi
+    fi
+    for c in /proc/[0-9]*/cmdline; do
+        if tr '\0' '\n' <"$c" 2>/dev/null | grep -qxF -e "--data-root" && \
+            tr '\0' '\n' <"$c" 2>/dev/null | grep -qxF -e "$DOCKERD_DATA" && \
+            [[ $(tr '\0' '\n' <"$c" 2>/dev/null | head -n1) == *dockerd ]]; then
+            pid=${c#/proc/}; printf '%s\n' "${pid%/cmdline}"; return 0
+        fi
+    done
+    return 1
 }
 
 dockerd_status() {

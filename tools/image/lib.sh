@@ -49,3 +49,16 @@ img_daemon_release() {
         "$IMG_TOOLS/dockerd.sh" stop
     fi
 }
+
+# img_lock: one base.sh/build.sh at a time per cache (sessions may share it: one must not stop
+# the daemon under another's build); held until the script exits, inherited by its children.
+img_lock() {
+    [[ ${IMG_LOCKED:-} == "$IMG_CACHE" ]] && return 0
+    mkdir -p "$IMG_CACHE"
+    exec 9>>"$IMG_CACHE/lock"
+    if ! flock -n 9; then
+        img_log "waiting for another build on $IMG_CACHE"
+        flock 9
+    fi
+    export IMG_LOCKED=$IMG_CACHE
+}
