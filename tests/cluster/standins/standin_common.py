@@ -118,12 +118,15 @@ class CredentialIssuer:
 class DecisionLog:
     """Every decision, as one JSON line on stderr and in a list served at GET /_standin/decisions."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 20000) -> None:
         self.entries: list[dict[str, Any]] = []
+        self.keep = keep  # the newest ones; stderr has them all
 
     def record(self, **fields: Any) -> dict[str, Any]:
         entry = {"time": iso8601(time.time()), **fields}
         self.entries.append(entry)
+        if len(self.entries) > self.keep:
+            del self.entries[: len(self.entries) - self.keep]
         log_line(entry)
         return entry
 

@@ -374,12 +374,14 @@ async def verify_web_identity_token(token: str, config: Config, jwks: JwksCache,
         err.reason = reason  # type: ignore[attr-defined]
         return err
 
-    for claim in ("iss", "sub", "aud", "exp"):
-        if claim not in claims:
-            raise invalid(MSG_MISSING_CLAIM.format(claim=claim), f"no {claim} claim")
+    if "iss" not in claims:
+        raise invalid(MSG_MISSING_CLAIM.format(claim="iss"), "no iss claim")
     issuer = claims["iss"]
     if not isinstance(issuer, str) or issuer not in config.providers:
         raise invalid(MSG_NO_PROVIDER.format(iss=issuer), f"iss {issuer!r} is not a registered OIDC provider")
+    for claim in ("sub", "aud", "exp"):
+        if claim not in claims:
+            raise invalid(MSG_MISSING_CLAIM.format(claim=claim), f"no {claim} claim")
 
     alg, kid = header.get("alg"), header.get("kid")
     if alg not in SUPPORTED_ALGS:
