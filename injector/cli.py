@@ -66,14 +66,15 @@ _PARSERS: dict[str, dict[str, Any]] = {
 }
 
 
-def add_settings_flags(groups: dict[str, Any], settings_class: type) -> None:
-    """Register a flag for every field of `settings_class` declared with `settings.flag`.
+def add_settings_flags(groups: dict[str, Any], settings_class: type, only: tuple[str, ...] = ()) -> None:
+    """Register a flag for every field of `settings_class` declared with `settings.flag`
+    (or only for the fields named in `only`).
 
     The field's name is the flag's `dest`, so `settings_from_args` can read them all back.
     """
     for f in fields(settings_class):
         spec = f.metadata.get("flag")
-        if spec is None:
+        if spec is None or (only and f.name not in only):
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "help": spec.help or None, **_PARSERS[str(f.type)]}
         kwargs["default"] = list(f.default) if kwargs.get("action") == "append" else f.default
@@ -149,16 +150,52 @@ def _add_certs(sub: Any) -> None:
     add_flag(p, "--force", action="store_true", help="reissue the serving certificate")
 
 
+def _add_oidc(sub: Any) -> None:
+    p = sub.add_parser("oidc", help="publish, check and register the cluster's OIDC issuer (IRSA outside EKS)",
+                       description="The issuer documents IAM and STS need for IRSA on a self-managed cluster; "
+                                   "see docs/self-hosted.md.")
+    commands = p.add_subparsers(dest="oidc_command", metavar="{publish,thumbprint,verify}", required=True)
+
+    def cluster_flags(q: argparse.ArgumentParser) -> None:
+        group = q.add_argument_group("cluster")
+        add_settings_flags({SOURCES: group}, ServeSettings, only=("kubeconfig", "kube_api"))
+
+    q = commands.add_parser("publish", help="write the discovery document and JWKS to upload at the issuer URL",
+                            description="Write DIR/.well-known/openid-configuration and the JWKS it names, for "
+                                        "the public issuer URL, from the live API server or from key files.")
+    add_flag(q, "--issuer", required=True, metavar="URL", help="the public https issuer URL (no trailing /)")
+    add_flag(q, "--out", required=True, metavar="DIR", help="directory to write the documents into")
+    add_flag(q, "--key", dest="key_files", action="append", default=[], metavar="FILE",
+             help="a signing public (or private) key PEM instead of the cluster's JWKS (repeatable)")
+    cluster_flags(q)
+    q = commands.add_parser("thumbprint", help="the certificate thumbprint IAM expects for the issuer's host",
+                            description="SHA-1 of the last CA certificate in the chain the host serves.")
+    add_flag(q, "url", metavar="https://HOST[/PATH]")
+    add_flag(q, "--audience", default="sts.amazonaws.com", help="client id for the printed aws iam command")
+    q = commands.add_parser("verify", help="check a token against the published documents, as STS would",
+                            description="Fetch the issuer's discovery document and JWKS and check a token's "
+                                        "signature, iss, aud and exp against them.")
+    add_flag(q, "--issuer", required=True, metavar="URL", help="the public issuer URL (the IAM provider's)")
+    source = q.add_mutually_exclusive_group(required=True)
+    add_flag(source, "--token", metavar="FILE", help="a token file (- for standard input)")
+    add_flag(source, "--pod", metavar="NAME", help="request a token through TokenRequest as this pod would get it")
+    add_flag(q, "-n", "--namespace", default="default", help="the pod's namespace")
+    add_flag(q, "--audience", default="sts.amazonaws.com", help="the audience STS expects (the client id)")
+    add_flag(q, "--ca-file", default="", metavar="FILE", help="trust this CA for the issuer URL (private CAs)")
+    cluster_flags(q)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pod-identity-injector",
         description="Kubernetes admission webhook that gives pods AWS IAM credentials.",
     )
     parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,mutate,certs,version}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,mutate,certs,oidc,version}")
     _add_serve(sub)
     _add_mutate(sub)
     _add_certs(sub)
+    _add_oidc(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -195,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_mutate(args, mutation_settings(args))
         if args.command == "certs":
             return run_certs(args)
+        if args.command == "oidc":
+            from .oidc_cli import run_oidc
+
+            return run_oidc(args)
         if args.command == "version":
             print(__version__)
             return 0

@@ -9,6 +9,7 @@ share: fetch what the issuer publishes, as STS does, and check a token against i
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import socket
 import ssl
@@ -39,6 +40,8 @@ class FetchError(OidcError):
 async def _kube(kubeconfig: str, kube_api: str) -> Any:
     from .kube import api_client
 
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        raise FetchError(f"--kubeconfig {kubeconfig}: no such file")
     try:
         return await api_client(kubeconfig, kube_api)
     except Exception as exc:  # kubeconfig loading raises many kinds; all mean "cannot reach"
