@@ -3,7 +3,8 @@
 Exit 0 when everything holds, 1 when a check fails (what STS or IAM would reject), 2 when
 the command could not run (bad flags, unreadable files, an unreachable API server); a
 failure is one line on stderr. Everything heavier than argparse is imported here, only when
-an `oidc` subcommand runs, so `serve` never loads it.
+an `oidc` subcommand runs, so `serve` never loads it. The user's side of each step is
+docs/self-hosted.md#publish, docs/self-hosted.md#thumbprint and docs/self-hosted.md#verify.
 """
 
 from __future__ import annotations

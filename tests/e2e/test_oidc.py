@@ -1,4 +1,5 @@
-"""`oidc publish` / `thumbprint` / `verify` against a real kube-apiserver (docs/self-hosted.md).
+"""`oidc publish` / `thumbprint` / `verify` against a real kube-apiserver (docs/self-hosted.md#publish,
+docs/self-hosted.md#key-rotation).
 
 A self-hosted cluster is played by a second kube-apiserver of the session (same etcd, its own
 prefix) whose `--service-account-issuer` is the URL of a static https site on 127.0.0.1 with
