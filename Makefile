@@ -39,7 +39,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint unit cluster-test
+test: lint unit e2e-cluster
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
@@ -86,7 +86,16 @@ cluster-up: $(STAMP)
 cluster-down:
 	python3 tools/local-cluster/cluster.py down
 
-# The smoke tier, inside the cluster's namespace. Brings the cluster up if it is not (and
-# leaves it up); fails, never skips, when it cannot start.
+# The cluster tier, inside the cluster's namespace. Each target brings the cluster up if it is
+# not (and leaves it up); fails, never skips, when it cannot start. cluster-test is the smoke
+# tier alone; e2e-cluster is every scenario (IRSA and Pod Identity through the real SDK,
+# workload shapes, the chart's life, faults under load), its figures in .bench/reliability.jsonl.
+CLUSTER_PYTEST := LOCAL_CLUSTER_TIER=1 tools/local-cluster/run -- $(BIN)/pytest -q -p no:cacheprovider
+.PHONY: e2e-cluster
 cluster-test: cluster-up
-	LOCAL_CLUSTER_TIER=1 tools/local-cluster/run -- $(BIN)/pytest -q -p no:cacheprovider tests/cluster
+	$(CLUSTER_PYTEST) tests/cluster/test_smoke.py
+
+e2e-cluster: cluster-up
+	@mkdir -p .bench && rm -f .bench/reliability.jsonl
+	LOCAL_CLUSTER_FIGURES=$(CURDIR)/.bench/reliability.jsonl $(CLUSTER_PYTEST) tests/cluster
+	@cat .bench/reliability.jsonl

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the webhook image from the repo's Dockerfile as users build it (`docker build .`,
-# classic builder) and the pod sandbox (pause) image, in the private daemon (dockerd.sh), with
-# the base made locally (base.sh); `docker save`s each to an archive for
-# `ctr -n k8s.io images import ARCHIVE`.
+# classic builder), the pod sandbox (pause) image and the cluster tier's workload image (the
+# AWS SDK, tests/cluster/workload), in the private daemon (dockerd.sh), with the base made
+# locally (base.sh); `docker save`s each to an archive for `ctr -n k8s.io images import ARCHIVE`.
 #
-#   tools/image/build.sh [--tag REF] [--no-pause | --pause-only] [--force] [--keep-daemon]
+#   tools/image/build.sh [--tag REF] [--no-pause | --pause-only] [--no-workload] [--force] [--keep-daemon]
 #
-# stdout: only the archive paths, one a line (the webhook image first, then the pause image).
+# stdout: only the archive paths, one a line (the webhook image first, then the pause image,
+# then the workload image $WORKLOAD_IMAGE).
 # stderr: progress, build output, image sizes. Defaults: REF pod-identity-injector:dev, pause
 # $PAUSE_IMAGE (lib.sh). A build is skipped when its inputs hash (a label on the image) is
 # unchanged and its archive holds that image. The daemon is stopped at the end if this script
@@ -15,13 +16,14 @@ set -euo pipefail
 # shellcheck source=tools/image/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-tag=pod-identity-injector:dev app=1 pause=1 force=0
+tag=pod-identity-injector:dev app=1 pause=1 workload=1 force=0
 while (($#)); do
     case $1 in
         --tag) tag=${2:?--tag needs a value}; shift ;;
         --tag=*) tag=${1#--tag=} ;;
         --no-pause) pause=0 ;;
-        --pause-only) app=0 ;;
+        --pause-only) app=0 workload=0 ;;
+        --no-workload) workload=0 ;;
         --force) force=1 ;;
         --keep-daemon) export POD_IDENTITY_IMAGES_KEEP_DAEMON=1 ;;
         -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
@@ -107,5 +109,24 @@ if ((pause)); then
         save "$PAUSE_IMAGE" "$archive"
     fi
     img_log "$PAUSE_IMAGE: $(img_size "$PAUSE_IMAGE")"
+    printf '%s\n' "$archive"
+fi
+
+if ((workload)); then
+    "$IMG_TOOLS/base.sh"
+    inputs=$(printf '%s\0' tests/cluster/workload/Dockerfile | hash_files)
+    inputs=$(printf '%s %s\n' "$inputs" "$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")" | sha256sum | cut -d' ' -f1)
+    archive=$(img_archive_path "$WORKLOAD_IMAGE")
+    if ((!force)) && up_to_date "$WORKLOAD_IMAGE" "$inputs" "$archive"; then
+        img_log "$WORKLOAD_IMAGE up to date (inputs ${inputs:0:12})"
+    else
+        t0=$SECONDS
+        nice docker build --network=host --label "$INPUTS_LABEL=$inputs" -t "$WORKLOAD_IMAGE" \
+            "$REPO_ROOT/tests/cluster/workload" >&2
+        img_log "built $WORKLOAD_IMAGE in $((SECONDS - t0)) s"
+        docker image prune -f >/dev/null
+        save "$WORKLOAD_IMAGE" "$archive"
+    fi
+    img_log "$WORKLOAD_IMAGE: $(img_size "$WORKLOAD_IMAGE")"
     printf '%s\n' "$archive"
 fi

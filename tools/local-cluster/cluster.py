@@ -52,6 +52,7 @@ POD_CIDR = "198.51.100.0/24"      # TEST-NET-2, the CNI bridge
 POD_GATEWAY = "198.51.100.1"
 SERVICE_CIDR = "203.0.113.0/24"   # TEST-NET-3
 KUBERNETES_SERVICE_IP = "203.0.113.1"
+POD_IDENTITY_AGENT_IP = "169.254.170.23"  # where EKS runs its Pod Identity Agent on every node
 API_PORT = 443
 API_URL = f"https://{NODE_IP}:{API_PORT}"
 ISSUER = f"https://{NODE_IP}"  # tokens' `iss`; the API server serves the discovery document there
@@ -114,7 +115,7 @@ def build_artifacts() -> dict:
     result = subprocess.run(["bash", str(REPO / "tools/image/build.sh"), "--tag", f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"],
                             stdout=subprocess.PIPE, text=True, timeout=3600, check=False)
     archives = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    if result.returncode != 0 or len(archives) != 2:
+    if result.returncode != 0 or len(archives) < 2:
         raise SystemExit(f"local-cluster: tools/image/build.sh exited {result.returncode} with {archives}")
     pause = subprocess.run(["bash", "-c", f'. "{REPO}/tools/image/lib.sh" >/dev/null 2>&1; printf %s "$PAUSE_IMAGE"'],
                            capture_output=True, text=True, check=True).stdout.strip()
@@ -393,13 +394,15 @@ def https_ok(url: str, pki: Path) -> bool:
 
 # -- up ----------------------------------------------------------------------------------------
 def netns_setup() -> None:
-    """The namespace, its loopback, and the node bridge carrying the node and `kubernetes` Service addresses."""
+    """The namespace, its loopback, and the node bridge carrying the node address, the `kubernetes`
+    Service address and the Pod Identity Agent's link-local address."""
     run(["ip", "netns", "add", NETNS])
     ip = ["ip", "-n", NETNS]
     run([*ip, "link", "set", "lo", "up"])
     run([*ip, "link", "add", NODE_BRIDGE, "type", "bridge"])
     run([*ip, "addr", "add", f"{NODE_IP}/{NODE_CIDR.split('/')[1]}", "dev", NODE_BRIDGE])
     run([*ip, "addr", "add", f"{KUBERNETES_SERVICE_IP}/32", "dev", NODE_BRIDGE])
+    run([*ip, "addr", "add", f"{POD_IDENTITY_AGENT_IP}/32", "dev", NODE_BRIDGE])
     run([*ip, "link", "set", NODE_BRIDGE, "up"])
 
 
@@ -474,6 +477,10 @@ def cmd_start(_: argparse.Namespace) -> int:
     start("kube-apiserver", commands["kube-apiserver"])
     wait_for(lambda: https_ok(f"{API_URL}/readyz", pki), 120, "kube-apiserver /readyz", "kube-apiserver")
     log(f"API server ready ({time.monotonic() - t0:.1f} s)")
+    # The discovery document and JWKS readable without credentials, as IAM (and the STS
+    # stand-in of the cluster tier) fetch them; self-hosted IRSA setups do the same.
+    kubectl("create", "clusterrolebinding", "service-account-issuer-discovery-anonymous",
+            "--clusterrole=system:service-account-issuer-discovery", "--group=system:unauthenticated")
     for name in ("kube-controller-manager", "kube-scheduler", "kubelet"):
         start(name, commands[name])
     wait_for(lambda: "True" in kubectl("get", "node", NODE_NAME, "-o",
