@@ -33,9 +33,20 @@ class Decision:
     def mutated(self) -> bool:
         return bool(self.operations)
 
+    @property
+    def undecided(self) -> bool:
+        """Allowed only because the input could not be decided on: logged at warning."""
+        return self.reason in UNDECIDED
+
+
+# Reasons for an allow that says nothing about the pod's identity (docs/mutation.md#answers).
+UNDECIDED = frozenset({"malformed", "no-pod-object", "internal-error"})
+
 
 def precheck(request: AdmissionRequest) -> Decision | None:
-    """Requests that never need an identity lookup: not a pod, not a create, no object."""
+    """Requests that never need an identity lookup: malformed, not a pod, not a create, no object."""
+    if request.problem:
+        return Decision(True, "malformed", [], message=f"malformed request: {request.problem}; allowed unchanged")
     if request.resource_kind != "Pod":
         return Decision(True, "not-a-pod", [], message=f"{request.resource_kind or 'object'} is not a Pod; ignored")
     if request.operation != "CREATE":

@@ -121,9 +121,11 @@ async def handle_mutate(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         return _too_large(request.content_length, limit)
     try:
-        body = await request.read()
+        body = await asyncio.wait_for(request.read(), state.settings.read_body_timeout or None)
     except web.HTTPRequestEntityTooLarge:
         return _too_large(None, limit)
+    except TimeoutError:
+        return _too_slow(state.settings.read_body_timeout)
     try:
         envelope, parsed = parse_review(decode_json(body))
     except BadReview as exc:
@@ -158,6 +160,15 @@ def _too_large(size: int | None, limit: int) -> web.Response:
     return _plain(413, f"request body too large: {got}, the limit is {limit} bytes (--max-request-bytes)")
 
 
+def _too_slow(seconds: float) -> web.Response:
+    """docs/reference.md#connections: the body did not arrive in time; the connection is closed
+    after the answer (and after at most `connections.LINGER` more reading of the rest)."""
+    log.warning("admission refused", reason="request body too slow", limit_seconds=seconds)
+    response = _plain(408, f"request body not received within {seconds:g}s (--read-body-timeout)")
+    response.force_close()
+    return response
+
+
 def _log_decision(envelope: Envelope, request: AdmissionRequest, decision: Decision, elapsed: float) -> None:
     """One structured line per admission (docs/reference.md#logs)."""
     fields: dict[str, Any] = {
@@ -185,7 +196,7 @@ def _log_decision(envelope: Envelope, request: AdmissionRequest, decision: Decis
             fields["notes"] = list(plan.notes)
     if decision.message:
         fields["detail"] = decision.message
-    log.info("admission", **fields)
+    (log.warning if decision.undecided else log.info)("admission", **fields)
 
 
 # -- health, debug, metrics ------------------------------------------------------------------

@@ -92,16 +92,17 @@ def compose_role_arn(value: str, settings: MutationSettings) -> str:
     return value
 
 
-def service_account_entry(
-    annotations: Mapping[str, Any] | None, settings: MutationSettings
-) -> RoleMapping:
+def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleMapping:
     """Parse a ServiceAccount's annotations (docs/mutation.md#service-account-annotations).
 
     Invalid values fall back to the flag defaults, as in the Go webhook, and are reported in
     `problems` so the edge can log them instead of failing silently.
     """
-    annotations = annotations or {}
     problems: list[str] = []
+    if annotations is not None and not isinstance(annotations, Mapping):
+        problems.append(f"metadata.annotations is {type(annotations).__name__}, not a map; treated as none")
+        annotations = None
+    annotations = annotations or {}
     key = settings.annotation
 
     role_arn = annotations.get(key("role-arn"), "")

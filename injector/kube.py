@@ -16,6 +16,8 @@ from kubernetes_asyncio import client, config
 
 ListCall = Callable[..., Awaitable[Any]]
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# etcd refuses objects over 1.5 MiB by default; their JSON, with managedFields, stays well below this.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class KubeError(Exception):
@@ -82,22 +84,42 @@ async def get_object(call: ListCall, *args: Any, timeout: float | None = None) -
         response.release()
 
 
-async def watch_events(call: ListCall, **params: Any) -> AsyncIterator[dict[str, Any]]:
-    """The events of one watch request (`{"type": …, "object": …}`) until the server ends it."""
+async def watch_events(call: ListCall, *, max_event_bytes: int = MAX_EVENT_BYTES,
+                       **params: Any) -> AsyncIterator[dict[str, Any]]:
+    """The events of one watch request (`{"type": …, "object": …}`) until the server ends it.
+
+    A line that is not a JSON object, or longer than `max_event_bytes`, is a `KubeError`: the
+    reflector backs off and lists again."""
     response = await call(watch=True, _preload_content=False, **params)
     try:
         if response.status != 200:
             raise KubeError(response.status, _status_message(await response.read()))
-        buffer = b""
-        # Split lines ourselves: a ConfigMap event can be far longer than aiohttp's line limit.
+        buffer = bytearray()
+        # Split lines ourselves: a ConfigMap event can be far longer than aiohttp's line limit;
+        # but not without bound: a line longer than any object the API server stores is an error.
         async for chunk in response.content.iter_any():
+            start = len(buffer)
             buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
+            while (end := buffer.find(b"\n", start)) >= 0:
+                line = bytes(buffer[:end])
+                del buffer[:end + 1]
+                start = 0
                 if line.strip():
-                    yield orjson.loads(line)
+                    yield _event(line)
+            if len(buffer) > max_event_bytes:
+                raise KubeError(0, f"watch event longer than {max_event_bytes} bytes without a newline")
     finally:
         response.release()
+
+
+def _event(line: bytes) -> dict[str, Any]:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise KubeError(0, f"watch event is not valid JSON: {exc}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("object", {}), dict):
+        raise KubeError(0, "watch event is not an object with an object")
+    return event
 
 
 async def call_json(call: ListCall, *args: Any, **kwargs: Any) -> dict[str, Any]:

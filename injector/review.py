@@ -4,6 +4,11 @@ Decoding is lenient where the Go webhook is (apiVersion is echoed, not checked; 
 kind is fine) and strict where it matters: a body that is not an AdmissionReview (another
 kind, not an object, not JSON) becomes a `BadReview` with a message that says what was
 wrong, never an exception escaping into the server.
+
+This is also the type boundary (docs/reliability.md#contract): every request field the
+decision reads, and every part of the pod the planner reads, is checked here. A value of
+the wrong JSON type becomes `AdmissionRequest.problem`, which `admission.precheck` turns into
+an unchanged, logged allow; so the planner only ever sees a well-typed pod.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ class BadReview(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class AdmissionRequest:
-    """The parts of one AdmissionReview request that the decision depends on."""
+    """The parts of one AdmissionReview request that the decision depends on.
+
+    `problem` names the first field of the wrong type ("" when there is none); when it is
+    set, `pod` must not be planned.
+    """
 
     uid: str
     api_version: str | None
@@ -37,6 +46,7 @@ class AdmissionRequest:
     resource_kind: str
     pod: dict[str, Any] | None
     dry_run: bool
+    problem: str = ""
 
     @property
     def service_account(self) -> str:
@@ -70,6 +80,66 @@ def decode_json(body: bytes) -> Any:
         raise BadReview(f"request body is not valid JSON: {exc}") from None
 
 
+# -- the type boundary -------------------------------------------------------------------------
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+class _Malformed(Exception):
+    """A value of the wrong type at `path` (raised and caught inside this module only)."""
+
+    def __init__(self, path: str, value: Any, expected: str) -> None:
+        super().__init__(f"{path} is {_JSON_TYPES.get(type(value), type(value).__name__)}, expected {expected}")
+
+
+def _optional(value: Any, kind: type, path: str) -> Any:
+    """`value` if it is absent (None) or of `kind`; else `_Malformed`."""
+    if value is not None and not isinstance(value, kind):
+        raise _Malformed(path, value, _JSON_TYPES[kind])
+    return value
+
+
+def _string_map(value: Any, path: str) -> None:
+    for key, item in (_optional(value, dict, path) or {}).items():
+        _optional(item, str, f"{path}[{key!r}]")
+
+
+def _named_items(value: Any, path: str) -> list[Any]:
+    """A list of objects whose `name`, if any, is a string."""
+    items = _optional(value, list, path) or []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _Malformed(f"{path}[{index}]", item, "an object")
+        _optional(item.get("name"), str, f"{path}[{index}].name")
+    return items
+
+
+def check_pod(pod: dict[str, Any]) -> str:
+    """The first part of `pod` the rules read that has the wrong type, or "" (well typed).
+
+    What is checked is exactly what identity resolution and the planner read: names,
+    annotations, labels, the node selector, volumes, and each container's name, env and
+    volumeMounts. Everything else is passed through untouched and never read.
+    """
+    try:
+        metadata = _optional(pod.get("metadata"), dict, "metadata") or {}
+        for member in ("name", "generateName", "namespace"):
+            _optional(metadata.get(member), str, f"metadata.{member}")
+        _string_map(metadata.get("annotations"), "metadata.annotations")
+        _string_map(metadata.get("labels"), "metadata.labels")
+        spec = _optional(pod.get("spec"), dict, "spec") or {}
+        _optional(spec.get("serviceAccountName"), str, "spec.serviceAccountName")
+        _string_map(spec.get("nodeSelector"), "spec.nodeSelector")
+        _named_items(spec.get("volumes"), "spec.volumes")
+        for list_name in ("initContainers", "containers"):
+            for index, container in enumerate(_named_items(spec.get(list_name), f"spec.{list_name}")):
+                for member in ("env", "volumeMounts"):
+                    _named_items(container.get(member), f"spec.{list_name}[{index}].{member}")
+    except _Malformed as exc:
+        return f"pod {exc}"
+    return ""
+
+
 def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
     """Split a decoded body into its envelope and either a request or why there is none."""
     if not isinstance(document, dict):
@@ -87,25 +157,35 @@ def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
     uid = uid if isinstance(uid, str) else ""
     envelope = Envelope(api_version, kind, uid)
 
-    resource = request.get("kind")
-    resource_kind = resource.get("kind", "") if isinstance(resource, dict) else ""
+    problem = ""
+    try:
+        resource = _optional(request.get("kind"), dict, "request.kind") or {}
+        resource_kind = _optional(resource.get("kind"), str, "request.kind.kind") or ""
+        operation = _optional(request.get("operation"), str, "request.operation") or "CREATE"
+        namespace = _optional(request.get("namespace"), str, "request.namespace") or ""
+    except _Malformed as exc:
+        problem, resource_kind, operation, namespace = str(exc), "", "", ""
     pod = request.get("object")
     if not isinstance(pod, dict):
         pod = None
-    elif not resource_kind:
-        resource_kind = pod.get("kind") or "Pod"
-    namespace = request.get("namespace")
-    if not isinstance(namespace, str) or not namespace:
-        namespace = ((pod or {}).get("metadata") or {}).get("namespace") or ""
+    elif not problem:
+        if not resource_kind:
+            pod_kind = pod.get("kind")
+            resource_kind = pod_kind if isinstance(pod_kind, str) and pod_kind else "Pod"
+        if resource_kind == "Pod" and operation == "CREATE":  # only a pod to plan is read further
+            problem = check_pod(pod)
+            if not namespace and not problem:
+                namespace = (pod.get("metadata") or {}).get("namespace") or ""
     return envelope, AdmissionRequest(
         uid=uid,
         api_version=api_version,
         kind=kind,
-        namespace=namespace if isinstance(namespace, str) else "",
-        operation=str(request.get("operation") or "CREATE"),
-        resource_kind=str(resource_kind),
+        namespace=namespace,
+        operation=operation,
+        resource_kind=resource_kind,
         pod=pod,
         dry_run=request.get("dryRun") is True,
+        problem=problem,
     )
 
 

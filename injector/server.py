@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from .app import ServerState, metrics_app, refresh_gauges, run_beside, webhook_app
+from .connections import ConnectionLimits, ConnectionStats, GuardedSite
 from .logging import configure_logging
 from .settings import ServeSettings
 from .startup import Prepared, connect_cluster, prepare
@@ -211,9 +212,16 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _listen(runner: web.AppRunner, settings: ServeSettings, port: int, **kwargs: Any) -> web.TCPSite:
-    site = web.TCPSite(runner, settings.bind_address or None, port, backlog=1024, **kwargs)
+    """Listen on `port` with the slow-client limits (docs/reference.md#connections)."""
+    site = GuardedSite(runner, settings.bind_address or None, port, limits=connection_limits(settings),
+                       stats=ConnectionStats(), backlog=1024, **kwargs)
     await site.start()
     return site
+
+
+def connection_limits(settings: ServeSettings) -> ConnectionLimits:
+    return ConnectionLimits(settings.read_header_timeout, settings.idle_timeout, settings.max_connections,
+                            settings.max_header_bytes)
 
 
 def _run_loop(coro: Any) -> Any:

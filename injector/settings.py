@@ -142,6 +142,17 @@ class ServeSettings:
     enable_debugging_handlers: bool = flag(False, "serve /debug/alpha/* routes", group=SERVER)
     workers: int = flag(0, "serving processes sharing the port (0: one per available CPU)", group=SERVER)
     max_request_bytes: int = flag(3 * 1024 * 1024, "larger AdmissionReview bodies get HTTP 413", group=SERVER)
+    # Slow and abusive clients (docs/reference.md#connections). An API server sends a whole request
+    # within milliseconds and gives up after its webhook timeout (30 s at most): nothing slower is legitimate.
+    read_header_timeout: float = flag(
+        10.0, "close a connection whose TLS handshake, or whose request headers, take longer than this",
+        group=SERVER)
+    read_body_timeout: float = flag(20.0, "answer 408 and close when a request body takes longer than this",
+                                    group=SERVER)
+    idle_timeout: float = flag(60.0, "close a keep-alive connection idle for this long", group=SERVER)
+    max_connections: int = flag(1000, "most connections open at once (handshakes included); more are closed at "
+                                "once", group=SERVER)
+    max_header_bytes: int = flag(16384, "largest request line plus headers; larger get HTTP 431", group=SERVER)
     shutdown_delay: float = flag(
         0.0, "on SIGTERM, report not-ready and keep serving this long before draining (e.g. 5s)", group=SERVER)
     shutdown_timeout: float = flag(10.0, "longest wait for in-flight requests on shutdown", group=SERVER)

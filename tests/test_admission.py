@@ -29,6 +29,9 @@ def found(identity: Identity | None, reason: str = "service-account-annotation")
     (pod_request(resource_kind=""), "not-a-pod", "object is not a Pod; ignored"),
     (pod_request(operation="UPDATE"), "not-a-create", "UPDATE is not mutated; only CREATE is"),
     (pod_request(pod=None), "no-pod-object", "the request carries no pod object"),
+    (AdmissionRequest("u", None, None, "", "", "", None, False, problem="request.operation is a number, expected "
+                      "a string"), "malformed",
+     "malformed request: request.operation is a number, expected a string; allowed unchanged"),
 ])
 def test_requests_that_need_no_lookup_are_allowed_unchanged_with_a_reason(request_, reason, message):
     early = precheck(request_)

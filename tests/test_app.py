@@ -111,6 +111,33 @@ async def test_an_error_of_ours_allows_the_pod_unchanged_and_says_so():
                                   "status": {"message": "pod-identity-injector error: boom"}}
 
 
+@pytest.mark.parametrize("change, problem", [
+    # Each of these was an HTTP 500 or a traceback before the type boundary (issue #10).
+    (lambda r: (r["request"].pop("namespace"), r["request"]["object"].update(metadata="x")),
+     "pod metadata is a string"),
+    (lambda r: r["request"].update(namespace=["default"]), "request.namespace is an array"),
+    (lambda r: r["request"].update(operation={"op": "CREATE"}), "request.operation is an object"),
+    (lambda r: r["request"]["kind"].update(kind=1), "request.kind.kind is a number"),
+    (lambda r: r["request"]["object"]["spec"]["containers"][0].update(name={"a": 1}),
+     "pod spec.containers[0].name is an object"),
+    (lambda r: r["request"]["object"]["spec"].update(volumes=[{"name": ["x"]}]), "pod spec.volumes[0].name"),
+])
+async def test_a_field_of_the_wrong_type_is_allowed_unchanged_and_named(client, change, problem):
+    document = pod_review(uid="u")
+    change(document)
+    status, answer = await review(client, document)
+    assert status == 200 and answer["response"]["allowed"] is True and "patch" not in answer["response"]
+    assert answer["response"]["status"]["message"].startswith(f"malformed request: {problem}")
+
+
+@pytest.mark.parametrize("api_version", [5, None, {"v": 1}])
+async def test_a_non_string_api_version_is_not_echoed(client, api_version):
+    document = pod_review(uid="u")
+    document["apiVersion"] = api_version
+    status, answer = await review(client, document)
+    assert status == 200 and "apiVersion" not in answer and answer["response"]["uid"] == "u"
+
+
 # -- bad input: an HTTP error with the reason, never a crash ----------------------------------
 @pytest.mark.parametrize("content_type", ["application/xml", "text/plain", "", "application/json-patch+json"])
 async def test_another_content_type_is_415_with_the_go_message(client, content_type):

@@ -180,3 +180,39 @@ async def test_every_resync_period_the_watch_ends_and_everything_is_listed_again
     watches = [params for kind, params in api.calls if kind == "watch"]
     assert {params["timeout_seconds"] for params in watches} == {1}  # never past the resync deadline
     assert {params["resource_version"] for params in watches} <= {"1", "2", "3"}
+
+
+# -- a watch stream that is not what it should be --------------------------------------------------
+from injector.kube import KubeError, watch_events  # noqa: E402
+
+
+class Stream:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.status = 200
+        self.content = Content(chunks)
+
+    def release(self) -> None:
+        pass
+
+
+async def _events(chunks: list[bytes], **kwargs: Any) -> list[dict]:
+    async def call(**_: Any) -> Stream:
+        return Stream(chunks)
+
+    return [e async for e in watch_events(call, **kwargs)]
+
+
+async def test_a_line_without_a_newline_cannot_grow_past_the_limit():
+    with pytest.raises(KubeError, match="longer than 1000 bytes"):
+        await _events([b'{"type": "ADDED", "object": {"x": "' + b"y" * 600, b"y" * 600], max_event_bytes=1000)
+
+
+async def test_lines_split_across_chunks_are_reassembled_and_blank_lines_skipped():
+    events = await _events([b'{"type":"ADDED","object":{}}\n\n{"type":', b'"DELETED","object":{}}\n'])
+    assert [e["type"] for e in events] == ["ADDED", "DELETED"]
+
+
+@pytest.mark.parametrize("line", [b"not json", b"[1]", b'{"type": "ADDED", "object": "x"}'])
+async def test_a_line_that_is_not_an_event_is_an_error_not_a_crash(line):
+    with pytest.raises(KubeError):
+        await _events([line + b"\n"])

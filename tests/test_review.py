@@ -102,3 +102,46 @@ def test_the_answer_echoes_the_envelope_and_carries_the_patch_as_base64():
 def test_the_answer_carries_a_message_and_a_code_only_on_denial(allowed, message, status):
     answer = orjson.loads(encode_response(Envelope(None, None, ""), allowed, [], message))
     assert answer == {"response": {"uid": "", "allowed": allowed, **({"status": status} if status else {})}}
+
+
+# -- the type boundary: the planner only ever sees a well-typed pod -----------------------------
+@pytest.mark.parametrize("fields, problem", [
+    ({"namespace": 5}, "request.namespace is a number, expected a string"),
+    ({"namespace": {"a": 1}}, "request.namespace is an object, expected a string"),
+    ({"kind": {"kind": ["Pod"]}}, "request.kind.kind is an array, expected a string"),
+    ({"kind": "Pod"}, "request.kind is a string, expected an object"),
+    ({"operation": True}, "request.operation is a boolean, expected a string"),
+    ({"object": {"metadata": "x"}, "namespace": None}, "pod metadata is a string, expected an object"),
+    ({"object": {"metadata": [1]}}, "pod metadata is an array, expected an object"),
+    ({"object": {"metadata": {"annotations": {"a": 1}}}}, "pod metadata.annotations['a'] is a number"),
+    ({"object": {"metadata": {"labels": []}}}, "pod metadata.labels is an array, expected an object"),
+    ({"object": {"spec": {"serviceAccountName": {}}}}, "pod spec.serviceAccountName is an object"),
+    ({"object": {"spec": {"containers": [{"name": {"x": 1}}]}}}, "pod spec.containers[0].name is an object"),
+    ({"object": {"spec": {"volumes": [{"name": []}]}}}, "pod spec.volumes[0].name is an array"),
+    ({"object": {"spec": {"initContainers": [{"env": [{"name": 1}]}]}}}, "pod spec.initContainers[0].env[0].name"),
+    ({"object": {"spec": {"containers": [{"volumeMounts": {}}]}}}, "pod spec.containers[0].volumeMounts is an"),
+    ({"object": {"spec": {"containers": ["app"]}}}, "pod spec.containers[0] is a string, expected an object"),
+    ({"object": {"spec": {"nodeSelector": {"kubernetes.io/os": None}}}}, ""),
+    ({"object": {"spec": {"nodeSelector": {"kubernetes.io/os": 1}}}}, "pod spec.nodeSelector['kubernetes.io/os']"),
+    ({"object": {"spec": []}}, "pod spec is an array, expected an object"),
+])
+def test_a_field_of_the_wrong_type_is_named_as_the_problem(fields, problem):
+    _, parsed = parse_review(request(**fields))
+    assert isinstance(parsed, AdmissionRequest)
+    assert parsed.problem.startswith(problem) if problem else parsed.problem == ""
+
+
+@pytest.mark.parametrize("fields", [
+    {"object": {"metadata": "x"}, "operation": "UPDATE"},
+    {"object": {"spec": {"containers": "x"}}, "kind": {"kind": "Deployment"}},
+])
+def test_only_a_pod_to_plan_is_type_checked(fields):
+    _, parsed = parse_review(request(**fields))
+    assert parsed.problem == ""
+
+
+def test_null_is_absent_everywhere_the_rules_read():
+    pod = {"metadata": {"name": None, "annotations": None, "labels": None},
+           "spec": {"serviceAccountName": None, "containers": [{"name": None, "env": None}], "volumes": None}}
+    _, parsed = parse_review(request(object=pod))
+    assert parsed.problem == "" and parsed.namespace == "ns"

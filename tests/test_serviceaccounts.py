@@ -42,3 +42,37 @@ async def test_waiters_are_served_one_token_each():
     started = time.monotonic()
     await asyncio.gather(*(bucket.acquire() for _ in range(4)))
     assert time.monotonic() - started >= 3 / 100 - 0.005
+
+
+# -- what the API server sends, whatever its shape ------------------------------------------------
+def _source():
+    from injector.settings import MutationSettings
+    from injector.sources import IdentityStore
+    from injector.sources.serviceaccounts import ServiceAccountSource
+
+    store = IdentityStore(MutationSettings())
+    source = ServiceAccountSource.__new__(ServiceAccountSource)  # no API client: only the callbacks
+    source.store = store
+    return source, store
+
+
+def test_annotations_that_are_not_a_map_count_as_none_and_the_list_still_completes():
+    source, store = _source()
+    source._replace([
+        {"metadata": {"namespace": "ns", "name": "odd", "annotations": ["eks.amazonaws.com/role-arn"]}},
+        {"metadata": {"namespace": "ns", "name": "app",
+                      "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/app"}}},
+    ])
+    odd, app = store.tables.service_accounts["ns/odd"], store.tables.service_accounts["ns/app"]
+    assert odd.role_arn == "" and "not a map" in odd.problems[0]
+    assert app.role_arn == "arn:aws:iam::111122223333:role/app"
+
+
+def test_objects_without_a_namespace_and_name_are_skipped_on_a_list_and_on_an_event():
+    source, store = _source()
+    source._replace(["text", {"metadata": "x"}, {"metadata": {"name": 3, "namespace": "ns"}},
+                     {"metadata": {"namespace": "ns", "name": "ok"}}])
+    assert list(store.tables.service_accounts) == ["ns/ok"]
+    source._event("ADDED", {"metadata": {"name": "no-namespace"}})
+    source._event("DELETED", {"metadata": None})
+    assert list(store.tables.service_accounts) == ["ns/ok"]

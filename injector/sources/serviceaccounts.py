@@ -59,20 +59,34 @@ class ServiceAccountSource:
         store.expect(SOURCE)
         store.fetch_missing = self.fetch
 
-    def _entry(self, obj: dict[str, Any]) -> tuple[str, str, Any]:
-        metadata = obj.get("metadata") or {}
-        return (metadata.get("namespace", ""), metadata.get("name", ""),
-                service_account_entry(metadata.get("annotations"), self.store.settings))
+    def _entry(self, obj: Any) -> tuple[str, str, Any]:
+        """(namespace, name, entry); the names are "" when the object does not carry them as strings
+        (such an object is skipped: the API server never sends one)."""
+        metadata = obj.get("metadata") if isinstance(obj, dict) else None
+        metadata = metadata if isinstance(metadata, dict) else {}
+        namespace, name = metadata.get("namespace"), metadata.get("name")
+        if not (isinstance(namespace, str) and isinstance(name, str) and namespace and name):
+            return "", "", None
+        return namespace, name, service_account_entry(metadata.get("annotations"), self.store.settings)
 
     def _replace(self, items: list[dict[str, Any]]) -> None:
         entries = {}
+        skipped = 0
         for obj in items:
             namespace, name, entry = self._entry(obj)
+            if entry is None:
+                skipped += 1
+                continue
             entries[f"{namespace}/{name}"] = entry
+        if skipped:
+            log.warning("service accounts without a namespace and name skipped", source=SOURCE, count=skipped)
         self.store.replace_service_accounts(entries)
 
     def _event(self, kind: str, obj: dict[str, Any]) -> None:
         namespace, name, entry = self._entry(obj)
+        if entry is None:
+            log.warning("watch event without a service account namespace and name; ignored", type=kind)
+            return
         if kind == "DELETED":
             self.store.remove_service_account(namespace, name)
         else:
@@ -105,6 +119,8 @@ class ServiceAccountSource:
             log.info("service account does not exist", service_account=f"{namespace}/{name}")
             return False
         _, _, entry = self._entry(obj)
+        if entry is None:
+            return False
         self.store.put_service_account(namespace, name, entry)
         log.info("service account fetched on cache miss", service_account=f"{namespace}/{name}")
         return True

@@ -1,0 +1,122 @@
+"""Slow and abusive clients against a real `serve` over TLS on loopback (docs/reference.md#connections,
+docs/reliability.md#slow-clients): stalled connections are closed within their timeout while
+fresh admissions keep being answered, the connection cap holds file descriptors down, an
+oversized header block gets 431 and an idle keep-alive connection is closed. The bounds are
+generous on purpose (2 shared CPUs); tests/slow_clients.py prints the figures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import time
+
+import pytest
+from aiohttp.web_protocol import RequestHandler
+from slow_clients import KINDS, open_fds, storm
+
+from serving import make_certs, start_server
+
+TIMEOUT = 3.0  # --read-header-timeout and --read-body-timeout in these tests
+SLACK = 5.0  # a loaded CI machine; the measured figures are far tighter (docs/reliability.md)
+
+
+@pytest.fixture
+def certs(tmp_path):
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    make_certs(directory)
+    return directory
+
+
+def test_the_handler_still_has_the_aiohttp_internals_the_header_deadline_reads():
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    assert {"_request_count", "_messages", "_current_request"} <= slots
+
+
+def test_two_thousand_stalled_connections_are_closed_in_time_and_fresh_admissions_still_answered(tmp_path, certs):
+    server = start_server(tmp_path, certs, "--read-header-timeout", f"{TIMEOUT}s",
+                          "--read-body-timeout", f"{TIMEOUT}s", "--max-connections", "5000")
+    try:
+        result = asyncio.run(storm(server, per_kind=500))
+    finally:
+        assert server.stop() == 0
+    print(json.dumps(result))
+    assert result["stalled"] == 2000 and result["connect_failures"] == []
+    for kind in KINDS:
+        closed = result["closed_after_s"][kind]
+        assert closed["n"] == 500
+        # No earlier than the timeout (less the time between the client's stall and the
+        # server's timer start), no later than timeout + slack (+1 s of lingering for a body).
+        assert closed["min"] >= TIMEOUT - 1.0 and closed["max"] <= TIMEOUT + SLACK + (kind == "partial_body"), kind
+    fresh = result["fresh_admissions"]
+    assert fresh["n"] >= 20 and fresh["statuses"] == [200] and fresh["max_ms"] < 5000
+    fds = result["server_fds"]
+    assert fds["peak"] <= fds["before"] + 2000 + 50  # one per connection, nothing leaked per stall
+    assert fds["after"] <= fds["before"] + 5
+
+
+async def _idle_tls(host: str, port: int, context: ssl.SSLContext) -> str:
+    try:
+        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+    except (OSError, ssl.SSLError):
+        return "refused"
+    try:
+        data = await asyncio.wait_for(reader.read(1), 0.5)
+        return "closed" if not data else "data"
+    except TimeoutError:
+        return "open"
+    except (OSError, ssl.SSLError):
+        return "closed"
+    finally:
+        writer.close()
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_held_fds_stay_under_it(tmp_path, certs):
+    server = start_server(tmp_path, certs, "--max-connections", "50", "--read-header-timeout", "30s")
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    raw = []
+    try:
+        before = open_fds(server.proc.pid)
+        raw = [socket.create_connection((server.host, server.port)) for _ in range(50)]  # handshakes pending
+        time.sleep(0.5)
+        held = open_fds(server.proc.pid)
+
+        async def more() -> list[str]:
+            return await asyncio.gather(*(_idle_tls(server.host, server.port, context) for _ in range(30)))
+
+        outcomes = asyncio.run(more())
+        assert outcomes.count("refused") + outcomes.count("closed") == 30, outcomes
+        assert held <= before + 50 + 2 and open_fds(server.proc.pid) <= before + 50 + 2
+        for sock in raw:
+            sock.close()
+        raw = []
+        time.sleep(0.5)
+        assert server.request("GET", "/healthz")[0] == 200  # slots are given back
+    finally:
+        for sock in raw:
+            sock.close()
+        assert server.stop() == 0
+    assert '"over_max_connections"' in server.logs()
+
+
+def test_headers_over_the_size_cap_get_431_and_an_idle_keep_alive_connection_is_closed(tmp_path, certs):
+    server = start_server(tmp_path, certs, "--max-header-bytes", "4096", "--idle-timeout", "1s")
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    try:
+        with context.wrap_socket(socket.create_connection((server.host, server.port)),
+                                 server_hostname=server.host) as tls:
+            headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 200) for i in range(30))  # ~6 KiB
+            tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: webhook\r\n" + headers)
+            assert tls.recv(100).startswith(b"HTTP/1.1 431 ")
+        with context.wrap_socket(socket.create_connection((server.host, server.port)),
+                                 server_hostname=server.host) as tls:
+            tls.settimeout(10)
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
+            assert tls.recv(200).startswith(b"HTTP/1.1 200 ")
+            started = time.monotonic()
+            assert tls.recv(100) == b""
+            assert 0.5 < time.monotonic() - started < 1 + SLACK
+    finally:
+        assert server.stop() == 0
