@@ -185,17 +185,65 @@ def _add_oidc(sub: Any) -> None:
     cluster_flags(q)
 
 
+def _add_doctor(sub: Any) -> None:
+    """`doctor`, `trust-policy`, `audit` (docs/doctor.md); run by `injector.doctor_cli`."""
+    def cluster_flags(q: argparse.ArgumentParser) -> None:
+        add_settings_flags({SOURCES: q.add_argument_group("cluster")}, ServeSettings, only=("kubeconfig", "kube_api"))
+
+    p = sub.add_parser("doctor", help="say why a pod has (or has not) working AWS credentials",
+                       description="Check a pod's ServiceAccount, the webhook, the pod, each container's SDK, "
+                                   "the token and the role's trust policy; live (POD -n NS) or from files (-f).")
+    add_flag(p, "pod", nargs="?", metavar="POD", help="the pod's name, live")
+    add_flag(p, "-n", "--namespace", default="default", help="the pod's namespace (default: default)")
+    add_flag(p, "-f", "--filename", metavar="FILE", help="offline: a Pod (YAML or JSON; - for stdin)")
+    add_flag(p, "--service-account", dest="service_account_files", action="append", default=[], metavar="FILE",
+             help="offline: ServiceAccount manifests (repeatable)")
+    add_flag(p, "--config-map", dest="config_map_file", default="", metavar="FILE",
+             help="offline: the pod-identity-webhook ConfigMap manifest")
+    add_flag(p, "--container-credentials-config", default="", metavar="FILE",
+             help="offline: the EKS Pod Identity identities file (JSON)")
+    add_flag(p, "--trust-policy", default="", metavar="FILE", help="the role's trust policy (as IAM returns it)")
+    add_flag(p, "--fetch-trust-policy", action="store_true", help="read the trust policy with IAM GetRole (boto3)")
+    add_flag(p, "--issuer", default="", metavar="URL", help="the OIDC issuer (live default: the cluster's)")
+    add_flag(p, "--ca-file", default="", metavar="FILE", help="live: trust this CA when fetching the issuer's keys")
+    add_flag(p, "--webhook-configuration", default="", metavar="NAME",
+             help="live: the MutatingWebhookConfiguration (default: the one sending pods to pod-identity-webhook)")
+    add_flag(p, "-o", "--output", choices=("text", "json"), default="text")
+    cluster_flags(p)
+    add_mutation_flags(p)
+
+    p = sub.add_parser("trust-policy", help="print a trust policy for NAMESPACE:SERVICEACCOUNT pairs",
+                       description="A role trust policy letting these ServiceAccounts assume the role with "
+                                   "web identity (StringEquals on sub and aud).")
+    add_flag(p, "service_accounts", nargs="+", metavar="NAMESPACE:SERVICEACCOUNT")
+    add_flag(p, "--issuer", default="", metavar="URL", help="the OIDC issuer (default: the live cluster's)")
+    add_flag(p, "--account", required=True, metavar="ID", help="the AWS account of the role and OIDC provider")
+    add_flag(p, "--partition", default="aws", help="aws, aws-cn, aws-us-gov, …")
+    add_flag(p, "--audience", default="sts.amazonaws.com", help="the token audience (the provider's client id)")
+    cluster_flags(p)
+
+    p = sub.add_parser("audit", help="list pods whose ServiceAccount has an identity but that lack credentials",
+                       description="Live: every pod that maps to an identity today but was not mutated, with the "
+                                   "likely reason and the owner to restart.")
+    add_flag(p, "-n", "--namespace", default="", help="only this namespace (default: all)")
+    add_flag(p, "--webhook-configuration", default="", metavar="NAME", help="as for doctor")
+    add_flag(p, "-o", "--output", choices=("text", "json"), default="text")
+    cluster_flags(p)
+    add_mutation_flags(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pod-identity-injector",
         description="Kubernetes admission webhook that gives pods AWS IAM credentials.",
     )
     parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,mutate,certs,oidc,version}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,mutate,certs,oidc,doctor,trust-policy,audit,version}")
     _add_serve(sub)
     _add_mutate(sub)
     _add_certs(sub)
     _add_oidc(sub)
+    _add_doctor(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -236,6 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .oidc_cli import run_oidc
 
             return run_oidc(args)
+        if args.command in ("doctor", "trust-policy", "audit"):
+            from . import doctor_cli
+
+            if args.command == "trust-policy":
+                return doctor_cli.run_trust_policy(args)
+            run_command = doctor_cli.run_doctor if args.command == "doctor" else doctor_cli.run_audit
+            return run_command(args, mutation_settings(args))
         if args.command == "version":
             print(__version__)
             return 0
