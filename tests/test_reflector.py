@@ -178,8 +178,16 @@ async def test_every_resync_period_the_watch_ends_and_everything_is_listed_again
     recorder = await run_until(api, lambda _, rec: len(rec.replaced) == 3, resync=0.2)
     assert recorder.replaced == [["a"], ["a", "b"], ["b"]] and recorder.synced == 1
     watches = [params for kind, params in api.calls if kind == "watch"]
-    assert {params["timeout_seconds"] for params in watches} == {1}  # never past the resync deadline
+    assert all("timeout_seconds" not in params for params in watches)  # the server's --min-request-timeout
     assert {params["resource_version"] for params in watches} <= {"1", "2", "3"}
+
+
+async def test_a_watch_the_server_keeps_open_past_our_deadline_is_ended_and_resumed_from_its_version(monkeypatch):
+    monkeypatch.setattr(reflector, "WATCH_TIMEOUT", 0.1)
+    api = FakeApi([page([], version="1")], [Response(events=[event("ADDED", "a", "5")])])
+    recorder = await run_until(api, lambda api, _: api.kinds().count("watch") == 3)  # the 2nd never answers
+    watches = [params["resource_version"] for kind, params in api.calls if kind == "watch"]
+    assert watches == ["1", "5", "5"] and api.kinds().count("list") == 1 and recorder.events == [("ADDED", "a")]
 
 
 # -- a watch stream that is not what it should be --------------------------------------------------

@@ -21,7 +21,7 @@ from ..kube import KubeError, ListCall, list_page, watch_events
 log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 500
-WATCH_TIMEOUT = 300  # seconds: the server ends each watch request after this; we resume
+WATCH_TIMEOUT = 300.0  # seconds: the longest one watch request lasts before we resume
 MAX_BACKOFF = 30.0
 
 
@@ -91,23 +91,31 @@ class Reflector:
         return version
 
     async def _watch(self, version: str) -> None:
+        """Watch from `version` until the resync deadline, resuming from the last version seen
+        whenever a watch request ends. The server ends each one when its --min-request-timeout
+        says (no timeoutSeconds is sent); our own deadline, WATCH_TIMEOUT or the resync, ends
+        one that lasts longer, which also bounds a connection that died without a word."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.resync if self.resync > 0 else None
         while deadline is None or loop.time() < deadline:
-            timeout = WATCH_TIMEOUT if deadline is None else max(1, min(WATCH_TIMEOUT, int(deadline - loop.time())))
-            events = watch_events(self.call, resource_version=version, allow_watch_bookmarks=True,
-                                  timeout_seconds=timeout, **self.selectors)
+            limit = WATCH_TIMEOUT if deadline is None else max(0.0, min(WATCH_TIMEOUT, deadline - loop.time()))
+            events = watch_events(self.call, resource_version=version, allow_watch_bookmarks=True, **self.selectors)
             try:
-                async for event in events:
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            raise _Gone()
-                        raise KubeError(int(obj.get("code") or 0), str(obj.get("message") or obj))
-                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if kind != "BOOKMARK":
-                        self.on_event(kind, obj)
+                async with asyncio.timeout(limit):
+                    async for event in events:
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":
+                            if obj.get("code") == 410:
+                                raise _Gone()
+                            raise KubeError(int(obj.get("code") or 0), str(obj.get("message") or obj))
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                        if kind != "BOOKMARK":
+                            self.on_event(kind, obj)
+            except TimeoutError:
+                pass  # our deadline: resume (or relist, past the resync deadline)
             except KubeError as exc:
                 if exc.status == 410:
                     raise _Gone() from None
                 raise
+            finally:
+                await events.aclose()

@@ -263,10 +263,52 @@ class ControlPlane:
     port: int
     kubeconfig: Path
     startup_seconds: float
+    etcd_port: int = 0
+    extra_flags: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    # -- faults (tests/e2e/test_api_server_faults.py; only on a plane of a test's own) -----------
+    def start_apiserver(self, port: int, name: str = "kube-apiserver") -> Proc:
+        """Another kube-apiserver on the same etcd (HA, or the same port again after a stop)."""
+        proc = Proc(name, [self.binary, "kube-apiserver", *_apiserver_flags(self.pki, port, self.etcd_port),
+                           *self.extra_flags], self.workdir / f"{name}-{port}.log").start()
+        context = ssl.create_default_context(cafile=self.pki.ca_file)
+        wait_until(lambda: _http_get(port, "/readyz", context)[0] == 200, 90, f"{name} /readyz on {port}",
+                   proc=proc, interval=0.2)
+        return proc
+
+    def restart_apiserver(self, down: float = 0.0) -> float:
+        """Stop the API server, wait `down` seconds, start it again on the same port and etcd;
+        returns the seconds it took to be ready again."""
+        self.apiserver.stop()
+        time.sleep(down)
+        started = time.monotonic()
+        self.apiserver = self.start_apiserver(self.port)
+        return time.monotonic() - started
+
+    def etcd_revision(self) -> int:
+        return int(self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now: any watch from an older version gets 410 Gone."""
+        revision = self.etcd_revision()
+        self._etcd_post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+    def _etcd_post(self, path: str, body: dict) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.etcd_port, timeout=10)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"etcd {path}: {response.status} {data[:200]!r}")
+            return json.loads(data)
+        finally:
+            conn.close()
 
     @property
     def issuer(self) -> str:
@@ -315,8 +357,10 @@ def _apiserver_flags(pki: Pki, port: int, etcd_port: int) -> list[str]:
     ]
 
 
-def start_control_plane(binary: str, workdir: Path, attempts: int = 3) -> ControlPlane:
-    """etcd, then kube-apiserver, on free loopback ports; retried if a port was taken meanwhile."""
+def start_control_plane(binary: str, workdir: Path, attempts: int = 3,
+                        extra_flags: tuple[str, ...] = ()) -> ControlPlane:
+    """etcd, then kube-apiserver (with `extra_flags` after ours), on free loopback ports;
+    retried if a port was taken meanwhile."""
     pki = make_pki(workdir / "pki")
     started = time.monotonic()
     last: Exception | None = None
@@ -330,7 +374,8 @@ def start_control_plane(binary: str, workdir: Path, attempts: int = 3) -> Contro
         try:
             wait_until(lambda: _http_get(etcd_port, "/health")[1].find(b'"true"') >= 0,  # noqa: B023
                        30, "etcd /health", proc=etcd)
-            apiserver = Proc("kube-apiserver", [binary, "kube-apiserver", *_apiserver_flags(pki, api_port, etcd_port)],
+            apiserver = Proc("kube-apiserver", [binary, "kube-apiserver", *_apiserver_flags(pki, api_port, etcd_port),
+                                                *extra_flags],
                              workdir / f"kube-apiserver-{attempt}.log").start()
             context = ssl.create_default_context(cafile=pki.ca_file)
             wait_until(lambda: _http_get(api_port, "/readyz", context)[0] == 200,  # noqa: B023
@@ -345,7 +390,7 @@ def start_control_plane(binary: str, workdir: Path, attempts: int = 3) -> Contro
                                       client_cert=pki.path("admin.crt"), client_key=pki.path("admin.key"),
                                       user=ADMIN_USER)
         return ControlPlane(binary, workdir, pki, etcd, apiserver, api_port, kubeconfig,
-                            time.monotonic() - started)
+                            time.monotonic() - started, etcd_port, tuple(extra_flags))
     raise RuntimeError(f"control plane did not start in {attempts} attempts: {last}")
 
 
