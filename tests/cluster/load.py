@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from .conftest import IMAGE, Kubectl
 
 WEBHOOK_NAME = "pod-identity-webhook.amazonaws.com"
+# Ours: the default entry and the strict one (strict.<name>).
+_OURS = re.compile(r'name="(?:strict\.)?' + re.escape(WEBHOOK_NAME) + '"')
 ROLE_ARN = "arn:aws:iam::111122223333:role/load"
 GATE = "local-cluster/never-scheduled"
 LABEL = "load-generator"
@@ -47,13 +49,14 @@ def service_account(namespace: str, name: str = "load") -> dict:
             "metadata": {"name": name, "namespace": namespace, "annotations": {"eks.amazonaws.com/role-arn": ROLE_ARN}}}
 
 
-def deployment(namespace: str, name: str = "load", replicas: int = 0, service_account_name: str = "load") -> dict:
+def deployment(namespace: str, name: str = "load", replicas: int = 0, service_account_name: str = "load",
+               pod_labels: dict[str, str] | None = None) -> dict:
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": {LABEL: "true"}},
         "spec": {
             "replicas": replicas, "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name, LABEL: "true"}}, "spec": {
+            "template": {"metadata": {"labels": {"app": name, LABEL: "true", **(pod_labels or {})}}, "spec": {
                 "serviceAccountName": service_account_name,
                 "schedulingGates": [{"name": GATE}],
                 "terminationGracePeriodSeconds": 0,
@@ -65,8 +68,14 @@ def deployment(namespace: str, name: str = "load", replicas: int = 0, service_ac
 
 def count_pods(kubectl: Kubectl, namespace: str) -> tuple[int, list[str]]:
     """(pods, names of those without the injected env) in `namespace`."""
+    created, unmutated = unmutated_pods(kubectl, namespace)
+    return created, [p["metadata"]["name"] for p in unmutated]
+
+
+def unmutated_pods(kubectl: Kubectl, namespace: str) -> tuple[int, list[dict]]:
+    """(pods, those without the injected env) in `namespace`."""
     pods = kubectl.json("-n", namespace, "get", "pods", "-l", f"{LABEL}=true")["items"]
-    unmutated = [p["metadata"]["name"] for p in pods
+    unmutated = [p for p in pods
                  if not any(e.get("name") == "AWS_ROLE_ARN" for c in p["spec"]["containers"] for e in c.get("env", []))]
     return len(pods), unmutated
 
@@ -116,7 +125,6 @@ def ramp(kubectl: Kubectl, namespace: str, *, total: int, per_second: float, nam
 
 # -- the API server's view of admission latency ---------------------------------------------------
 _BUCKET = re.compile(r'^apiserver_admission_webhook_admission_duration_seconds_bucket\{(?P<labels>[^}]*)\} (?P<v>\S+)$')
-_COUNT = re.compile(r'^apiserver_admission_webhook_(?:rejection|request)_count\{(?P<labels>[^}]*)\} (?P<v>\S+)$')
 
 
 def webhook_histogram(kubectl: Kubectl) -> dict[float, float]:
@@ -124,7 +132,7 @@ def webhook_histogram(kubectl: Kubectl) -> dict[float, float]:
     buckets: dict[float, float] = {}
     for line in kubectl("get", "--raw", "/metrics").splitlines():
         match = _BUCKET.match(line)
-        if not match or f'name="{WEBHOOK_NAME}"' not in match["labels"] or 'operation="CREATE"' not in match["labels"]:
+        if not match or not _OURS.search(match["labels"]) or 'operation="CREATE"' not in match["labels"]:
             continue
         le = re.search(r'le="([^"]+)"', match["labels"])
         bound = math.inf if le is None or le[1] == "+Inf" else float(le[1])
@@ -133,10 +141,12 @@ def webhook_histogram(kubectl: Kubectl) -> dict[float, float]:
 
 
 def webhook_failures(kubectl: Kubectl) -> float:
-    """Calls the API server counted as failed or rejected for our webhook (calling errors included)."""
+    """Calls of our webhook the API server counted as failed: rejections, and calls that failed
+    and were let through (failurePolicy Ignore: `fail_open_count`)."""
     total = 0.0
     for line in kubectl("get", "--raw", "/metrics").splitlines():
-        if line.startswith("apiserver_admission_webhook_rejection_count{") and f'name="{WEBHOOK_NAME}"' in line:
+        if line.startswith(("apiserver_admission_webhook_rejection_count{",
+                            "apiserver_admission_webhook_fail_open_count{")) and _OURS.search(line):
             total += float(line.rsplit(" ", 1)[1])
     return total
 

@@ -4,6 +4,8 @@ webhook injects container credentials, and boto3 gets them from a Pod Identity A
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +33,16 @@ def pod_identity(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[t
                  "--set", f"containerCredentials.configMap.identities[0].namespace={namespace}",
                  "--set", "containerCredentials.configMap.identities[0].serviceAccount=app",
                  "--wait", "--timeout", "5m", timeout=320)
+    # `--wait` returns once the new replicas are ready; the old ones may still answer for a few
+    # seconds (their shutdown delay), without the identities file. Wait for the new answer.
+    probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-", "namespace": namespace},
+             "spec": {"serviceAccountName": "app", "containers": [{"name": "c", "image": "probe"}]}}
+    kubectl.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": namespace}})
+    deadline = time.monotonic() + 60
+    while "AWS_CONTAINER_CREDENTIALS_FULL_URI" not in kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(probe), check=False):
+        assert time.monotonic() < deadline, "the upgraded webhook never injected container credentials"
+        time.sleep(1)
     try:
         yield agent, sts
     finally:

@@ -40,7 +40,8 @@ def test_both_replicas_are_ready_as_the_chart_runs_them(kubectl: Kubectl) -> Non
     deployment = kubectl.json("-n", RELEASE_NAMESPACE, "get", "deployment", RELEASE)
     assert deployment["status"].get("readyReplicas") == 2 == deployment["spec"]["replicas"]
     pods = kubectl.json("-n", RELEASE_NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/name={RELEASE}")["items"]
-    running = [p for p in pods if p["status"].get("phase") == "Running"]
+    # Replicas of an earlier rollout may still be terminating (their shutdown delay): not counted.
+    running = [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
     assert len(running) == 2
     for pod in running:
         container = pod["spec"]["containers"][0]

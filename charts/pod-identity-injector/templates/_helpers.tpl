@@ -207,6 +207,18 @@ app.kubernetes.io/part-of: pod-identity-injector
 {{- end -}}
 {{- end -}}
 
+{{/* selfManaged: the caBundle of the live webhook configuration (entry `name`, else the first
+     entry that has one), or nothing. */}}
+{{- define "pod-identity-injector.liveCaBundle" -}}
+{{- $live := lookup "admissionregistration.k8s.io/v1" "MutatingWebhookConfiguration" "" .fullname -}}
+{{- $found := "" -}}
+{{- range (dig "webhooks" list $live) -}}
+{{- $bundle := dig "clientConfig" "caBundle" "" . -}}
+{{- if and $bundle (or (eq .name $.name) (not $found)) -}}{{- $found = $bundle -}}{{- end -}}
+{{- end -}}
+{{- $found -}}
+{{- end -}}
+
 {{/* PromQL matchers selecting this release's metrics. */}}
 {{- define "pod-identity-injector.promSelector" -}}
 {{- default (printf "namespace=%q, service=%q" .Release.Namespace (printf "%s-metrics" (include "pod-identity-injector.fullname" .))) .Values.metrics.prometheusRule.selector -}}
@@ -236,6 +248,13 @@ app.kubernetes.io/part-of: pod-identity-injector
     {{- end }}
     {{- if eq $root.Values.certificates.mode "existingSecret" }}
     caBundle: {{ include "pod-identity-injector.existingCaBundle" $root }}
+    {{- else if eq $root.Values.certificates.mode "selfManaged" }}
+    {{- /* The bundle the webhook wrote, carried over: an upgrade that adds an entry (strict
+           mode) or replaces the object would otherwise leave calls failing TLS until the
+           webhook writes it again. Empty on a first install and in `helm template`. */}}
+    {{- with include "pod-identity-injector.liveCaBundle" (dict "root" $root "fullname" .fullname "name" .name) }}
+    caBundle: {{ . }}
+    {{- end }}
     {{- end }}
   rules:
     - operations: ["CREATE"]
