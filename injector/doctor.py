@@ -448,9 +448,12 @@ def _why_not_injected(case: Case, out: _Findings, causes: list[str], identity: I
                 "only mutates pods at creation", "restart the pod (or its owner: kubectl rollout restart …)")
         causes.append("pod-created-before-annotation")
     if not causes:
+        unknown = "" if annotated or not case.service_account else (
+            f"; or {role_key} was added after the pod was created (the ServiceAccount has no managedFields "
+            "entry that says when)")
         out.add("pod-missed-by-webhook", FAIL, s, "the pod was not mutated and nothing today explains it: the "
                 "webhook was probably unavailable or failed when the pod was created (failurePolicy Ignore "
-                "admits the pod unchanged)", "restart the pod (or its owner) now that the webhook is up")
+                f"admits the pod unchanged){unknown}", "restart the pod (or its owner) now that the webhook is up")
     out.add("pod-not-injected", FAIL, s, "the pod has no injected credentials (no token volume, no AWS_ROLE_ARN or "
             f"{CREDENTIALS_FULL_URI})", "after fixing the cause, restart the pod (or its owner)", causes=causes)
 
