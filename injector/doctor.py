@@ -387,7 +387,6 @@ _WEBHOOK_FIXES = {
     "webhook-ca-mismatch": "put the CA that signed the serving certificate into the caBundle (the Helm chart and "
                            "--cert-mode=self-managed keep it in step)",
     "webhook-unreachable": "make the webhook's URL reachable from the API server",
-    "webhook-flags-unknown": "",
 }
 
 

@@ -364,3 +364,17 @@ def test_usage_errors_exit_2_with_one_line(doctor, capsys, monkeypatch):
     assert cli.main(["doctor", "-f", pod_file, "--service-account", sa_file, "--fetch-trust-policy",
                      "--issuer", ISSUER]) == 2
     assert "pip install 'pod-identity-injector[doctor]'" in capsys.readouterr().err
+
+
+# -- docs/doctor.md ---------------------------------------------------------------------------------
+def test_every_code_doctor_can_emit_is_documented():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    source = "".join((root / "injector" / name).read_text() for name in ("doctor.py", "doctor_live.py"))
+    emitted = set(re.findall(r'out\.add\(\s*"([a-z-]+)"', source))
+    emitted |= set(re.findall(r'\("((?:role-arn|webhook)-[a-z-]+)",', source))
+    emitted |= {"trust-policy-condition", "trust-policy-principal", "trust-policy-action"}
+    assert len(emitted) > 50
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", (root / "docs" / "doctor.md").read_text(), re.M))
+    assert emitted - {"note"} <= documented, emitted - documented
