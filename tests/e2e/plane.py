@@ -280,15 +280,6 @@ class ControlPlane:
                    proc=proc, interval=0.2)
         return proc
 
-    def restart_apiserver(self, down: float = 0.0) -> float:
-        """Stop the API server, wait `down` seconds, start it again on the same port and etcd;
-        returns the seconds it took to be ready again."""
-        self.apiserver.stop()
-        time.sleep(down)
-        started = time.monotonic()
-        self.apiserver = self.start_apiserver(self.port)
-        return time.monotonic() - started
-
     def etcd_revision(self) -> int:
         return int(self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
 
