@@ -36,13 +36,12 @@ from . import plane as plane_module
 from .api import WEBHOOK_NAMESPACE, WEBHOOK_SERVICE_ACCOUNT, ApiError, Kube, api_client, load_manifests
 from .plane import (
     LOOPBACK,
-    BinaryUnavailable,
     ControlPlane,
     ExternalCluster,
     ExternalClusterError,
+    binary_for_tests,
     connect_external_cluster,
     external_kubeconfig,
-    find_binary,
     start_control_plane,
     webhook_host,
     write_kubeconfig,
@@ -131,12 +130,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     if os.environ.get("E2E_WEBHOOK_HOST", LOOPBACK) != LOOPBACK:
         pytest.fail("E2E_WEBHOOK_HOST is only for an existing cluster (E2E_KUBECONFIG); the local control plane "
                     "reaches the webhooks on 127.0.0.1", pytrace=False)
-    try:
-        binary = find_binary()
-    except BinaryUnavailable as exc:
-        if os.environ.get("E2E_REQUIRED") == "1":
-            pytest.fail(f"E2E_REQUIRED=1 but kube-test-plane is unavailable: {exc}", pytrace=False)
-        pytest.skip(f"kube-test-plane unavailable (set E2E_REQUIRED=1 to make this an error): {exc}")
+    binary = binary_for_tests()
     plane = start_control_plane(binary, tmp_path_factory.mktemp("plane"))
     print(f"\ncontrol plane ready in {plane.startup_seconds:.1f}s at {plane.url}")
     try:

@@ -67,6 +67,18 @@ def find_binary() -> str:
     return path
 
 
+def binary_for_tests() -> str:
+    """`find_binary`, or the test skips — fails instead under `E2E_REQUIRED=1` (what CI sets)."""
+    import pytest
+
+    try:
+        return find_binary()
+    except BinaryUnavailable as exc:
+        if os.environ.get("E2E_REQUIRED") == "1":
+            pytest.fail(f"E2E_REQUIRED=1 but kube-test-plane is unavailable: {exc}", pytrace=False)
+        pytest.skip(f"kube-test-plane unavailable (set E2E_REQUIRED=1 to make this an error): {exc}")
+
+
 # -- PKI ---------------------------------------------------------------------------------------
 def generate_client_cert(ca_cert: x509.Certificate, ca_key: Any, common_name: str, groups: list[str],
                          days: int = 2) -> tuple[x509.Certificate, Any]:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .plane import BinaryUnavailable, ControlPlane, external_kubeconfig, find_binary, start_control_plane, wait_until
+from .plane import ControlPlane, binary_for_tests, external_kubeconfig, start_control_plane, wait_until
 from .webhooks import spawn_serve
 from serving import Server, free_port, pod_review, wait_ready
 
@@ -98,12 +98,7 @@ def log_events(hook: Server, event: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    try:
-        binary = find_binary()
-    except BinaryUnavailable as exc:
-        if os.environ.get("E2E_REQUIRED") == "1":
-            pytest.fail(f"E2E_REQUIRED=1 but kube-test-plane is unavailable: {exc}", pytrace=False)
-        pytest.skip(f"kube-test-plane unavailable: {exc}")
+    binary = binary_for_tests()
     own = start_control_plane(binary, tmp_path_factory.mktemp("faults-plane"),
                               extra_flags=("--min-request-timeout=5", "--watch-cache=false"))
     try:
