@@ -101,7 +101,7 @@ e2e-cluster: cluster-up
 	@cat .bench/reliability.jsonl
 
 # A million fuzzed AdmissionReviews through the app in process (tests/review_fuzz.py); prints
-# the counts per answer and fails on any 5xx or traceback. About 25 min on one core.
+# the counts per answer and fails on any 5xx or traceback. About 35 min on one shared core.
 .PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python tests/review_fuzz.py --cases $${FUZZ_CASES:-1000000}
