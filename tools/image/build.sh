@@ -60,30 +60,44 @@ trap 'rm -rf "$ctx"; img_daemon_release' EXIT
 img_lock
 img_daemon_ensure
 
-if ((app)); then
+# image REF INPUTS CONTEXT NETWORK: builds CONTEXT as REF unless REF carries INPUTS and its
+# archive holds it, saves it, and prints the archive's path.
+image() {
+    local ref=$1 inputs=$2 context=$3 network=$4 archive t0
+    archive=$(img_archive_path "$ref")
+    if ((!force)) && up_to_date "$ref" "$inputs" "$archive"; then
+        img_log "$ref up to date (inputs ${inputs:0:12})"
+    else
+        img_log "docker build -t $ref $context (inputs ${inputs:0:12})"
+        t0=$SECONDS
+        nice docker build --network="$network" --label "$INPUTS_LABEL=$inputs" -t "$ref" "$context" >&2
+        img_log "built $ref in $((SECONDS - t0)) s"
+        # The untagged build stage and the previous image; the tagged images stay.
+        docker image prune -f >/dev/null
+        save "$ref" "$archive"
+    fi
+    img_log "$ref: $(img_size "$ref")"
+    printf '%s\n' "$archive"
+}
+
+# with_base HASH: HASH combined with the base image's ID (a new base rebuilds what is on it).
+with_base() {
+    printf '%s %s\n' "$1" "$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")" | sha256sum | cut -d' ' -f1
+}
+
+if ((app || workload)); then
     "$IMG_TOOLS/base.sh"
-    base_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")
+    img_log "base $BASE_IMAGE: $(img_size "$BASE_IMAGE")"
+fi
+
+if ((app)); then
     # The build's inputs: what the Dockerfile COPYs (minus .dockerignore'd caches), the
     # Dockerfile itself and the base image.
     inputs=$( {
         printf '%s\0' Dockerfile .dockerignore pyproject.toml README.md
         (cd "$REPO_ROOT" && find injector -type f -not -path '*/__pycache__/*' -not -name '*.pyc' -print0)
     } | hash_files)
-    inputs=$(printf '%s %s\n' "$inputs" "$base_id" | sha256sum | cut -d' ' -f1)
-    archive=$(img_archive_path "$tag")
-    if ((!force)) && up_to_date "$tag" "$inputs" "$archive"; then
-        img_log "$tag up to date (inputs ${inputs:0:12})"
-    else
-        img_log "docker build -t $tag $REPO_ROOT (inputs ${inputs:0:12})"
-        t0=$SECONDS
-        nice docker build --network=host --label "$INPUTS_LABEL=$inputs" -t "$tag" "$REPO_ROOT" >&2
-        img_log "built $tag in $((SECONDS - t0)) s"
-        # The untagged build stage and the previous image; the tagged images stay.
-        docker image prune -f >/dev/null
-        save "$tag" "$archive"
-    fi
-    img_log "$tag: $(img_size "$tag") (base $BASE_IMAGE: $(img_size "$BASE_IMAGE"))"
-    printf '%s\n' "$archive"
+    image "$tag" "$(with_base "$inputs")" "$REPO_ROOT" host
 fi
 
 if ((pause)); then
@@ -93,40 +107,18 @@ if ((pause)); then
         printf '%s\0' tools/image/pause/pause.go tools/image/pause/go.mod tools/image/pause/Dockerfile
     } | hash_files)
     inputs=$(printf '%s %s\n' "$inputs" "$(GOTOOLCHAIN=local go env GOVERSION)" | sha256sum | cut -d' ' -f1)
-    archive=$(img_archive_path "$PAUSE_IMAGE")
-    if ((!force)) && up_to_date "$PAUSE_IMAGE" "$inputs" "$archive"; then
-        img_log "$PAUSE_IMAGE up to date (inputs ${inputs:0:12})"
-    else
-        ctx=$(mktemp -d "$IMG_CACHE/pause.XXXXXX")
-        t0=$SECONDS
+    # The context: the static binary and its FROM-scratch Dockerfile (built only when needed).
+    ctx=$(mktemp -d "$IMG_CACHE/pause.XXXXXX")
+    if ((force)) || ! up_to_date "$PAUSE_IMAGE" "$inputs" "$(img_archive_path "$PAUSE_IMAGE")"; then
         (cd "$pdir" && CGO_ENABLED=0 GOTOOLCHAIN=local GOWORK=off GOFLAGS="" \
             nice go build -trimpath -ldflags=-s -o "$ctx/pause" .)
         cp "$pdir/Dockerfile" "$ctx/Dockerfile"
-        docker build --network=none --label "$INPUTS_LABEL=$inputs" -t "$PAUSE_IMAGE" "$ctx" >&2
-        rm -rf "$ctx"; ctx=""
-        img_log "built $PAUSE_IMAGE in $((SECONDS - t0)) s"
-        docker image prune -f >/dev/null
-        save "$PAUSE_IMAGE" "$archive"
     fi
-    img_log "$PAUSE_IMAGE: $(img_size "$PAUSE_IMAGE")"
-    printf '%s\n' "$archive"
+    image "$PAUSE_IMAGE" "$inputs" "$ctx" none
+    rm -rf "$ctx"; ctx=""
 fi
 
 if ((workload)); then
-    "$IMG_TOOLS/base.sh"
     inputs=$(printf '%s\0' tests/cluster/workload/Dockerfile | hash_files)
-    inputs=$(printf '%s %s\n' "$inputs" "$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")" | sha256sum | cut -d' ' -f1)
-    archive=$(img_archive_path "$WORKLOAD_IMAGE")
-    if ((!force)) && up_to_date "$WORKLOAD_IMAGE" "$inputs" "$archive"; then
-        img_log "$WORKLOAD_IMAGE up to date (inputs ${inputs:0:12})"
-    else
-        t0=$SECONDS
-        nice docker build --network=host --label "$INPUTS_LABEL=$inputs" -t "$WORKLOAD_IMAGE" \
-            "$REPO_ROOT/tests/cluster/workload" >&2
-        img_log "built $WORKLOAD_IMAGE in $((SECONDS - t0)) s"
-        docker image prune -f >/dev/null
-        save "$WORKLOAD_IMAGE" "$archive"
-    fi
-    img_log "$WORKLOAD_IMAGE: $(img_size "$WORKLOAD_IMAGE")"
-    printf '%s\n' "$archive"
+    image "$WORKLOAD_IMAGE" "$(with_base "$inputs")" "$REPO_ROOT/tests/cluster/workload" host
 fi
