@@ -77,11 +77,19 @@ async def test_every_value_set_renders_manifests_the_api_server_accepts(tools, c
         docs = render(helm, control_plane.kubeconfig, values, namespace)
         accepted = [d for d in docs if d["kind"] not in CRD_KINDS and "helm.sh/hook" not in
                     (d["metadata"].get("annotations") or {})]
-        manifest = tmp_path / f"{values.stem}.yaml"
-        manifest.write_text(yaml.safe_dump_all(accepted))
-        out = run([kubectl, "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(manifest)],
-                  control_plane.kubeconfig).stdout
-        assert out.count("(server dry run)") == len(accepted), out
+        # `helm test`'s objects live in the namespace it checks (tests.namespace): applied there.
+        by_namespace: dict[str, list[dict]] = {}
+        for doc in accepted:
+            by_namespace.setdefault(doc["metadata"].get("namespace") or namespace, []).append(doc)
+        for target, group in by_namespace.items():
+            if target != namespace:  # created if missing ("default" exists)
+                subprocess.run([kubectl, "create", "namespace", target], capture_output=True, timeout=60,
+                               env={**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)})
+            manifest = tmp_path / f"{values.stem}-{target}.yaml"
+            manifest.write_text(yaml.safe_dump_all(group))
+            out = run([kubectl, "apply", "--dry-run=server", "--validate=strict", "-n", target, "-f", str(manifest)],
+                      control_plane.kubeconfig).stdout
+            assert out.count("(server dry run)") == len(group), out
         if values.name in NOT_RESTRICTED:
             continue
         (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
