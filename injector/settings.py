@@ -173,4 +173,5 @@ class ServeSettings:
                                   group=SOURCES)
     service_account_lookup_grace_period: float = flag(
         1.0, "on a cache miss, wait this long for the ServiceAccount (0 disables)", group=SOURCES)
-    resync_period: float = flag(60.0, "ServiceAccount watch resync period", group=SOURCES)
+    resync_period: float = flag(60.0, "accepted for compatibility; as in the Go webhook it sends no request: the "
+                                      "watch keeps the table current (docs/reference.md#watches)", group=SOURCES)

@@ -124,10 +124,10 @@ async def connect_cluster(settings: ServeSettings, store: IdentityStore, *, watc
 
     cluster = Cluster(await api_client(settings.kubeconfig, settings.kube_api))
     if watch and not settings.service_account_files:
-        cluster.identity_sources.append(ServiceAccountSource(cluster.api, store, settings.resync_period))
+        cluster.identity_sources.append(ServiceAccountSource(cluster.api, store))
     if watch and settings.watch_config_map:
         cluster.identity_sources.append(
-            ConfigMapSource(cluster.api, store, settings.namespace, settings.resync_period))
+            ConfigMapSource(cluster.api, store, settings.namespace))
     if certificates:
         cluster.certificates = SelfManagedCertificates(cluster.api, settings)
         log.info("self-managed certificate: waiting for the Secret and caBundle",

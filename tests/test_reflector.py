@@ -1,6 +1,7 @@
-"""List-then-watch against a fake API call (docs/reference.md#watches): pages, bookmarks,
-410 Gone, other errors and the periodic relist. The fake speaks what kubernetes-asyncio
-returns with `_preload_content=False`, so `kube.list_page`/`watch_events` run for real."""
+"""Sync once, then only watch, against a fake API call (docs/reference.md#watches): the
+watch-list sync and its fallback to a paginated LIST, bookmarks, resumption, 410 Gone and
+other errors, and no periodic relist. The fake speaks what kubernetes-asyncio returns with
+`_preload_content=False`, so `kube.list_page`/`watch_events` run for real."""
 
 from __future__ import annotations
 
@@ -90,11 +91,12 @@ class Recorder:
         self.synced += 1
 
 
-async def run_until(api: FakeApi, done, resync: float = 0.0, **selectors: Any) -> Recorder:
-    """Run a reflector until `done(api, recorder)` holds (at most 5 s), then stop it."""
+async def run_until(api: FakeApi, done, watch_list: bool = False, **selectors: Any) -> Recorder:
+    """Run a reflector until `done(api, recorder)` holds (at most 5 s), then stop it. Without
+    `watch_list` it syncs by LIST from the start, as against a server without WatchList."""
     recorder = Recorder()
-    r = Reflector("test", api, on_replace=recorder.on_replace, on_event=recorder.on_event, resync=resync,
-                  on_synced=recorder.on_synced, **selectors)
+    r = Reflector("test", api, on_replace=recorder.on_replace, on_event=recorder.on_event,
+                  on_synced=recorder.on_synced, watch_list=watch_list, **selectors)
     task = asyncio.create_task(r.run())
     try:
         async with asyncio.timeout(5):
@@ -172,14 +174,13 @@ async def test_a_failing_first_list_leaves_the_source_unsynced_until_a_list_succ
     assert api.kinds()[:2] == ["list", "list"] and recorder.replaced == [["a"]]
 
 
-async def test_every_resync_period_the_watch_ends_and_everything_is_listed_again():
-    api = FakeApi([page(["a"], version="1"), page(["a", "b"], version="2"), page(["b"], version="3")],
-                  [Response() for _ in range(50)], watch_lasts=0.05)
-    recorder = await run_until(api, lambda _, rec: len(rec.replaced) == 3, resync=0.2)
-    assert recorder.replaced == [["a"], ["a", "b"], ["b"]] and recorder.synced == 1
+async def test_there_is_no_periodic_relist_only_resumed_watches():
+    """--resync-period sends nothing: watches the server ends are resumed, never relisted."""
+    api = FakeApi([page(["a"], version="1")], [Response(events=[event("BOOKMARK", "", str(v))]) for v in range(2, 40)])
+    recorder = await run_until(api, lambda api, _: api.kinds().count("watch") >= 30)
+    assert api.kinds().count("list") == 1 and recorder.replaced == [["a"]]
     watches = [params for kind, params in api.calls if kind == "watch"]
     assert all("timeout_seconds" not in params for params in watches)  # the server's --min-request-timeout
-    assert {params["resource_version"] for params in watches} <= {"1", "2", "3"}
 
 
 async def test_a_watch_the_server_keeps_open_past_our_deadline_is_ended_and_resumed_from_its_version(monkeypatch):
@@ -188,6 +189,68 @@ async def test_a_watch_the_server_keeps_open_past_our_deadline_is_ended_and_resu
     recorder = await run_until(api, lambda api, _: api.kinds().count("watch") == 3)  # the 2nd never answers
     watches = [params["resource_version"] for kind, params in api.calls if kind == "watch"]
     assert watches == ["1", "5", "5"] and api.kinds().count("list") == 1 and recorder.events == [("ADDED", "a")]
+
+
+# -- the watch-list sync (sendInitialEvents) -------------------------------------------------------
+def end_of_initial_events(version: str) -> dict:
+    return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": version,
+                                                        "annotations": {reflector.INITIAL_EVENTS_END: "true"}}}}
+
+
+async def test_the_sync_is_a_watch_with_initial_events_and_the_same_stream_goes_on_as_the_watch():
+    api = FakeApi([], [Response(events=[
+        event("ADDED", "a", "3"), event("ADDED", "b", "4"), event("BOOKMARK", "", "5"), event("DELETED", "b", "4"),
+        end_of_initial_events("6"), event("MODIFIED", "a", "7")])])
+    recorder = await run_until(api, lambda api, _: api.kinds().count("watch") == 2, watch_list=True,
+                               field_selector="metadata.name=x")
+    assert recorder.replaced == [["a"]] and recorder.synced == 1
+    assert recorder.events == [("MODIFIED", "a")]  # events after the bookmark only
+    (_, sync), (_, resume) = api.calls
+    assert sync == {"allow_watch_bookmarks": True, "send_initial_events": True,
+                    "resource_version_match": "NotOlderThan", "field_selector": "metadata.name=x"}
+    assert resume["resource_version"] == "7" and "send_initial_events" not in resume
+    assert "list" not in api.kinds()
+
+
+@pytest.mark.parametrize("refusal", [
+    Response(status=422, body={"kind": "Status", "code": 422, "message": "sendInitialEvents is forbidden"}),
+    Response(events=[{"type": "ERROR", "object": {"kind": "Status", "code": 400, "message": "bad request"}}]),
+])
+async def test_a_server_that_refuses_watch_list_is_listed_and_never_asked_again(refusal):
+    gone = Response(events=[{"type": "ERROR", "object": {"code": 410, "message": "too old"}}])
+    api = FakeApi([page(["a"], version="1"), page(["a", "b"], version="9")], [refusal, gone])
+    recorder = await run_until(api, lambda api, _: api.kinds() == ["watch", "list", "watch", "list", "watch"],
+                               watch_list=True)
+    assert recorder.replaced == [["a"], ["a", "b"]]
+    assert [("send_initial_events" in params) for kind, params in api.calls if kind == "watch"] == [True, False, False]
+
+
+async def test_a_watch_list_stream_that_ends_before_its_bookmark_falls_back_to_a_list_at_once():
+    api = FakeApi([page(["a", "b"], version="8")], [Response(events=[event("ADDED", "a", "3")])])
+    recorder = await run_until(api, lambda api, _: api.kinds() == ["watch", "list", "watch"], watch_list=True)
+    assert recorder.replaced == [["a", "b"]] and recorder.synced == 1
+    assert api.calls[-1][1]["resource_version"] == "8"
+
+
+async def test_410_after_a_watch_list_sync_syncs_again_by_watch_list():
+    gone = Response(events=[{"type": "ERROR", "object": {"code": 410, "message": "too old"}}])
+    api = FakeApi([], [Response(events=[event("ADDED", "a", "2"), end_of_initial_events("2")]), gone,
+                       Response(events=[event("ADDED", "b", "5"), end_of_initial_events("5")])])
+    recorder = await run_until(api, lambda _, rec: len(rec.replaced) == 2, watch_list=True)
+    assert recorder.replaced == [["a"], ["b"]] and recorder.synced == 1 and "list" not in api.kinds()
+
+
+async def test_each_object_of_a_sync_is_transformed_as_it_arrives():
+    kept: list[Any] = []
+    api = FakeApi([], [Response(events=[event("ADDED", "a", "2"), end_of_initial_events("2")])])
+    r = Reflector("test", api, on_replace=kept.extend, on_event=lambda *_: None,
+                  transform=lambda obj: obj["metadata"]["name"].upper())
+    task = asyncio.create_task(r.run())
+    async with asyncio.timeout(5):
+        while not kept:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    assert kept == ["A"]
 
 
 # -- a watch stream that is not what it should be --------------------------------------------------

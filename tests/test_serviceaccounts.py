@@ -56,9 +56,14 @@ def _source():
     return source, store
 
 
+def sync(source, objects: list) -> None:
+    """What the reflector does with a sync: each object reduced by `_entry`, then one `_replace`."""
+    source._replace([source._entry(obj) for obj in objects])
+
+
 def test_annotations_that_are_not_a_map_count_as_none_and_the_list_still_completes():
     source, store = _source()
-    source._replace([
+    sync(source, [
         {"metadata": {"namespace": "ns", "name": "odd", "annotations": ["eks.amazonaws.com/role-arn"]}},
         {"metadata": {"namespace": "ns", "name": "app",
                       "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/app"}}},
@@ -70,9 +75,18 @@ def test_annotations_that_are_not_a_map_count_as_none_and_the_list_still_complet
 
 def test_objects_without_a_namespace_and_name_are_skipped_on_a_list_and_on_an_event():
     source, store = _source()
-    source._replace(["text", {"metadata": "x"}, {"metadata": {"name": 3, "namespace": "ns"}},
+    sync(source, ["text", {"metadata": "x"}, {"metadata": {"name": 3, "namespace": "ns"}},
                      {"metadata": {"namespace": "ns", "name": "ok"}}])
     assert list(store.tables.service_accounts) == ["ns/ok"]
     source._event("ADDED", {"metadata": {"name": "no-namespace"}})
     source._event("DELETED", {"metadata": None})
     assert list(store.tables.service_accounts) == ["ns/ok"]
+
+
+def test_service_accounts_with_the_same_identity_share_one_entry():
+    """Most ServiceAccounts carry none of our annotations: they cost a key, not an entry each."""
+    source, store = _source()
+    sync(source, [{"metadata": {"namespace": "ns", "name": f"sa-{i}"}} for i in range(3)])
+    source._event("ADDED", {"metadata": {"namespace": "other", "name": "late"}})
+    entries = list(store.tables.service_accounts.values())
+    assert len(entries) == 4 and all(entry is entries[0] for entry in entries)

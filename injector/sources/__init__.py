@@ -41,6 +41,9 @@ class IdentityStore:
         # Set by a live ServiceAccount source: fetch one ServiceAccount missing from the table.
         self.fetch_missing: Callable[[str, str], Awaitable[object]] | None = None
         self.lookup_grace = lookup_grace
+        # One object per distinct entry: most ServiceAccounts carry none of our annotations and
+        # share the entry of flag defaults; a value with problems keeps its own (for the logs).
+        self._shared: dict[RoleMapping, RoleMapping] = {}
 
     # -- readiness ---------------------------------------------------------------------
     def expect(self, source: str) -> None:
@@ -57,14 +60,21 @@ class IdentityStore:
     # -- updates -----------------------------------------------------------------------
     def replace_service_accounts(self, entries: dict[str, RoleMapping]) -> None:
         previous = self.tables.service_accounts
+        self._shared = {}
         for key, entry in entries.items():
             self._report(key, entry, previous.get(key))
+            entries[key] = self._share(entry)
         self.tables.service_accounts = entries
 
     def put_service_account(self, namespace: str, name: str, entry: RoleMapping) -> None:
         key = f"{namespace}/{name}"
         self._report(key, entry, self.tables.service_accounts.get(key))
-        self.tables.service_accounts[key] = entry
+        self.tables.service_accounts[key] = self._share(entry)
+
+    def _share(self, entry: RoleMapping) -> RoleMapping:
+        if entry.problems or len(self._shared) >= 65536:  # bounded: distinct roles, not ServiceAccounts
+            return entry
+        return self._shared.setdefault(entry, entry)
 
     def remove_service_account(self, namespace: str, name: str) -> None:
         self.tables.service_accounts.pop(f"{namespace}/{name}", None)

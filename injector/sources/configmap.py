@@ -22,13 +22,13 @@ SOURCE = "configmap"
 
 
 class ConfigMapSource:
-    def __init__(self, api: client.ApiClient, store: IdentityStore, namespace: str, resync: float = 60.0) -> None:
+    def __init__(self, api: client.ApiClient, store: IdentityStore, namespace: str) -> None:
         self.store = store
         self.namespace = namespace
         core = client.CoreV1Api(api)
         self.reflector = Reflector(
             SOURCE, core.list_namespaced_config_map, on_replace=self._replace, on_event=self._event,
-            resync=resync, on_synced=lambda: store.mark_ready(SOURCE),
+            on_synced=lambda: store.mark_ready(SOURCE),
             namespace=namespace, field_selector=f"metadata.name={CONFIG_MAP_NAME}")
         store.expect(SOURCE)
 

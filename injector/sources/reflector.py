@@ -1,10 +1,19 @@
-"""List-then-watch, the way client-go's reflector does it, for any kind of object.
+"""Sync once, then only watch: client-go's reflector, for any kind of object.
 
-Paginated list → `on_replace(all items)` → watch from the list's resourceVersion with
-bookmarks, resuming from the last version seen when a watch ends. 410 Gone (the version
-fell out of the server's history) means relist; any other error means back off and retry.
-Every `resync` seconds (0: never) the watch is ended and the whole set relisted, which heals
-anything a broken connection could have hidden.
+The initial sync is a watch with `sendInitialEvents=true` (the API server's WatchList: the
+current objects as ADDED events, then a bookmark annotated `k8s.io/initial-events-end`), which
+the server answers from its watch cache without a LIST; a server that refuses it (WatchList
+off, or older than 1.27) gets a paginated LIST instead, and is not asked again. Either way
+`on_replace(all items)` then takes the whole set, and the watch carries on from the sync's
+resourceVersion with bookmarks, resumed from the last version seen whenever a watch request
+ends. The set is fetched again only when it must be: on 410 Gone (the version fell out of the
+server's history) or when a resume fails (any other error, after a back-off).
+
+There is no periodic relist. A watch with bookmarks loses nothing that a relist would heal,
+and at 100k ServiceAccounts a relist is hundreds of pages per replica. (`--resync-period` in
+the Go webhook is client-go's informer resync, which re-delivers the informer's own cache to
+its handlers and sends no request; this table is that cache, so there is nothing to
+re-deliver.)
 """
 
 from __future__ import annotations
@@ -23,24 +32,57 @@ log = structlog.get_logger(__name__)
 PAGE_SIZE = 500
 WATCH_TIMEOUT = 300.0  # seconds: the longest one watch request lasts before we resume
 MAX_BACKOFF = 30.0
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+# What a server that does not serve sendInitialEvents answers: 422 Invalid (WatchList gate off),
+# 400 (a parameter it does not accept), 403 from something in front of it that filters them.
+_REFUSED = frozenset({400, 403, 422})
 
 
 class _Gone(Exception):
-    """The watch's resourceVersion is too old: relist."""
+    """The watch's resourceVersion is too old: sync again."""
+
+
+class _NoInitialEvents(Exception):
+    """The watch-list stream ended or failed before its initial-events-end bookmark."""
+
+    def __init__(self, reason: str, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.refused = refused
+
+
+def identity(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
+
+
+def _metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    metadata = obj.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def object_key(obj: dict[str, Any]) -> str:
+    metadata = _metadata(obj)
+    return f"{metadata.get('namespace') or ''}/{metadata.get('name') or ''}"
 
 
 class Reflector:
-    """Keeps a local copy of one list of objects current through the callbacks."""
+    """Keeps a local copy of one list of objects current through the callbacks.
 
-    def __init__(self, name: str, call: ListCall, *, on_replace: Callable[[list[dict[str, Any]]], None],
-                 on_event: Callable[[str, dict[str, Any]], None], resync: float = 0.0,
-                 on_synced: Callable[[], None] | None = None, **selectors: Any) -> None:
+    `transform` turns each object of a sync into what `on_replace` receives, as it arrives, so a
+    sync of 100k objects never holds 100k whole objects (events still get the object).
+    `watch_list=False` goes straight to the paginated LIST.
+    """
+
+    def __init__(self, name: str, call: ListCall, *, on_replace: Callable[[list[Any]], None],
+                 on_event: Callable[[str, dict[str, Any]], None], on_synced: Callable[[], None] | None = None,
+                 transform: Callable[[dict[str, Any]], Any] = identity, watch_list: bool = True,
+                 **selectors: Any) -> None:
         self.name = name
         self.call = call
         self.on_replace = on_replace
         self.on_event = on_event
         self.on_synced = on_synced
-        self.resync = resync
+        self.transform = transform
+        self.watch_list = watch_list
         self.selectors = selectors
         self.synced = False
 
@@ -48,9 +90,10 @@ class Reflector:
         backoff = 0.5
         while True:
             try:
-                version = await self._list()
+                version = await self._sync()
                 backoff = 0.5
-                await self._watch(version)
+                while True:  # resume for as long as the server lets us
+                    version = await self._watch(version)
             except asyncio.CancelledError:
                 raise
             except _Gone:
@@ -62,8 +105,77 @@ class Reflector:
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
+    # -- the sync --------------------------------------------------------------------------
+    async def _sync(self) -> str:
+        """The whole set once, by watch-list where the server serves it, else by LIST; returns
+        the resourceVersion to watch from. A watch-list that fails for another reason falls back
+        to a LIST at once, as client-go does: progress beats waiting on a feature."""
+        if self.watch_list:
+            try:
+                return await self._watch_list()
+            except _NoInitialEvents as exc:
+                if exc.refused:
+                    self.watch_list = False
+                    log.info("the API server does not serve watch-list; listing instead", source=self.name,
+                             reason=str(exc))
+                else:
+                    log.warning("watch-list failed; listing instead", source=self.name, reason=str(exc))
+        return await self._list()
+
+    def _replaced(self, items: list[Any], how: str) -> None:
+        self.on_replace(items)
+        if not self.synced:
+            self.synced = True
+            log.info("initial sync complete", source=self.name, count=len(items), by=how)
+            if self.on_synced:
+                self.on_synced()
+
+    async def _watch_list(self) -> str:
+        """`watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan` with no
+        resourceVersion (a consistent read): ADDED events until the initial-events-end bookmark,
+        then `on_replace`, then this same stream goes on as the watch until it ends."""
+        pending: dict[str, Any] | None = {}
+        version = ""
+        events = watch_events(self.call, allow_watch_bookmarks=True, send_initial_events=True,
+                              resource_version_match="NotOlderThan", **self.selectors)
+        try:
+            async with asyncio.timeout(WATCH_TIMEOUT):
+                async for event in events:
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        code = int(obj.get("code") or 0)
+                        if pending is None:
+                            raise _Gone() if code == 410 else KubeError(code, str(obj.get("message") or obj))
+                        raise _NoInitialEvents(f"{code}: {obj.get('message') or obj}", refused=code in _REFUSED)
+                    metadata = _metadata(obj)
+                    version = metadata.get("resourceVersion") or version
+                    if pending is None:
+                        if kind != "BOOKMARK":
+                            self.on_event(kind, obj)
+                    elif kind == "BOOKMARK":
+                        if (metadata.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                            self._replaced(list(pending.values()), "watch-list")
+                            pending = None
+                    elif kind == "DELETED":
+                        pending.pop(object_key(obj), None)
+                    else:
+                        pending[object_key(obj)] = self.transform(obj)
+        except TimeoutError:
+            pass  # our deadline: resume from `version`
+        except KubeError as exc:
+            if pending is None:
+                if exc.status == 410:
+                    raise _Gone() from None
+                raise
+            raise _NoInitialEvents(str(exc), refused=exc.status in _REFUSED) from None
+        finally:
+            await events.aclose()
+        if pending is not None:
+            raise _NoInitialEvents("the stream ended before the initial-events-end bookmark")
+        return version
+
     async def _list(self) -> str:
-        items: list[dict[str, Any]] = []
+        items: list[Any] = []
         token: str | None = None
         while True:
             params: dict[str, Any] = {"limit": PAGE_SIZE, **self.selectors}
@@ -76,46 +188,39 @@ class Reflector:
                     items, token = [], None
                     continue
                 raise
-            items.extend(page.get("items") or [])
+            items.extend(self.transform(obj) for obj in page.get("items") or [])
             metadata = page.get("metadata") or {}
             token = metadata.get("continue")
             if not token:
                 version = metadata.get("resourceVersion", "")
                 break
-        self.on_replace(items)
-        if not self.synced:
-            self.synced = True
-            log.info("initial list complete", source=self.name, count=len(items))
-            if self.on_synced:
-                self.on_synced()
+        self._replaced(items, "list")
         return version
 
-    async def _watch(self, version: str) -> None:
-        """Watch from `version` until the resync deadline, resuming from the last version seen
-        whenever a watch request ends. The server ends each one when its --min-request-timeout
-        says (no timeoutSeconds is sent); our own deadline, WATCH_TIMEOUT or the resync, ends
-        one that lasts longer, which also bounds a connection that died without a word."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.resync if self.resync > 0 else None
-        while deadline is None or loop.time() < deadline:
-            limit = WATCH_TIMEOUT if deadline is None else max(0.0, min(WATCH_TIMEOUT, deadline - loop.time()))
-            events = watch_events(self.call, resource_version=version, allow_watch_bookmarks=True, **self.selectors)
-            try:
-                async with asyncio.timeout(limit):
-                    async for event in events:
-                        kind, obj = event.get("type"), event.get("object") or {}
-                        if kind == "ERROR":
-                            if obj.get("code") == 410:
-                                raise _Gone()
-                            raise KubeError(int(obj.get("code") or 0), str(obj.get("message") or obj))
-                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                        if kind != "BOOKMARK":
-                            self.on_event(kind, obj)
-            except TimeoutError:
-                pass  # our deadline: resume (or relist, past the resync deadline)
-            except KubeError as exc:
-                if exc.status == 410:
-                    raise _Gone() from None
-                raise
-            finally:
-                await events.aclose()
+    # -- the watch -------------------------------------------------------------------------
+    async def _watch(self, version: str) -> str:
+        """One watch request from `version`; returns the last version seen when it ends, to
+        resume from. The server ends it when its --min-request-timeout says (no timeoutSeconds is
+        sent); WATCH_TIMEOUT ends one that lasts longer, which also bounds a connection that died
+        without a word."""
+        events = watch_events(self.call, resource_version=version, allow_watch_bookmarks=True, **self.selectors)
+        try:
+            async with asyncio.timeout(WATCH_TIMEOUT):
+                async for event in events:
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise _Gone()
+                        raise KubeError(int(obj.get("code") or 0), str(obj.get("message") or obj))
+                    version = _metadata(obj).get("resourceVersion") or version
+                    if kind != "BOOKMARK":
+                        self.on_event(kind, obj)
+        except TimeoutError:
+            pass  # our deadline: resume
+        except KubeError as exc:
+            if exc.status == 410:
+                raise _Gone() from None
+            raise
+        finally:
+            await events.aclose()
+        return version

@@ -1,10 +1,10 @@
-"""ServiceAccounts from the API server: a cluster-wide list+watch, and a direct GET on a miss.
+"""ServiceAccounts from the API server: a cluster-wide sync+watch, and a direct GET on a miss.
 
 Only what the rules need is kept per ServiceAccount (the parsed annotation entry), never
-the object. A ServiceAccount missing at admission time has almost always just been created
-(the API server's own admission rejects pods whose ServiceAccount does not exist), so the
-store asks `fetch` for it: one GET per name at a time, rate-limited, bounded by the
-lookup grace period.
+the object: each object of a sync is reduced to its entry as it arrives. A ServiceAccount
+missing at admission time has almost always just been created (the API server's own
+admission rejects pods whose ServiceAccount does not exist), so the store asks `fetch` for
+it: one GET per name at a time, rate-limited, bounded by the lookup grace period.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ class TokenBucket:
 class ServiceAccountSource:
     """Feeds `store.tables.service_accounts` and answers cache misses."""
 
-    def __init__(self, api: client.ApiClient, store: IdentityStore, resync: float = 60.0) -> None:
+    def __init__(self, api: client.ApiClient, store: IdentityStore) -> None:
         self.core = client.CoreV1Api(api)
         self.store = store
         self.limiter = TokenBucket()
         self._inflight: dict[str, asyncio.Task] = {}
         self.reflector = Reflector(SOURCE, self.core.list_service_account_for_all_namespaces,
-                                   on_replace=self._replace, on_event=self._event, resync=resync,
+                                   on_replace=self._replace, on_event=self._event, transform=self._entry,
                                    on_synced=lambda: store.mark_ready(SOURCE))
         store.expect(SOURCE)
         store.fetch_missing = self.fetch
@@ -69,11 +69,11 @@ class ServiceAccountSource:
             return "", "", None
         return namespace, name, service_account_entry(metadata.get("annotations"), self.store.settings)
 
-    def _replace(self, items: list[dict[str, Any]]) -> None:
+    def _replace(self, items: list[tuple[str, str, Any]]) -> None:
+        """The sync's items, already reduced to (namespace, name, entry) by `_entry` as they came."""
         entries = {}
         skipped = 0
-        for obj in items:
-            namespace, name, entry = self._entry(obj)
+        for namespace, name, entry in items:
             if entry is None:
                 skipped += 1
                 continue
