@@ -12,6 +12,7 @@ help:
 	@echo "make run    - generate local certificates and serve the webhook on https://127.0.0.1:$(PORT)"
 	@echo "make test   - lint and run the whole test suite"
 	@echo "make bench  - throughput/latency benchmark of serve (wrk) and of the planner"
+	@echo "make bench-scale - memory, ready time, API requests, admissions at 1k/10k/100k ServiceAccounts"
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
 	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
 	@echo "make cluster-down - stop it and remove everything it made"
@@ -105,3 +106,11 @@ e2e-cluster: cluster-up
 .PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python tests/review_fuzz.py --cases $${FUZZ_CASES:-1000000}
+
+# Memory, readiness, API requests and admissions with the chart's defaults against a real
+# kube-apiserver holding 1k, 10k and 100k ServiceAccounts (benchmarks/scale.py; prints numbers).
+# Creating 100k ServiceAccounts through the API takes minutes: BENCH_SCALE_SIZES=1000,10000 skips it.
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --sizes $${BENCH_SCALE_SIZES:-1000,10000,100000}
+	$(BIN)/python benchmarks/table_bytes.py 100000
