@@ -90,3 +90,14 @@ def test_service_accounts_with_the_same_identity_share_one_entry():
     source._event("ADDED", {"metadata": {"namespace": "other", "name": "late"}})
     entries = list(store.tables.service_accounts.values())
     assert len(entries) == 4 and all(entry is entries[0] for entry in entries)
+
+
+def test_a_service_account_with_only_foreign_annotations_gets_the_flag_defaults_like_one_without():
+    source, store = _source()
+    sync(source, [{"metadata": {"namespace": "ns", "name": "plain"}},
+                  {"metadata": {"namespace": "ns", "name": "foreign", "annotations": {"team": "a", "x/y": "z"}}},
+                  {"metadata": {"namespace": "ns", "name": "ours",
+                                "annotations": {"team": "a", "eks.amazonaws.com/audience": "other"}}}])
+    plain, foreign, ours = (store.tables.service_accounts[f"ns/{n}"] for n in ("plain", "foreign", "ours"))
+    assert foreign is plain and plain.audience == "sts.amazonaws.com" and not plain.role_arn
+    assert ours.audience == "other"

@@ -67,7 +67,21 @@ class ServiceAccountSource:
         namespace, name = metadata.get("namespace"), metadata.get("name")
         if not (isinstance(namespace, str) and isinstance(name, str) and namespace and name):
             return "", "", None
-        return namespace, name, service_account_entry(metadata.get("annotations"), self.store.settings)
+        annotations = metadata.get("annotations")
+        if not annotations or (isinstance(annotations, dict) and not self._ours(annotations)):
+            return namespace, name, self._no_annotations()  # most ServiceAccounts: parse nothing
+        return namespace, name, service_account_entry(annotations, self.store.settings)
+
+    def _ours(self, annotations: dict[str, Any]) -> bool:
+        prefix = self.store.settings.annotation("")
+        return any(isinstance(key, str) and key.startswith(prefix) for key in annotations)
+
+    def _no_annotations(self) -> Any:
+        """The entry of a ServiceAccount with none of our annotations: the flag defaults, built once."""
+        entry = getattr(self, "_default_entry", None)
+        if entry is None:
+            entry = self._default_entry = service_account_entry(None, self.store.settings)
+        return entry
 
     def _replace(self, items: list[tuple[str, str, Any]]) -> None:
         """The sync's items, already reduced to (namespace, name, entry) by `_entry` as they came."""
