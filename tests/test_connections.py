@@ -55,7 +55,7 @@ def test_two_thousand_stalled_connections_are_closed_in_time_and_fresh_admission
         # server's timer start), no later than timeout + slack (+1 s of lingering for a body).
         assert closed["min"] >= TIMEOUT - 1.0 and closed["max"] <= TIMEOUT + SLACK + (kind == "partial_body"), kind
     fresh = result["fresh_admissions"]
-    assert fresh["n"] >= 20 and fresh["statuses"] == [200] and fresh["max_ms"] < 5000
+    assert fresh["n"] >= 20 and fresh["statuses"] == [200] and fresh["max_ms"] < 10000
     fds = result["server_fds"]
     assert fds["peak"] <= fds["before"] + 2000 + 50  # one per connection, nothing leaked per stall
     assert fds["after"] <= fds["before"] + 5
