@@ -28,6 +28,7 @@ class Decision:
     role_arn: str = ""
     plan: Plan | None = None
     message: str = ""
+    warnings: tuple[str, ...] = ()  # AdmissionResponse.warnings, prefixed and short (§warnings)
 
     @property
     def mutated(self) -> bool:
@@ -38,9 +39,25 @@ class Decision:
         """Allowed only because the input could not be decided on: logged at warning."""
         return self.reason in UNDECIDED
 
+    @property
+    def worrying(self) -> bool:
+        """Logged at warning: undecided, or a pod with an identity left without it (§volume-collision)."""
+        return self.undecided or self.reason in SKIPPED
+
 
 # Reasons for an allow that says nothing about the pod's identity (docs/mutation.md#answers).
 UNDECIDED = frozenset({"malformed", "no-pod-object", "internal-error"})
+# Reasons for leaving a pod that has an identity unchanged on purpose (docs/mutation.md#volume-collision).
+SKIPPED = frozenset({"volume-collision"})
+
+WARNING_PREFIX = "pod-identity-injector: "
+WARNING_LIMIT = 119  # kubectl prints each; the API server wants them short (under 120 characters)
+
+
+def warning(text: str) -> str:
+    """One admission warning: our name first, cut to the limit."""
+    text = WARNING_PREFIX + " ".join(text.split())
+    return text if len(text) <= WARNING_LIMIT else text[:WARNING_LIMIT - 1] + "…"
 
 
 def precheck(request: AdmissionRequest) -> Decision | None:
@@ -64,8 +81,9 @@ def decide(request: AdmissionRequest, resolution: Resolution, settings: Mutation
         return early
     identity = resolution.identity
     if identity is None:
-        return Decision(True, resolution.reason, [])
+        return Decision(True, resolution.reason, [], warnings=tuple(map(warning, resolution.warnings)))
     assert request.pod is not None
     plan = plan_mutation(request.pod, identity, settings, jitter)
-    reason = "mutated" if plan.changes else "already-mutated"
-    return Decision(True, reason, plan.operations, identity.mode.value, identity.role_arn, plan)
+    reason = plan.blocked or ("mutated" if plan.changes else "already-mutated")
+    warnings = tuple(map(warning, (*resolution.warnings, *plan.warnings)))
+    return Decision(True, reason, plan.operations, identity.mode.value, identity.role_arn, plan, warnings=warnings)

@@ -142,7 +142,8 @@ async def handle_mutate(request: web.Request) -> web.StreamResponse:
             if not resolution.service_account_known and resolution.identity is None:
                 state.metrics.missing_sa.inc()
             decision = decide(parsed, resolution, state.settings.mutation)
-        body_out = encode_response(envelope, decision.allowed, decision.operations, decision.message or None)
+        body_out = encode_response(envelope, decision.allowed, decision.operations, decision.message or None,
+                                   decision.warnings)
     except Exception as exc:  # allow-and-log: never fail a pod because of our own bug
         log.exception("admission failed; allowing the pod unchanged", uid=envelope.uid)
         decision = Decision(True, "internal-error", [], message=f"pod-identity-injector error: {exc}")
@@ -194,9 +195,11 @@ def _log_decision(envelope: Envelope, request: AdmissionRequest, decision: Decis
             fields["skipped_containers"] = list(plan.skipped)
         if plan.notes:
             fields["notes"] = list(plan.notes)
+    if decision.warnings:
+        fields["warnings"] = list(decision.warnings)
     if decision.message:
         fields["detail"] = decision.message
-    (log.warning if decision.undecided else log.info)("admission", **fields)
+    (log.warning if decision.worrying else log.info)("admission", **fields)
 
 
 # -- health, debug, metrics ------------------------------------------------------------------

@@ -20,7 +20,16 @@ from typing import Any
 
 from . import trust_policy
 from .doctor_webhook import SKIP_LABEL, describe_client, selector_matches
-from .identity import ConfigMapMapping, Identity, IdentityTables, Mode, resolve, service_account_entry
+from .identity import (
+    OUR_ANNOTATIONS,
+    ConfigMapMapping,
+    Identity,
+    IdentityTables,
+    Mode,
+    near_misses,
+    resolve,
+    service_account_entry,
+)
 from .planner import (
     AUTHORIZATION_TOKEN_FILE,
     CREDENTIALS_FULL_URI,
@@ -37,7 +46,6 @@ from .settings import PARTITIONS, WEB_IDENTITY_VOLUME_NAME, MutationSettings
 OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 SYMBOLS = {OK: "✓", FAIL: "✗", WARN: "!", INFO: "·"}
 SECTIONS = ("serviceaccount", "webhook", "pod", "containers", "token", "trust-policy")
-OUR_ANNOTATIONS = ("role-arn", "audience", "sts-regional-endpoints", "token-expiration")
 POD_ANNOTATIONS = ("token-expiration", "skip-containers")
 _ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}\Z")
 _ROLE_PATH = re.compile(r"/(?:[\x21-\x7e]*/)?\Z")
@@ -180,36 +188,6 @@ def role_arn_problems(value: str) -> list[tuple[str, str]]:
 def _partition_account(role_arn: str) -> tuple[str, str]:
     parts = role_arn.split(":")
     return (parts[1], parts[4]) if len(parts) >= 6 else ("aws", "")
-
-
-# -- annotation keys that are almost ours ---------------------------------------------------------
-def _squash(name: str) -> str:
-    return re.sub(r"[-_.]", "", name.lower())
-
-
-def near_misses(annotations: Mapping[str, Any], settings: MutationSettings,
-                names: tuple[str, ...] = OUR_ANNOTATIONS) -> list[tuple[str, str, str]]:
-    """(key found, key meant, why) for keys the webhook does not read but a person meant it to."""
-    found = []
-    wanted = {_squash(n): n for n in names}
-    for key in annotations:
-        prefix, _, name = str(key).rpartition("/")
-        meant = wanted.get(_squash(name))
-        if meant is None or key == settings.annotation(meant):
-            continue
-        expected = settings.annotation(meant)
-        if key.lower() == expected.lower():
-            why = "wrong case (annotation keys are case-sensitive)"
-        elif prefix == settings.annotation_prefix:
-            why = f"{name!r} is not {meant!r}"
-        elif not prefix:
-            why = f"no prefix (the webhook reads {settings.annotation_prefix}/…)"
-        elif _squash(prefix) == _squash(settings.annotation_prefix):
-            why = f"{prefix!r} is not {settings.annotation_prefix!r}"
-        else:
-            why = f"wrong domain {prefix!r} (the webhook reads {settings.annotation_prefix}/…)"
-        found.append((str(key), expected, why))
-    return found
 
 
 # -- the pod's volumes and containers -------------------------------------------------------------
@@ -400,8 +378,8 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
     if collided is not None and _token_source(collided) is None:
         kind = next((k for k in collided if k != "name"), "no source")
         out.add("volume-name-collision", FAIL, s, f"the pod already has a volume {volume_name!r} ({kind}), not a "
-                "projected serviceAccountToken: the webhook adds no token volume, yet points "
-                f"{WEB_IDENTITY_TOKEN_FILE} at it", f"rename the pod's volume {volume_name!r}")
+                "projected serviceAccountToken: the webhook leaves the pod unchanged (§volume-collision)",
+                f"rename the pod's volume {volume_name!r}")
     skip_key = case.settings.annotation("skip-containers")
     raw_skip = _dict(_meta(pod).get("annotations")).get(skip_key)
     skip: frozenset[str] = frozenset()

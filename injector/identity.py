@@ -51,6 +51,10 @@ class RoleMapping:
     regional_sts: bool
     token_expiration: int
     problems: tuple[str, ...] = field(default=(), compare=False)
+    # Short texts for admission warnings (docs/mutation.md#warnings). They take part in
+    # equality, so an entry with warnings is never shared with the flag-defaults entry.
+    warnings: tuple[str, ...] = ()
+    annotated: tuple[str, ...] = ()  # which of our other annotations it has (for "no role-arn")
 
     def as_json(self) -> dict[str, Any]:
         """The Go webhook's debug dump shape (Go field names)."""
@@ -85,6 +89,44 @@ def parse_go_bool(text: str) -> bool | None:
     return None
 
 
+OUR_ANNOTATIONS = ("role-arn", "audience", "sts-regional-endpoints", "token-expiration")
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[-_.]", "", name.lower())
+
+
+def near_misses(annotations: Mapping[str, Any], settings: MutationSettings,
+                names: tuple[str, ...] = OUR_ANNOTATIONS) -> list[tuple[str, str, str]]:
+    """(key found, key meant, why) for keys the webhook does not read but a person meant it to."""
+    found = []
+    wanted = {_squash(n): n for n in names}
+    for key in annotations:
+        prefix, _, name = str(key).rpartition("/")
+        meant = wanted.get(_squash(name))
+        if meant is None or key == settings.annotation(meant):
+            continue
+        expected = settings.annotation(meant)
+        if key.lower() == expected.lower():
+            why = "wrong case (annotation keys are case-sensitive)"
+        elif prefix == settings.annotation_prefix:
+            why = f"{name!r} is not {meant!r}"
+        elif not prefix:
+            why = f"no prefix (the webhook reads {settings.annotation_prefix}/…)"
+        elif _squash(prefix) == _squash(settings.annotation_prefix):
+            why = f"{prefix!r} is not {settings.annotation_prefix!r}"
+        else:
+            why = f"wrong domain {prefix!r} (the webhook reads {settings.annotation_prefix}/…)"
+        found.append((str(key), expected, why))
+    return found
+
+
+def _annotation_warnings(annotations: Mapping[str, Any], settings: MutationSettings) -> list[str]:
+    """Near-miss keys (docs/mutation.md#warnings)."""
+    return [f"ServiceAccount key {key} is ignored; use {meant}"
+            for key, meant, _ in near_misses(annotations, settings)]
+
+
 def compose_role_arn(value: str, settings: MutationSettings) -> str:
     """With --compose-role-arn, a bare role name or path becomes a full ARN."""
     if settings.compose_role_arn and "arn:" not in value:
@@ -104,6 +146,7 @@ def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleM
         annotations = None
     annotations = annotations or {}
     key = settings.annotation
+    warnings = _annotation_warnings(annotations, settings)
 
     role_arn = annotations.get(key("role-arn"), "")
     if not isinstance(role_arn, str):
@@ -132,10 +175,12 @@ def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleM
         parsed_expiration = parse_expiration(raw)
         if parsed_expiration is None:
             problems.append(f"{key('token-expiration')} {raw!r} is not an integer; using the default")
+            warnings.append(f"ServiceAccount token-expiration {raw!r:.20} is not an integer; using {expiration}")
         else:
             expiration = parsed_expiration
 
-    return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems))
+    annotated = tuple(name for name in OUR_ANNOTATIONS[1:] if key(name) in annotations)
+    return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems), tuple(warnings), annotated)
 
 
 class ConfigMapError(ValueError):
@@ -258,6 +303,7 @@ class Resolution:
     identity: Identity | None
     reason: str
     service_account_known: bool
+    warnings: tuple[str, ...] = ()  # about the ServiceAccount's annotations, for the admission answer
 
 
 @dataclass(slots=True)
@@ -285,17 +331,21 @@ def resolve(
             (common.regional_sts, common.token_expiration) if common else (False, DEFAULT_TOKEN_EXPIRATION)
         )
         identity = Identity(Mode.CONTAINER_CREDENTIALS, "", settings.cc_audience, regional_sts, expiration)
-        return Resolution(identity, "pod-identity-association", known)
+        return Resolution(identity, "pod-identity-association", known, sa_entry.warnings if sa_entry else ())
 
+    warnings = sa_entry.warnings if sa_entry else ()
+    if sa_entry is not None and not sa_entry.role_arn and sa_entry.annotated:
+        warnings += (f"ServiceAccount has {', '.join(sa_entry.annotated)} but no "
+                     f"{settings.annotation('role-arn')}; they are ignored",)
     if sa_entry is not None and sa_entry.role_arn:
-        return Resolution(_web_identity(sa_entry), "service-account-annotation", True)
+        return Resolution(_web_identity(sa_entry), "service-account-annotation", True, warnings)
 
     cm_entry = tables.config_map.lookup(namespace, name)
     if cm_entry is not None and cm_entry.role_arn:
-        return Resolution(_web_identity(cm_entry), "config-map", known)
+        return Resolution(_web_identity(cm_entry), "config-map", known, warnings)
 
     reason = "service-account-has-no-role" if known else "service-account-not-found"
-    return Resolution(None, reason, known)
+    return Resolution(None, reason, known, warnings)
 
 
 def _web_identity(entry: RoleMapping) -> Identity:

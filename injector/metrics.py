@@ -23,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .admission import SKIPPED
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _GO_COMPAT = {
     "pod_identity_webhook_pod_count": "Pods for which a patch was built, per mode (Go webhook name).",
@@ -50,6 +52,9 @@ class Metrics:
         self.admission_seconds = Histogram(
             "pod_identity_injector_admission_duration_seconds", "Time to answer one /mutate request.",
             buckets=LATENCY_BUCKETS, registry=reg)
+        self.skipped = Counter(
+            "pod_identity_injector_skipped", "Pods with an identity left unchanged on purpose, by reason.",
+            ["reason"], registry=reg)
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
             ["method", "path", "code"], registry=reg)
@@ -81,6 +86,8 @@ class Metrics:
 
     def count_admission(self, mode: str, decision: str, seconds: float) -> None:
         self._child(self.admissions, mode or "none", decision).inc()
+        if decision in SKIPPED:
+            self._child(self.skipped, decision).inc()
         if mode:
             self._child(self.pod_count, mode).inc()
         self.admission_seconds.observe(seconds)

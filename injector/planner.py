@@ -49,6 +49,10 @@ class Plan:
     injected: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    # What the person applying the pod should hear (docs/mutation.md#warnings), unprefixed.
+    warnings: tuple[str, ...] = ()
+    # Why the pod is left alone on purpose although it has an identity ("volume-collision"), or "".
+    blocked: str = ""
 
     @property
     def changes(self) -> bool:
@@ -156,7 +160,7 @@ def _names(items: Any) -> set[str]:
 
 
 def token_expiration(pod: dict[str, Any], identity: Identity, settings: MutationSettings,
-                     jitter: Jitter, notes: list[str]) -> int:
+                     jitter: Jitter, notes: list[str], warnings: list[str] | None = None) -> int:
     """Pod annotation > identity value; the container-credentials default gets jitter."""
     seconds = identity.token_expiration
     annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
@@ -166,6 +170,8 @@ def token_expiration(pod: dict[str, Any], identity: Identity, settings: Mutation
         parsed = parse_expiration(raw)
         if parsed is None:
             notes.append(f"pod annotation {key} {raw!r} is not an integer; using {seconds}")
+            if warnings is not None:
+                warnings.append(f"pod token-expiration {raw!r:.20} is not an integer; using {seconds}")
         else:
             seconds = parsed
     if identity.mode is Mode.CONTAINER_CREDENTIALS and seconds == DEFAULT_TOKEN_EXPIRATION:
@@ -211,6 +217,7 @@ class _Draft:
     injected: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: frozenset[str], layout: _Layout,
@@ -234,6 +241,9 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
         ):
             notes.append(f"{list_name}[{index}] has a malformed env or volumeMounts; left alone")
             continue
+        preset = _preset(env, layout)
+        if preset:
+            draft.warnings.append(f"container {name} presets {', '.join(preset)}; no credentials injected into it")
         new_env = env_for(_names(env))
         if new_env is None:
             continue  # already complete: untouched, not even a mount (Go's early exit)
@@ -243,6 +253,21 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
             _append(ops, base, "volumeMounts", mounts, [dict(mount)])
         if new_env or layout.volume_name not in _names(mounts):
             draft.injected.append(str(name))
+
+
+def _preset(env: Any, layout: _Layout) -> list[str]:
+    """The mode's env pair as set by someone else (another value, or valueFrom): it blocks ours (§env).
+
+    Our own values, as a reinvocation sees them, are not a preset."""
+    ours = dict(zip(layout.identity_keys, layout.identity_values, strict=True))
+    return [item["name"] for item in env or () if isinstance(item, dict) and item.get("name") in ours
+            and (item.get("value") != ours[item["name"]] or "valueFrom" in item)]
+
+
+def _is_token_volume(volume: Any) -> bool:
+    """A projected volume with a serviceAccountToken source: ours, or one we may use (§volume-collision)."""
+    sources = _dict(_dict(volume).get("projected")).get("sources")
+    return isinstance(sources, list) and any(isinstance(_dict(s).get("serviceAccountToken"), dict) for s in sources)
 
 
 def _volume(layout: _Layout, audience: str, expiration: int) -> dict[str, Any]:
@@ -265,6 +290,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     metadata = pod.get("metadata")
     annotations = _dict(_dict(metadata).get("annotations"))
 
+    warnings: list[str] = []
     skip: frozenset[str] = frozenset()
     skip_key = settings.annotation("skip-containers")
     if skip_key in annotations:
@@ -272,11 +298,25 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         skip, error = parse_skip_containers(raw) if isinstance(raw, str) else (frozenset(), "not a string")
         if error:
             notes.append(f"pod annotation {skip_key} ignored: {error}")
+        containers = [c for n in ("initContainers", "containers") for c in spec.get(n) or () if isinstance(c, dict)]
+        for unknown in sorted(skip - _names(containers)):
+            warnings.append(f"skip-containers names {unknown}, which is no container of this pod")
 
     node_selector = _dict(spec.get("nodeSelector"))
     windows = any(node_selector.get(key) == "windows" for key in _WINDOWS_SELECTORS)
     layout = _layout(identity, settings, windows)
-    expiration = token_expiration(pod, identity, settings, jitter, notes)
+    expiration = token_expiration(pod, identity, settings, jitter, notes, warnings)
+
+    volumes = spec.get("volumes")
+    taken = next((v for v in volumes if _dict(v).get("name") == layout.volume_name and not _is_token_volume(v)),
+                 None) if isinstance(volumes, list) else None
+    if taken is not None:
+        # §volume-collision (ours): env and mount would point the SDK at a file we do not control.
+        kind = next((k for k in _dict(taken) if k != "name"), "no source")
+        warnings.append(f"volume {layout.volume_name} ({kind}) already exists; pod left without AWS credentials")
+        notes.append(f"the pod's volume {layout.volume_name!r} is {kind}, not a projected serviceAccountToken: "
+                     "nothing injected")
+        return Plan([], expiration, notes=tuple(notes), warnings=tuple(warnings), blocked="volume-collision")
 
     ops: list[Operation] = []
     if identity.mode is Mode.CONTAINER_CREDENTIALS:
@@ -289,7 +329,6 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
             path = "/metadata/labels/" + POD_IDENTITY_LABEL.replace("~", "~0").replace("/", "~1")
             ops.append({"op": "add", "path": path, "value": "enabled"})
 
-    volumes = spec.get("volumes")
     if volumes is None:
         ops.append({"op": "add", "path": "/spec/volumes", "value": [_volume(layout, identity.audience, expiration)]})
     elif not isinstance(volumes, list):
@@ -298,9 +337,9 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         # Inserted first, as the Go webhook does.
         ops.append({"op": "add", "path": "/spec/volumes/0", "value": _volume(layout, identity.audience, expiration)})
 
-    draft = _Draft(ops, notes=notes)
+    draft = _Draft(ops, notes=notes, warnings=warnings)
     env_for = partial(_container_env, identity, settings, layout)
     for list_name in ("initContainers", "containers"):
         _plan_containers(draft, list_name, spec.get(list_name), skip, layout, env_for)
-    return Plan(ops, expiration, tuple(draft.injected), tuple(draft.skipped), tuple(notes))
+    return Plan(ops, expiration, tuple(draft.injected), tuple(draft.skipped), tuple(notes), tuple(warnings))
 

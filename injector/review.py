@@ -14,6 +14,7 @@ an unchanged, logged allow; so the planner only ever sees a well-typed pod.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,14 +191,20 @@ def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
 
 
 def encode_response(envelope: Envelope, allowed: bool, operations: list[Operation] | None = None,
-                    message: str | None = None) -> bytes:
-    """The AdmissionReview answer: TypeMeta and uid echoed, patch as base64 JSON Patch."""
+                    message: str | None = None, warnings: Sequence[str] = ()) -> bytes:
+    """The AdmissionReview answer: TypeMeta and uid echoed, patch as base64 JSON Patch.
+
+    `warnings` become `response.warnings` (both v1 and v1beta1 have it since Kubernetes 1.19;
+    older API servers ignore the unknown field); no member at all when there are none.
+    """
     response: dict[str, Any] = {"uid": envelope.uid, "allowed": allowed}
     if message:
         response["status"] = {"message": message} if allowed else {"message": message, "code": 403}
     if operations:
         response["patch"] = base64.b64encode(orjson.dumps(operations)).decode("ascii")
         response["patchType"] = "JSONPatch"
+    if warnings:
+        response["warnings"] = list(warnings)
     review: dict[str, Any] = {}
     if envelope.kind is not None:
         review["kind"] = envelope.kind

@@ -24,7 +24,8 @@ DOCS_DIR = Path(__file__).parent.parent / "docs"
 # A fixture cites the rules it exercises as §anchor, an anchor of docs/mutation.md.
 CITATION = re.compile(r"§([a-z][a-z0-9-]*)")
 _ANCHOR = re.compile(r'<a id="([a-z0-9-]+)"></a>')
-FIXTURE_KEYS = {"description", "flags", "namespace", "serviceAccount", "configMap", "podIdentity", "pod", "expected"}
+FIXTURE_KEYS = {"description", "flags", "namespace", "serviceAccount", "configMap", "podIdentity", "pod", "expected",
+                "warnings"}
 JITTER_FLOOR = 79200
 JITTER_CEILING = 86400
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from injector.admission import decide, precheck
+from injector.admission import decide, precheck, warning
 from injector.identity import Identity, Mode, Resolution
 from injector.review import AdmissionRequest
 from injector.settings import MutationSettings
@@ -70,3 +70,45 @@ def test_a_pod_that_already_has_everything_is_already_mutated():
     mutated = jsonpatch.apply_patch(POD, first.operations)
     again = decide(pod_request(pod=mutated), found(WEB), SETTINGS)
     assert (again.reason, again.operations, again.mutated) == ("already-mutated", [], False)
+
+
+# -- warnings (docs/mutation.md#warnings) --------------------------------------------------------
+PRESET = {"metadata": {"name": "web"}, "spec": {"serviceAccountName": "app", "containers": [
+    {"name": "c", "env": [{"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/other"}]}]}}
+COLLIDING = {"metadata": {"name": "web"}, "spec": {"serviceAccountName": "app", "containers": [{"name": "c"}],
+                                                   "volumes": [{"name": "aws-iam-token", "emptyDir": {}}]}}
+
+
+@pytest.mark.parametrize("pod, resolution, reason, warnings", [
+    (PRESET, found(WEB), "mutated",
+     ("pod-identity-injector: container c presets AWS_ROLE_ARN; no credentials injected into it",)),
+    (COLLIDING, found(WEB), "volume-collision",
+     ("pod-identity-injector: volume aws-iam-token (emptyDir) already exists; pod left without AWS credentials",)),
+    (POD, Resolution(None, "service-account-has-no-role", True, ("ServiceAccount has audience but no role",)),
+     "service-account-has-no-role", ("pod-identity-injector: ServiceAccount has audience but no role",)),
+    (PRESET, Resolution(WEB, "service-account-annotation", True, ("from the ServiceAccount",)), "mutated",
+     ("pod-identity-injector: from the ServiceAccount",
+      "pod-identity-injector: container c presets AWS_ROLE_ARN; no credentials injected into it")),
+    (POD, found(WEB), "mutated", ()),
+])
+def test_the_decision_carries_the_prefixed_warnings_of_the_service_account_then_the_plan(
+        pod, resolution, reason, warnings):
+    decision = decide(pod_request(pod=pod), resolution, SETTINGS)
+    assert (decision.reason, decision.warnings) == (reason, warnings)
+
+
+def test_a_volume_collision_is_allowed_unchanged_and_worth_a_warning_in_the_log():
+    decision = decide(pod_request(pod=COLLIDING), found(WEB), SETTINGS)
+    assert (decision.allowed, decision.operations, decision.mutated) == (True, [], False)
+    assert decision.worrying and not decision.undecided
+
+
+def test_an_answer_without_a_pod_to_plan_has_no_warnings():
+    assert precheck(pod_request(operation="UPDATE")).warnings == ()
+
+
+@pytest.mark.parametrize("text", ["short", "x" * 96, "x" * 97, "y" * 500, "line\nbreaks  and\ttabs"])
+def test_every_warning_is_one_line_under_120_characters_with_our_name_first(text):
+    result = warning(text)
+    assert result.startswith("pod-identity-injector: ") and len(result) < 120 and "\n" not in result
+    assert result.endswith("…") == (len(text) > 96)

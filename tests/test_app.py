@@ -10,6 +10,7 @@ import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from injector.app import ServerState, metrics_app, webhook_app
 from injector.identity import service_account_entry
@@ -235,3 +236,44 @@ async def test_the_metrics_port_renders_the_go_names_and_dumps_the_cache_on_requ
                                            "UseRegionalSTS": False, "TokenExpiration": 86400}
         assert (await metrics.post("/debug/alpha/cache/clear")).status == 200
         assert await (await metrics.get("/debug/alpha/cache")).json() == {}
+
+
+# -- admission warnings (docs/mutation.md#warnings) ------------------------------------------
+@pytest.mark.parametrize("api_version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
+async def test_a_preset_env_var_is_answered_with_a_warning_and_logged(client, api_version):
+    preset = [{"name": "app", "image": "busybox", "env": [{"name": "AWS_ROLE_ARN", "value": "arn:x"}]}]
+    with capture_logs() as logs:
+        _, answer = await review(client, _with_containers(pod_review(api_version=api_version), preset))
+    expected = ["pod-identity-injector: container app presets AWS_ROLE_ARN; no credentials injected into it"]
+    assert answer["response"]["warnings"] == expected and answer["response"]["allowed"] is True
+    line = next(entry for entry in logs if entry["event"] == "admission")
+    assert (line["log_level"], line["decision"], line["warnings"]) == ("info", "mutated", expected)
+
+
+async def test_a_volume_collision_is_allowed_unchanged_warned_logged_at_warning_and_counted():
+    state = make_state()
+    async with TestClient(TestServer(webhook_app(state))) as webhook:
+        with capture_logs() as logs:
+            _, answer = await review(webhook, pod_review(uid="u", volumes=[{"name": "aws-iam-token", "emptyDir": {}}]))
+    assert answer["response"] == {"uid": "u", "allowed": True, "warnings": [
+        "pod-identity-injector: volume aws-iam-token (emptyDir) already exists; pod left without AWS credentials"]}
+    line = next(entry for entry in logs if entry["event"] == "admission")
+    assert (line["log_level"], line["decision"], line["mutated"]) == ("warning", "volume-collision", False)
+    text = Exposition(state.metrics).render().decode()
+    assert 'pod_identity_injector_skipped_total{reason="volume-collision"} 1.0' in text
+    assert 'pod_identity_injector_admissions_total{decision="volume-collision",mode="sts_web_identity"} 1.0' in text
+
+
+async def test_a_near_miss_key_on_the_service_account_warns_every_pod_that_uses_it():
+    state = make_state()
+    state.store.put_service_account("default", "half-done", service_account_entry(
+        {"eks.amazon.com/role-arn": ROLE}, state.settings.mutation))
+    async with TestClient(TestServer(webhook_app(state))) as webhook:
+        _, answer = await review(webhook, pod_review(uid="u", service_account="half-done"))
+    assert answer["response"] == {"uid": "u", "allowed": True, "warnings": [
+        "pod-identity-injector: ServiceAccount key eks.amazon.com/role-arn is ignored; use eks.amazonaws.com/role-arn"]}
+
+
+def _with_containers(document: dict, containers: list) -> dict:
+    document["request"]["object"]["spec"]["containers"] = containers
+    return document

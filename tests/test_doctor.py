@@ -223,8 +223,8 @@ def test_a_stored_pod_that_was_mutated(doctor, tmp_path):
 def test_a_volume_named_like_the_token_volume(doctor):
     the_pod = pod(volumes=[{"name": "aws-iam-token", "emptyDir": {}}])
     code, report = doctor(the_pod, ANNOTATED)
-    assert code == 1 and codes(report, "fail") == ["volume-name-collision", "sdk-token-file-not-mounted"]
-    assert "emptyDir" in finding(report, "sdk-token-file-not-mounted")["message"]
+    assert code == 1 and codes(report, "fail") == ["volume-name-collision", "container-no-credentials"]
+    assert "emptyDir" in finding(report, "volume-name-collision")["message"]
 
 
 def test_a_preset_role_arn_blocks_the_pair(doctor):

@@ -123,6 +123,30 @@ def test_planning_the_result_again_yields_no_operations(case: Case):
     assert plan(case, result) == []
 
 
+WITH_WARNINGS = [case for case in CASES if "warnings" in case.data]
+
+
+@pytest.mark.parametrize("case", WITH_WARNINGS, ids=[case.id for case in WITH_WARNINGS])
+def test_the_pod_gets_exactly_the_warnings_the_fixture_lists(case: Case):
+    """§warnings: what the ServiceAccount's resolution and the plan have to say, in that order."""
+    settings = settings_for(case)
+    resolution = identity.resolve(case.namespace, case.service_account_name, tables_for(case, settings), settings)
+    warnings = list(resolution.warnings)
+    if resolution.identity is not None:
+        warnings += planner.plan_mutation(case.pod, resolution.identity, settings, jitter=pinned_jitter).warnings
+    assert warnings == case.data["warnings"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "§volume-collision" in c.data["description"]
+                                  and "warnings" in c.data and c.data["warnings"]])
+def test_a_volume_collision_leaves_the_pod_unchanged_and_says_why(case: Case):
+    """§volume-collision: not one operation, the plan is marked blocked."""
+    settings = settings_for(case)
+    resolution = identity.resolve(case.namespace, case.service_account_name, tables_for(case, settings), settings)
+    result = planner.plan_mutation(case.pod, resolution.identity, settings, jitter=pinned_jitter)
+    assert (result.operations, result.blocked, case.changes) == ([], "volume-collision", False)
+
+
 # --- rules the fixtures exercise only by example ----------------------------------------------
 
 SKIP_CONTAINERS = [

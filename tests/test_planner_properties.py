@@ -6,7 +6,8 @@
 * every field the planner does not own is unchanged (the result with our additions removed
   equals the input);
 * no operation replaces a whole container list;
-* the result satisfies §env for every container, and planning it again yields nothing.
+* the result satisfies §env for every container, and planning it again yields nothing;
+* a pod with a volume named like ours that is no projected token is left alone (§volume-collision).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ mount_entry = st.builds(
     st.sampled_from(VOLUME_NAMES),
     st.sampled_from(["/data", "/var/run/secrets/eks.amazonaws.com/serviceaccount"]),
 )
-volume_entry = st.builds(lambda name: {"name": name, "emptyDir": {}}, st.sampled_from(VOLUME_NAMES))
+TOKEN_SOURCE = {"projected": {"sources": [{"serviceAccountToken": {"audience": "x", "path": "token"}}]}}
+volume_entry = st.builds(lambda name, source: {"name": name, **source}, st.sampled_from(VOLUME_NAMES),
+                         st.sampled_from([{"emptyDir": {}}, TOKEN_SOURCE]))
 
 ABSENT = object()
 
@@ -151,6 +154,13 @@ jitter_values = st.integers(JITTER_FLOOR, 86400)
 
 def volume_name(identity: Identity, config: MutationSettings) -> str:
     return config.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS else WEB_IDENTITY_VOLUME_NAME
+
+
+def collides(pod: dict[str, Any], identity: Identity, config: MutationSettings) -> bool:
+    """§volume-collision: a pod volume with our name that is not a projected token."""
+    volumes = pod["spec"].get("volumes")
+    return isinstance(volumes, list) and any(
+        v["name"] == volume_name(identity, config) and "projected" not in v for v in volumes)
 
 
 def identity_keys(identity: Identity) -> tuple[str, str]:
@@ -258,6 +268,9 @@ def test_every_field_the_planner_does_not_own_is_unchanged(pod, identity, config
     """Removing our additions (label, first volume, appended env entries and mount) gives back
     the input exactly: unknown fields, existing env order and values all survive."""
     result = jsonpatch.apply_patch(pod, plan(pod, identity, config, jitter))
+    if collides(pod, identity, config):
+        assert result == pod, "§volume-collision: nothing is added, not even the label"
+        return
     assert strip_additions(pod, result, identity, config) == pod
 
 
@@ -277,6 +290,9 @@ def test_every_processed_container_ends_up_complete(pod, identity, config, jitte
     the STS key when regional STS is on, and mounts the token volume; skipped containers are
     untouched (§skip-containers); exactly one pod volume carries the token volume's name (§pod-patch)."""
     result = jsonpatch.apply_patch(pod, plan(pod, identity, config, jitter))
+    if collides(pod, identity, config):
+        assert result == pod, "§volume-collision: the pod is left exactly as it was"
+        return
     volume = volume_name(identity, config)
     skip = skipped_names(pod)
     for list_name in ("initContainers", "containers"):

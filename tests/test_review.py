@@ -104,6 +104,21 @@ def test_the_answer_carries_a_message_and_a_code_only_on_denial(allowed, message
     assert answer == {"response": {"uid": "", "allowed": allowed, **({"status": status} if status else {})}}
 
 
+@pytest.mark.parametrize("api_version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
+def test_warnings_are_a_list_of_strings_in_the_response_of_either_version(api_version):
+    """§warnings: AdmissionResponse.warnings exists in v1 and in v1beta1 (Kubernetes >= 1.19)."""
+    envelope = Envelope(api_version, "AdmissionReview", "u")
+    warnings = ("pod-identity-injector: a", "pod-identity-injector: b")
+    answer = orjson.loads(encode_response(envelope, True, [], None, warnings))
+    assert answer == {"kind": "AdmissionReview", "apiVersion": api_version, "response": {
+        "uid": "u", "allowed": True, "warnings": ["pod-identity-injector: a", "pod-identity-injector: b"]}}
+
+
+def test_no_warnings_means_no_warnings_member():
+    answer = orjson.loads(encode_response(Envelope(None, None, "u"), True, [], None, ()))
+    assert "warnings" not in answer["response"]
+
+
 # -- the type boundary: the planner only ever sees a well-typed pod -----------------------------
 @pytest.mark.parametrize("fields, problem", [
     ({"namespace": 5}, "request.namespace is a number, expected a string"),
