@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .plane import BinaryUnavailable, ControlPlane, external_kubeconfig, find_binary, start_control_plane
+from .plane import ControlPlane, binary_for_tests, external_kubeconfig, start_control_plane
 from .webhooks import spawn_serve
 from serving import Server, pod_review, wait_ready
 
@@ -47,15 +47,6 @@ rules:
   resources: [{group: "", resources: [serviceaccounts]}]
 - level: None
 """
-
-
-def binary() -> str:
-    try:
-        return find_binary()
-    except BinaryUnavailable as exc:
-        if os.environ.get("E2E_REQUIRED") == "1":
-            pytest.fail(f"E2E_REQUIRED=1 but kube-test-plane is unavailable: {exc}", pytrace=False)
-        pytest.skip(f"kube-test-plane unavailable: {exc}")
 
 
 def create_service_accounts(plane: ControlPlane, count: int) -> None:
@@ -105,7 +96,7 @@ def list_requests(plane: ControlPlane) -> float:
 def start_plane(tmp: Path, *flags: str) -> ControlPlane:
     policy = tmp / "audit-policy.yaml"
     policy.write_text(AUDIT_POLICY)
-    return start_control_plane(binary(), tmp / "plane", extra_flags=(
+    return start_control_plane(binary_for_tests(), tmp / "plane", extra_flags=(
         "--min-request-timeout=5", f"--audit-policy-file={policy}", f"--audit-log-path={tmp / 'audit.log'}",
         "--audit-log-maxsize=0", *flags))
 
