@@ -448,8 +448,7 @@ def cmd_start(_: argparse.Namespace) -> int:
     pki = STATE / "pki"
     make_pki(pki)
     (STATE / "kubeconfig").mkdir()
-    for user in ("admin",):
-        write_kubeconfig(STATE / "admin.kubeconfig", pki, user)
+    write_kubeconfig(STATE / "admin.kubeconfig", pki, "admin")
     for user in ("controller-manager", "scheduler", "kubelet"):
         write_kubeconfig(STATE / "kubeconfig" / f"{user}.kubeconfig", pki, user)
     (STATE / "containerd").mkdir()
@@ -595,22 +594,26 @@ def kill_pods() -> None:
                 continue
 
 
+def stop_component(name: str, timeout: float, sig: int = signal.SIGTERM) -> float | None:
+    """Signal a component by its PID file and wait at most `timeout` for it to exit; returns
+    the seconds it took, or None when it was not running."""
+    pid = read_pid(name)
+    if not pid or not alive(pid):
+        return None
+    began = time.monotonic()
+    os.kill(pid, sig)
+    while alive(pid) and time.monotonic() < began + timeout:
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
 def stop_processes() -> None:
-    kubelet = read_pid("kubelet")
-    if kubelet and alive(kubelet):  # first, so that nothing restarts the containers killed next
-        os.kill(kubelet, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while alive(kubelet) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    stop_component("kubelet", 15)  # first, so that nothing restarts the containers killed next
     kill_pods()
     for name in reversed(COMPONENTS):  # orderly first, so that etcd shuts down cleanly
-        pid = read_pid(name)
-        if pid and alive(pid):
-            began = time.monotonic()
-            os.kill(pid, signal.SIGTERM)
-            while alive(pid) and time.monotonic() < began + 8:
-                time.sleep(0.1)
-            log(f"{name} stopped in {time.monotonic() - began:.1f} s")
+        took = stop_component(name, 8)
+        if took is not None:
+            log(f"{name} stopped in {took:.1f} s")
     for _ in range(20):
         pids = {p for p in our_processes() if alive(p)}
         if not pids:
@@ -693,12 +696,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         return subprocess.run(["nsenter", f"--net={NETNS_PATH}", sys.executable, __file__, "restart", args.component,
                                *(["--kill"] if args.kill else []), "--down-for", str(args.down_for)]).returncode
     commands = json.loads((STATE / "commands.json").read_text())
-    pid = read_pid(args.component)
-    if pid and alive(pid):
-        os.kill(pid, signal.SIGKILL if args.kill else signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    stop_component(args.component, 30, signal.SIGKILL if args.kill else signal.SIGTERM)
     time.sleep(args.down_for)
     start(args.component, commands[args.component])
     log(f"{args.component} restarted")
