@@ -44,6 +44,9 @@ class IdentityStore:
         # One object per distinct entry: most ServiceAccounts carry none of our annotations and
         # share the entry of flag defaults; a value with problems keeps its own (for the logs).
         self._shared: dict[RoleMapping, RoleMapping] = {}
+        # Called with (namespace/name, entry) when an update brings problems or warnings not
+        # reported before for that ServiceAccount (Kubernetes Events on the ServiceAccount).
+        self.problem_listeners: list[Callable[[str, RoleMapping], None]] = []
 
     # -- readiness ---------------------------------------------------------------------
     def expect(self, source: str) -> None:
@@ -95,6 +98,9 @@ class IdentityStore:
             return
         for problem in entry.problems:
             log.warning("service account annotation problem", service_account=key, problem=problem)
+        if entry.problems or entry.warnings:
+            for listener in self.problem_listeners:
+                listener(key, entry)
 
     def clear(self) -> None:
         """The debug handler's reset: the sources repopulate on their next event."""
