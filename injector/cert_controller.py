@@ -186,6 +186,13 @@ class SelfManagedCertificates:
         self.check_interval = settings.cert_check_interval
         self.bundle_in_place = False
 
+    def reconnect(self, api: Any) -> None:
+        """Carry on with another client (the first one closed with its event loop)."""
+        from kubernetes_asyncio import client
+
+        self.core = client.CoreV1Api(api)
+        self.admission = client.AdmissionregistrationV1Api(api)
+
     # -- the loop ------------------------------------------------------------------------
     async def reconcile(self) -> None:
         config = await get_object(self.admission.read_mutating_webhook_configuration, self.webhook_configuration)

@@ -37,6 +37,16 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def use_multiprocess_dir(path: str) -> None:
+    """Multiprocess mode for every metric created from now on, in this process and the ones it
+    forks. prometheus-client chooses how values are stored when it is imported, which happens
+    before `serve` knows how many workers it runs, so the choice is made again here."""
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    values.ValueClass = values.get_value_class()
+
+
 class Metrics:
     """The process's metric objects; in multiprocess mode their values go to shared files."""
 

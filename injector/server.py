@@ -1,23 +1,43 @@
-"""The process roles of `serve`: one process, or a supervisor and its workers; signals, drain.
+"""The process roles of `serve`: one process, or a supervisor and the workers it forks; signals, drain.
 
-With `--workers N` > 1 a supervisor spawns N serving processes that share the TLS port
-(SO_REUSEPORT) and serves /metrics itself, summing the workers' metrics; it alone manages
-self-managed certificates. With one worker, everything runs in this process. Each role
-lists the jobs it runs beside its app where it builds that app (`app.run_beside`), so a
-background task lives exactly as long as the app it belongs to.
+With one worker (the chart's default) everything runs in this process. With `--workers N` > 1
+the supervisor alone talks to the API server: it connects, finishes the initial sync of every
+source and the self-managed certificate, then forks N serving processes that share the TLS
+port (SO_REUSEPORT). They inherit its tables at the fork and from then on receive every change
+over a socketpair each (injector/table_feed.py); they never call the API server. The
+supervisor goes on watching, serves /metrics (the workers' metrics summed) and alone manages
+self-managed certificates, which reach the workers as files they reload. Each role lists the
+jobs it runs beside its app where it builds that app (`app.run_beside`), so a background task
+lives exactly as long as the app it belongs to.
+
+Why the fork is safe (`_fork_workers`): the initial sync runs in an event loop of its own
+(`asyncio.run`, not uvloop, whose libuv thread pool would outlive the loop), which is closed,
+with its API client, its default executor's threads joined, before anything forks. At fork
+time the supervisor is a single thread with no event loop, no open connection to the API
+server and no lock held; a worker starts a fresh loop, and the supervisor a fresh loop and
+client, resuming each watch from the resourceVersion the sync ended at. `gc.freeze()` before
+the fork moves every object then alive (modules, the tables) out of the collector's sight, so
+no collection in a worker writes to those pages and they stay shared. A worker closes every
+descriptor of the feed but its own end, asks for SIGTERM when the supervisor dies
+(PR_SET_PDEATHSIG) and stops when its feed ends; the supervisor stops everything when a worker
+exits on its own, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import itertools
-import multiprocessing
 import os
 import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -28,9 +48,10 @@ from .app import ServerState, metrics_app, refresh_gauges, run_beside, webhook_a
 from .connections import ConnectionLimits, ConnectionStats, GuardedSite
 from .logging import configure_logging
 from .settings import ServeSettings
-from .startup import Prepared, connect_cluster, prepare
+from .startup import Cluster, Prepared, connect_cluster, prepare
 
 log = structlog.get_logger(__name__)
+PR_SET_PDEATHSIG = 1
 
 
 def available_cpus() -> int:
@@ -55,27 +76,23 @@ def run(settings: ServeSettings) -> int:
     if settings.workers == 1:
         _run_loop(serve_process(prepared))
         return 0
+    from .metrics import use_multiprocess_dir
+
     with tempfile.TemporaryDirectory(prefix="injector-metrics-") as metrics_dir:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-        return _run_loop(supervise(prepared))
+        use_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or metrics_dir)
+        cluster = asyncio.run(_sync_before_fork(prepared))  # a plain loop, closed before the fork
+        workers = _fork_workers(prepared, settings.workers)
+        return _run_loop(supervise(prepared, cluster, workers))
 
 
-# -- serving processes -----------------------------------------------------------------------
-async def serve_process(prepared: Prepared, worker: int | None = None) -> None:
-    """One process answering on the TLS port: alone (`worker` None) or as one of several.
-
-    Alone, it also manages self-managed certificates, finishing that before it listens, and
-    serves /metrics. A worker sharing the port starts listening only once its sources are
-    loaded: a readiness probe reaches just one of them, so each must be ready before it
-    takes requests.
-    """
+# -- one process alone -------------------------------------------------------------------------
+async def serve_process(prepared: Prepared) -> None:
+    """The only process: watches, manages self-managed certificates (finishing that before it
+    listens), answers on the TLS port and serves /metrics."""
     from .metrics import Exposition, Metrics
 
     settings, tls = prepared.settings, prepared.tls
-    alone = worker is None
-    if not alone:
-        structlog.contextvars.bind_contextvars(worker=worker)
-    cluster = await connect_cluster(settings, prepared.store, watch=True, manage_certificates=alone)
+    cluster = await connect_cluster(settings, prepared.store, watch=True, manage_certificates=True)
     if not tls.loaded:
         tls.load()
     metrics = Metrics()
@@ -85,17 +102,15 @@ async def serve_process(prepared: Prepared, worker: int | None = None) -> None:
                      partial(refresh_gauges, state)], then=cluster.close)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()  # starts the jobs
-    if not alone:
-        await _wait_until_ready(state)
 
     stop = _stop_on_signals()
-    await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=not alone)
+    await _listen(runner, settings, settings.port, ssl_context=tls.server_context())
     metrics_runner = None
-    if alone and settings.metrics_port:
+    if settings.metrics_port:
         metrics_runner = web.AppRunner(metrics_app(state, Exposition(metrics)), access_log=None)
         await metrics_runner.setup()
         await _listen(metrics_runner, settings, settings.metrics_port)
-    log.info("serving", port=settings.port, metrics_port=settings.metrics_port if alone else None, pid=os.getpid())
+    log.info("serving", port=settings.port, metrics_port=settings.metrics_port, pid=os.getpid())
 
     await stop.wait()
     await _drain(state, runner)
@@ -127,67 +142,186 @@ async def _drain(state: ServerState, runner: web.AppRunner) -> None:
     await runner.cleanup()  # stops accepting, waits up to shutdown_timeout for handlers
 
 
-def _worker_main(settings: ServeSettings, index: int) -> None:
-    """Entry point of a spawned serving process."""
-    configure_logging(settings.log_format, settings.log_level)
-    _run_loop(serve_process(prepare(settings), worker=index))
+# -- the supervisor, before the fork -----------------------------------------------------------
+async def _sync_before_fork(prepared: Prepared) -> Cluster:
+    """Connect, settle the self-managed certificate, run every identity source until its first
+    sync is in the store, then stop them and close the client (the loop closes after this)."""
+    settings, store = prepared.settings, prepared.store
+    cluster = await connect_cluster(settings, store, watch=True, manage_certificates=True)
+    tasks = [asyncio.create_task(source.run()) for source in cluster.identity_sources]
+    try:
+        for tick in itertools.count(1):
+            if not store.waiting_for:
+                break
+            if tick % 500 == 0:  # every ~10 s
+                log.info("not serving yet", waiting_for=list(store.waiting_for))
+            await asyncio.sleep(0.02)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await cluster.close()
+    if not prepared.tls.loaded:
+        prepared.tls.load()  # the workers inherit the pair loaded once
+    return cluster
 
 
-# -- the supervisor --------------------------------------------------------------------------
-async def supervise(prepared: Prepared) -> int:
-    """Spawn the serving processes, serve /metrics for all of them, forward shutdown.
+@dataclass
+class Worker:
+    index: int
+    pid: int
+    feed: socket.socket  # the supervisor's end
+    exitcode: int | None = None
 
-    The store `run` loaded backs the debug cache routes on the metrics port; only for those
-    does the supervisor watch the cluster's identities too.
-    """
+    def poll(self) -> int | None:
+        """The exit code once the process has ended (reaped here), else None."""
+        if self.exitcode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid == 0:
+                    return None
+                self.exitcode = os.waitstatus_to_exitcode(status)
+            if self.exitcode is None:
+                self.exitcode = -1  # reaped elsewhere: it is gone all the same
+        return self.exitcode
+
+
+def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
+    """Fork the serving processes from a single-threaded supervisor with no event loop (see the
+    module's docstring); each child runs `worker_process` and never returns here."""
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
+    if threads != 1:
+        log.warning("forking with other threads alive; their locks may be held in the workers", threads=threads)
+    pairs = [socket.socketpair() for _ in range(count)]
+    supervisor = os.getpid()
+    gc.collect()
+    gc.freeze()
+    workers = []
+    for index, (ours, theirs) in enumerate(pairs):
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - measured through the processes in tests/test_server.py
+            code = 1
+            try:
+                for other_ours, other_theirs in pairs:
+                    other_ours.close()
+                    if other_theirs is not theirs:
+                        other_theirs.close()
+                _die_with(supervisor)
+                code = _run_loop(worker_process(prepared, index, theirs))
+            except BaseException:
+                log.exception("worker failed", worker=index)
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        theirs.close()
+        workers.append(Worker(index, pid, ours))
+    return workers
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM when the supervisor dies (and at once if it already has)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -- a forked worker ---------------------------------------------------------------------------
+async def worker_process(prepared: Prepared, index: int, feed_socket: socket.socket) -> int:
+    """One of several processes answering on the TLS port, from tables the supervisor keeps
+    current (injector/table_feed.py); 1 when the supervisor went away, else 0."""
+    from .metrics import Metrics
+    from .table_feed import TableFeedClient
+
+    structlog.contextvars.bind_contextvars(worker=index)
+    settings, tls, store = prepared.settings, prepared.tls, prepared.store
+    store.problem_listeners, store.update_listeners = [], []  # the supervisor reports; it inherited these
+    stop = _stop_on_signals()
+    lost = []
+
+    def supervisor_gone() -> None:
+        if not stop.is_set():
+            log.error("the supervisor is gone; stopping")
+            lost.append(True)
+            stop.set()
+
+    feed = TableFeedClient(store, feed_socket, on_lost=supervisor_gone)
+    await feed.open()
+    if store.fetch_missing is not None:
+        store.fetch_missing = feed.fetch  # the supervisor fetches, for every worker
+    if not tls.loaded:
+        tls.load()
+    state = ServerState(settings, store, tls, Metrics())
+    app = webhook_app(state)
+    run_beside(app, [feed.run, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state)])
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()  # starts the jobs
+    await _wait_until_ready(state)  # a probe reaches one worker of several: each must be ready to listen
+    await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=True)
+    log.info("serving", port=settings.port, metrics_port=None, pid=os.getpid())
+
+    await stop.wait()
+    await _drain(state, runner)
+    log.info("shutdown complete")
+    return 1 if lost else 0
+
+
+# -- the supervisor, after the fork ------------------------------------------------------------
+async def supervise(prepared: Prepared, cluster: Cluster, workers: list[Worker]) -> int:
+    """Keep watching for the workers, stream them every change, serve /metrics for all of them,
+    forward shutdown."""
     from .metrics import Exposition, Metrics
+    from .table_feed import TableFeed
 
     settings = prepared.settings
-    cluster = await connect_cluster(settings, prepared.store, watch=settings.enable_debugging_handlers,
-                                    manage_certificates=True)
-    ctx = multiprocessing.get_context("spawn")
-    procs = []
-    for index in range(settings.workers):
-        proc = ctx.Process(target=_worker_main, args=(settings, index), name=f"injector-worker-{index}")
-        proc.start()
-        procs.append(proc)
-
+    stop = _stop_on_signals()
+    await cluster.reconnect(settings)
+    feed = TableFeed(prepared.store, [worker.feed for worker in workers])
+    await feed.open()  # before any source runs: no change is missed
     metrics = Metrics()
     state = ServerState(settings, prepared.store, None, metrics)
-    stop = _stop_on_signals()
     app = metrics_app(state, Exposition(metrics))
-    run_beside(app, [*cluster.jobs(), *_file_watches(prepared), partial(refresh_gauges, state)], then=cluster.close)
+    run_beside(app, [feed.run, *cluster.jobs(), *_file_watches(prepared), partial(refresh_gauges, state)],
+               then=cluster.close)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()  # starts the jobs, with or without a metrics port
     if settings.metrics_port:
         await _listen(runner, settings, settings.metrics_port)
-    log.info("supervising", workers=settings.workers, port=settings.port, metrics_port=settings.metrics_port)
+    log.info("supervising", workers=len(workers), pids=[worker.pid for worker in workers], port=settings.port,
+             metrics_port=settings.metrics_port)
 
-    exit_code = await _until_stopped_or_a_worker_dies(stop, procs)
-    for proc in procs:
-        if proc.is_alive() and proc.pid is not None:
-            os.kill(proc.pid, signal.SIGTERM)
+    exit_code = await _until_stopped_or_a_worker_dies(stop, workers)
+    for worker in workers:
+        if worker.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
     deadline = time.monotonic() + settings.shutdown_delay + settings.shutdown_timeout + 5
-    for proc in procs:
-        await asyncio.to_thread(proc.join, max(0.1, deadline - time.monotonic()))
-        if proc.is_alive():
-            log.error("worker did not stop in time; killing", worker=proc.name)
-            proc.kill()
+    while any(worker.poll() is None for worker in workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for worker in workers:
+        if worker.poll() is None:
+            log.error("worker did not stop in time; killing", worker=worker.index, pid=worker.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(worker.pid, 0)
     await runner.cleanup()
     log.info("shutdown complete")
     return exit_code
 
 
-async def _until_stopped_or_a_worker_dies(stop: asyncio.Event, procs: list[Any]) -> int:
+async def _until_stopped_or_a_worker_dies(stop: asyncio.Event, workers: list[Worker]) -> int:
     """0 on a stop signal; 1 when a worker exits on its own (the whole pod should restart)."""
     exit_code = 0
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
-        dead = [p for p in procs if not p.is_alive()]
+        dead = [worker for worker in workers if worker.poll() is not None]
         if dead and not stop.is_set():
-            for proc in dead:
-                log.error("worker exited unexpectedly; stopping", worker=proc.name, exitcode=proc.exitcode)
+            for worker in dead:
+                log.error("worker exited unexpectedly; stopping", worker=worker.index, pid=worker.pid,
+                          exitcode=worker.exitcode)
             exit_code = 1
             stop.set()
     return exit_code

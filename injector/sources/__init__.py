@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -23,6 +24,10 @@ from ..identity import (
 from ..settings import MutationSettings
 
 log = structlog.get_logger(__name__)
+
+# One change to the tables: ("put", "ns/name", RoleMapping), ("remove", "ns/name"),
+# ("config_map", ConfigMapMapping), ("pod_identities", frozenset of (ns, name)), ("clear",).
+Update = tuple[Any, ...]
 
 
 class IdentityStore:
@@ -47,6 +52,10 @@ class IdentityStore:
         # Called with (namespace/name, entry) when an update brings problems or warnings not
         # reported before for that ServiceAccount (Kubernetes Events on the ServiceAccount).
         self.problem_listeners: list[Callable[[str, RoleMapping], None]] = []
+        # Called with each change to the tables, as an `Update`, after it is made (the supervisor
+        # streams them to its serving workers: injector/table_feed.py). A relist reports only
+        # what differs from the table it replaces.
+        self.update_listeners: list[Callable[[Update], None]] = []
 
     # -- readiness ---------------------------------------------------------------------
     def expect(self, source: str) -> None:
@@ -68,11 +77,19 @@ class IdentityStore:
             self._report(key, entry, previous.get(key))
             entries[key] = self._share(entry)
         self.tables.service_accounts = entries
+        if self.update_listeners:
+            for key, entry in entries.items():
+                old = previous.get(key)
+                if old is None or old != entry or old.problems != entry.problems:
+                    self._notify(("put", key, entry))
+            for key in previous.keys() - entries.keys():
+                self._notify(("remove", key))
 
     def put_service_account(self, namespace: str, name: str, entry: RoleMapping) -> None:
         key = f"{namespace}/{name}"
         self._report(key, entry, self.tables.service_accounts.get(key))
-        self.tables.service_accounts[key] = self._share(entry)
+        self.tables.service_accounts[key] = entry = self._share(entry)
+        self._notify(("put", key, entry))
 
     def _share(self, entry: RoleMapping) -> RoleMapping:
         if entry.problems or len(self._shared) >= 65536:  # bounded: distinct roles, not ServiceAccounts
@@ -80,7 +97,9 @@ class IdentityStore:
         return self._shared.setdefault(entry, entry)
 
     def remove_service_account(self, namespace: str, name: str) -> None:
-        self.tables.service_accounts.pop(f"{namespace}/{name}", None)
+        key = f"{namespace}/{name}"
+        if self.tables.service_accounts.pop(key, None) is not None:
+            self._notify(("remove", key))
 
     def replace_config_map(self, mapping: ConfigMapMapping) -> None:
         previous = self.tables.config_map
@@ -88,9 +107,11 @@ class IdentityStore:
             for problem in mapping.rejected:
                 log.error("config map entry rejected", problem=problem)
         self.tables.config_map = mapping
+        self._notify(("config_map", mapping))
 
     def replace_pod_identities(self, pairs: frozenset[tuple[str, str]]) -> None:
         self.tables.pod_identities = pairs
+        self._notify(("pod_identities", pairs))
 
     def _report(self, key: str, entry: RoleMapping, previous: RoleMapping | None) -> None:
         """Say each problem once: a relist or an unchanged update repeats nothing."""
@@ -105,6 +126,28 @@ class IdentityStore:
     def clear(self) -> None:
         """The debug handler's reset: the sources repopulate on their next event."""
         self.tables = IdentityTables()
+        self._notify(("clear",))
+
+    def _notify(self, update: Update) -> None:
+        for listener in self.update_listeners:
+            listener(update)
+
+    def apply(self, update: Update) -> None:
+        """Make a change another process's store reported (a worker's copy of the supervisor's
+        tables): no logging, no problem listeners, no update listeners; that process did those."""
+        kind = update[0]
+        if kind == "put":
+            self.tables.service_accounts[update[1]] = self._share(update[2])
+        elif kind == "remove":
+            self.tables.service_accounts.pop(update[1], None)
+        elif kind == "config_map":
+            self.tables.config_map = update[1]
+        elif kind == "pod_identities":
+            self.tables.pod_identities = update[1]
+        elif kind == "clear":
+            self.tables = IdentityTables()
+        else:
+            raise ValueError(f"unknown table update {kind!r}")
 
     # -- lookups -----------------------------------------------------------------------
     def resolve(self, namespace: str, name: str) -> Resolution:

@@ -32,6 +32,10 @@ class ConfigMapSource:
             namespace=namespace, field_selector=f"metadata.name={CONFIG_MAP_NAME}")
         store.expect(SOURCE)
 
+    def reconnect(self, api: client.ApiClient) -> None:
+        """Carry on with another client; the watch resumes where it stopped."""
+        self.reflector.call = client.CoreV1Api(api).list_namespaced_config_map
+
     def _apply(self, obj: dict[str, Any]) -> None:
         where = f"configmap {self.namespace}/{CONFIG_MAP_NAME}"
         try:

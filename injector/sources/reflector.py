@@ -85,20 +85,27 @@ class Reflector:
         self.watch_list = watch_list
         self.selectors = selectors
         self.synced = False
+        # The last resourceVersion seen; a `run` cancelled after the sync and started again (the
+        # supervisor's, across its fork: injector/server.py) resumes the watch from it.
+        self.version = ""
 
     async def run(self) -> None:
         backoff = 0.5
+        version = self.version if self.synced else ""
         while True:
             try:
-                version = await self._sync()
+                if not version:
+                    version = await self._sync()
                 backoff = 0.5
                 while True:  # resume for as long as the server lets us
                     version = await self._watch(version)
             except asyncio.CancelledError:
                 raise
             except _Gone:
+                version = ""
                 log.info("watch expired; relisting", source=self.name)
             except Exception as exc:
+                version = ""
                 delay = backoff * (1 + random.random() / 2)
                 log.warning("list/watch failed; retrying", source=self.name, error=str(exc) or type(exc).__name__,
                             retry_in=round(delay, 2))
@@ -150,10 +157,12 @@ class Reflector:
                     metadata = _metadata(obj)
                     version = metadata.get("resourceVersion") or version
                     if pending is None:
+                        self.version = version
                         if kind != "BOOKMARK":
                             self.on_event(kind, obj)
                     elif kind == "BOOKMARK":
                         if (metadata.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                            self.version = version
                             self._replaced(list(pending.values()), "watch-list")
                             pending = None
                     elif kind == "DELETED":
@@ -194,6 +203,7 @@ class Reflector:
             if not token:
                 version = metadata.get("resourceVersion", "")
                 break
+        self.version = version
         self._replaced(items, "list")
         return version
 
@@ -212,7 +222,7 @@ class Reflector:
                         if obj.get("code") == 410:
                             raise _Gone()
                         raise KubeError(int(obj.get("code") or 0), str(obj.get("message") or obj))
-                    version = _metadata(obj).get("resourceVersion") or version
+                    version = self.version = _metadata(obj).get("resourceVersion") or version
                     if kind != "BOOKMARK":
                         self.on_event(kind, obj)
         except TimeoutError:

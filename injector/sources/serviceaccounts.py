@@ -59,6 +59,13 @@ class ServiceAccountSource:
         store.expect(SOURCE)
         store.fetch_missing = self.fetch
 
+    def reconnect(self, api: client.ApiClient) -> None:
+        """Carry on with another client (the first one closed with its event loop); the watch
+        resumes where it stopped."""
+        self.core = client.CoreV1Api(api)
+        self.reflector.call = self.core.list_service_account_for_all_namespaces
+        self._inflight.clear()
+
     def _entry(self, obj: Any) -> tuple[str, str, Any]:
         """(namespace, name, entry); the names are "" when the object does not carry them as strings
         (such an object is skipped: the API server never sends one)."""
