@@ -108,6 +108,19 @@ class Cluster:
         if self.api is not None:
             await self.api.close()
 
+    async def reconnect(self, settings: ServeSettings) -> None:
+        """A new client for the same sources and controller: the supervisor closes the first one
+        with the event loop of its initial sync, before it forks (injector/server.py)."""
+        if self.api is None:
+            return
+        from .kube import api_client
+
+        self.api = await api_client(settings.kubeconfig, settings.kube_api)
+        for source in self.identity_sources:
+            source.reconnect(self.api)
+        if self.certificates is not None:
+            self.certificates.reconnect(self.api)
+
 
 async def connect_cluster(settings: ServeSettings, store: IdentityStore, *, watch: bool,
                           manage_certificates: bool) -> Cluster:
