@@ -101,7 +101,21 @@ def add_mutation_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def mutation_settings(args: argparse.Namespace) -> MutationSettings:
-    return settings_from_args(MutationSettings, args)
+    return settings_from_args(MutationSettings, args, **account_from_instance_metadata(args))
+
+
+def account_from_instance_metadata(args: argparse.Namespace) -> dict[str, str]:
+    """--compose-role-arn without --aws-account-id: this EC2 instance's account, and its partition
+    unless --aws-partition was given (docs/reference.md#instance-metadata). Otherwise nothing is asked."""
+    if not args.compose_role_arn or args.aws_account_id:
+        return {}
+    from .instance_metadata import MetadataError, lookup
+
+    try:
+        found = lookup()
+    except MetadataError as exc:
+        raise SettingsError(f"--compose-role-arn needs --aws-account-id, and {exc}") from None
+    return {"aws_account_id": found.account_id, "aws_partition": args.aws_partition or found.partition}
 
 
 def _add_serve(sub: Any) -> None:

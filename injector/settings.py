@@ -76,9 +76,13 @@ class MutationSettings:
     aws_default_region: str = flag("", "inject AWS_DEFAULT_REGION and AWS_REGION with this value")
     sts_regional_endpoint: bool = flag(
         False, "inject AWS_STS_REGIONAL_ENDPOINTS=regional unless a ServiceAccount annotation says otherwise")
-    compose_role_arn: bool = flag(False, "allow role-arn annotations holding only a role name; needs --aws-account-id")
-    aws_account_id: str = flag("", "account id for --compose-role-arn")
-    aws_partition: str = flag("aws", "partition for --compose-role-arn (aws, aws-cn, aws-us-gov, …)")
+    compose_role_arn: bool = flag(
+        False, "allow role-arn annotations holding only a role name; the account and partition are "
+        "--aws-account-id/--aws-partition or, without --aws-account-id, this EC2 instance's (instance metadata)")
+    aws_account_id: str = flag("", "account id for --compose-role-arn (default: from EC2 instance metadata)")
+    # "" until resolved: given, looked up with the account, or "aws" (docs/reference.md#instance-metadata).
+    aws_partition: str = flag("", "partition for --compose-role-arn (aws, aws-cn, aws-us-gov, …; default: "
+                              "from instance metadata when the account is, else aws)")
     cc_audience: str = flag(DEFAULT_CC_AUDIENCE, name="container-credentials-audience")
     cc_mount_path: str = flag(DEFAULT_CC_MOUNT_PATH, name="container-credentials-token-mount-path")
     cc_volume_name: str = flag(DEFAULT_CC_VOLUME_NAME, name="container-credentials-token-volume-name")
@@ -88,12 +92,12 @@ class MutationSettings:
     def __post_init__(self) -> None:
         # The Go webhook raises a too-short flag value at start-up; so do we.
         object.__setattr__(self, "token_expiration", clamp_expiration(self.token_expiration))
+        object.__setattr__(self, "aws_partition", self.aws_partition or "aws")
         if self.compose_role_arn:
+            # The command line looks an absent account up before it builds settings (cli.py).
             if not re.fullmatch(r"\d{12}", self.aws_account_id):
-                raise SettingsError(
-                    "--compose-role-arn needs --aws-account-id (12 digits); "
-                    "looking it up from EC2 instance metadata is not supported"
-                )
+                raise SettingsError(f"--aws-account-id {self.aws_account_id!r} is not 12 digits"
+                                    if self.aws_account_id else "--compose-role-arn needs --aws-account-id")
             if self.aws_partition not in PARTITIONS:
                 raise SettingsError(
                     f"--aws-partition {self.aws_partition!r} is not one of {', '.join(PARTITIONS)}"

@@ -18,6 +18,7 @@ import structlog
 
 from .app import Job
 from .cert_controller import SelfManagedCertificates
+from .identity import compose_role_arn
 from .settings import ServeSettings, SettingsError
 from .sources import IdentityStore
 from .sources.credentials_file import CredentialsFileSource
@@ -47,6 +48,10 @@ def prepare(settings: ServeSettings) -> Prepared:
             tls.load()
     except (InputError, CertificateLoadError, OSError, ValueError) as exc:
         raise SettingsError(str(exc)) from None
+    mutation = settings.mutation
+    if mutation.compose_role_arn:
+        log.info("role names are composed into role ARNs", account_id=mutation.aws_account_id,
+                 partition=mutation.aws_partition, example=compose_role_arn("NAME", mutation))
     return Prepared(settings, store, credentials, tls)
 
 
