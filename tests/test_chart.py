@@ -554,7 +554,7 @@ def test_schema_rejects_bad_values(helm):
     assert "timeoutSeconds" in render_error("default", "webhook.timeoutSeconds=31")
     assert "shutdownDelay" in render_error("default", "config.shutdownDelay=5 seconds")
     assert "logFormat" in render_error("default", "config.logFormat=xml")
-    assert "awsAccountId" in render_error("default", "config.composeRoleArn=true")
+    assert "awsAccountId" in render_error("default", "config.composeRoleArn=true", "config.awsAccountId=12345")
     assert "additional" in render_error("default", "config.tokenAudiences=x").lower()
 
 
@@ -748,6 +748,20 @@ def test_network_policy(helm):
     # The helm test pod is not selected (it needs the API server, nothing else changes for it).
     (test_pod,) = objects(docs, "Pod", hooks=True)
     assert not matches(policy["spec"]["podSelector"], test_pod["metadata"]["labels"])
+
+
+def test_compose_role_arn_without_an_account_reads_instance_metadata(helm):
+    """docs/reference.md#instance-metadata: no account id renders no flag (the binary asks the node's
+    instance metadata), and the network policy lets exactly that address through."""
+    docs = render(helm, "network-policy", "config.composeRoleArn=true")
+    f = flags(docs)
+    assert f["compose-role-arn"] == "true" and "aws-account-id" not in f and "aws-partition" not in f
+    imds = [rule for rule in one(docs, "NetworkPolicy", FULLNAME)["spec"]["egress"] if "ipBlock" in str(rule)]
+    assert imds == [{"ports": [{"port": 80, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}]}]
+    given = render(helm, "network-policy", "config.composeRoleArn=true",
+                   "config.awsAccountId=012345678901")  # a leading 0 keeps --set from making it a number
+    assert flags(given)["aws-account-id"] == "012345678901"
+    assert "169.254.169.254" not in json.dumps(one(given, "NetworkPolicy", FULLNAME))
 
 
 # -- identity sources ----------------------------------------------------------------------------
