@@ -15,7 +15,7 @@ is started and measured:
 - admissions/s, p99 and CPU µs per admission: wrk -t2 -c32 for --duration seconds on the
   1-container review of benchmarks/bench.py, CPU from /proc utime+stime of the tree.
 
-Usage: `python benchmarks/scale.py [--sizes 1000,10000,100000] [--steady 60] [--duration 10]`.
+Usage: `python benchmarks/scale.py [--sizes 1000,10000,100000] [--steady 60] [--duration 10] [--workers N]`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: 
     server = subprocess.Popen([exe, "serve", "--port", str(port), "--metrics-port", str(metrics_port),
                                "--bind-address", "127.0.0.1", "--tls-cert", str(work / "certs/tls.crt"),
                                "--tls-key", str(work / "certs/tls.key"), "--kubeconfig", str(plane.kubeconfig),
-                               *CHART_FLAGS], stdout=subprocess.DEVNULL, stderr=log)
+                               *flags(args)], stdout=subprocess.DEVNULL, stderr=log)
     ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
     try:
         while True:
@@ -196,12 +196,21 @@ def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: 
         log.close()
 
 
+def flags(args: argparse.Namespace) -> list[str]:
+    """The chart's flags, with --workers replaced when asked."""
+    chart = list(CHART_FLAGS)
+    if args.workers is not None:
+        chart[chart.index("--workers") + 1] = str(args.workers)
+    return chart
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state counted")
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk load")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="most seconds spent creating per size")
+    parser.add_argument("--workers", type=int, help="serve --workers instead of the chart's value")
     args = parser.parse_args()
     wrk = ensure_wrk()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -232,7 +241,7 @@ def main() -> None:
                       flush=True)
         finally:
             plane.stop()
-    print(f"\nchart defaults ({' '.join(CHART_FLAGS)}); steady state {args.steady:.0f} s; "
+    print(f"\nflags: {' '.join(flags(args))}; steady state {args.steady:.0f} s; "
           f"wrk -t2 -c32 -d{args.duration}s, 1-container review; load average {os.getloadavg()[0]:.2f} at end")
     print("| ServiceAccounts | PSS (tree) | ready | sync requests | API requests/h steady (LIST) "
           "| admissions/s | p99 | CPU µs/admission |")

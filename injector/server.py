@@ -81,6 +81,7 @@ def run(settings: ServeSettings) -> int:
     with tempfile.TemporaryDirectory(prefix="injector-metrics-") as metrics_dir:
         use_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or metrics_dir)
         cluster = asyncio.run(_sync_before_fork(prepared))  # a plain loop, closed before the fork
+        _import_for_workers()
         workers = _fork_workers(prepared, settings.workers)
         return _run_loop(supervise(prepared, cluster, workers))
 
@@ -164,6 +165,13 @@ async def _sync_before_fork(prepared: Prepared) -> Cluster:
     if not prepared.tls.loaded:
         prepared.tls.load()  # the workers inherit the pair loaded once
     return cluster
+
+
+def _import_for_workers() -> None:
+    """What the workers import, imported once here so that they share it."""
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+    from . import metrics, table_feed  # noqa: F401
 
 
 @dataclass

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import signal
 import socket
 import ssl
@@ -348,3 +349,76 @@ def test_multiple_workers_share_the_port_and_metrics(tmp_path, certs):
         assert 'pod_identity_webhook_pod_count{method="sts_web_identity"} 30.0' in text
     finally:
         assert srv.stop() == 0
+
+
+def _worker_pids(srv: Server, count: int = 2) -> list[int]:
+    """The PIDs of the serving workers, from their "serving" log lines."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pids = sorted({json.loads(line)["pid"] for line in srv.logs().splitlines() if '"serving"' in line})
+        if len(pids) >= count:
+            return pids
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} workers serving:\n{srv.logs()}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone too, waiting for its reaper
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_gone(pid) for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_workers_are_forked_and_share_the_supervisors_modules(tmp_path, certs):
+    srv = start_server(tmp_path, certs, workers=2)
+    try:
+        for pid in _worker_pids(srv):
+            with open(f"/proc/{pid}/stat") as stat:
+                assert int(stat.read().rsplit(")", 1)[1].split()[1]) == srv.proc.pid  # the supervisor's children
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:  # forked, not spawned: the same command line
+                assert b"serve" in cmdline.read()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_killed_worker_stops_the_supervisor_and_the_other_worker(tmp_path, certs):
+    srv = start_server(tmp_path, certs, workers=2)
+    first, second = _worker_pids(srv)
+    os.kill(first, signal.SIGKILL)
+    assert srv.proc.wait(20) == 1
+    assert _wait_gone([second])
+    assert "worker exited unexpectedly; stopping" in srv.logs()
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(tmp_path, certs):
+    srv = start_server(tmp_path, certs, workers=2)
+    pids = _worker_pids(srv)
+    srv.proc.kill()
+    srv.proc.wait(10)
+    assert _wait_gone(pids)
+
+
+def test_sigterm_drains_every_worker(tmp_path, certs):
+    srv = start_server(tmp_path, certs, "--shutdown-delay", "1s", workers=2)
+    _worker_pids(srv)
+    body = json.dumps(pod_review()).encode()
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # During --shutdown-delay both workers still answer, and report not ready.
+    readiness = {srv.request("GET", "/readyz")[0] for _ in range(10)}
+    statuses = [srv.request("POST", "/mutate", body, {"Content-Type": "application/json"})[0] for _ in range(20)]
+    assert readiness == {503} and statuses == [200] * 20
+    assert srv.proc.wait(30) == 0
+    logs = srv.logs()
+    assert logs.count('"shutdown complete"') == 3 and "Traceback" not in logs
