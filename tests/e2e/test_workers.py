@@ -1,0 +1,156 @@
+"""`serve --workers 2` against a real kube-apiserver: one replica, one watch (issue #11).
+
+A control plane of this module's own, with an audit log of every ServiceAccount request, so
+that every request with our client's user agent is the replica's. The supervisor syncs, forks
+two workers and keeps watching for them (injector/server.py, injector/table_feed.py):
+
+- the API server sees one watch-list sync and the watch resumed once by the supervisor after
+  its fork, one watch open at a time, no LIST, and nothing from the workers;
+- a ServiceAccount annotated after start reaches both workers;
+- a lookup that misses in a worker is fetched by the supervisor, once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .plane import ControlPlane, Proc, binary_for_tests, external_kubeconfig, start_control_plane
+from .webhooks import spawn_serve
+from serving import Server, pod_review, wait_ready
+
+pytestmark = pytest.mark.skipif(bool(external_kubeconfig()), reason="needs a control plane of its own to count on")
+
+NAMESPACE = "workers"
+ROLE = "arn:aws:iam::111122223333:role/workers-{}"
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  resources: [{group: "", resources: [serviceaccounts]}]
+- level: None
+"""
+
+
+@dataclass
+class Replica:
+    plane: ControlPlane
+    proc: Proc
+    server: Server
+    audit_log: Path
+
+    def post(self, path: str, body: dict) -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.plane.port, context=self.plane.admin_context(),
+                                           timeout=30)
+        try:
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert response.status in (201, 409), response.read()[:300]
+        finally:
+            conn.close()
+
+    def service_account(self, name: str, role: str | None = None) -> None:
+        annotations = {"eks.amazonaws.com/role-arn": role} if role else {}
+        self.post(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts",
+                  {"metadata": {"name": name, "annotations": annotations}})
+
+    def requests(self) -> dict[str, list[dict]]:
+        """The replica's ServiceAccount requests (its client's user agent) by audit ID, each
+        with the stages logged so far (ResponseStarted for a watch still open)."""
+        found: dict[str, list[dict]] = {}
+        for line in self.audit_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("userAgent", "").startswith("OpenAPI-Generator"):
+                found.setdefault(entry["auditID"], []).append(entry)
+        return found
+
+    def answering_workers(self, service_account: str, uid: str) -> dict[int, bool]:
+        """worker index → whether it mutated, from the admission log lines for `uid`."""
+        seen = {}
+        for line in self.proc.logs().splitlines():
+            if uid in line:
+                entry = json.loads(line)
+                if entry.get("event") == "admission" and entry.get("service_account") == service_account:
+                    seen[entry["worker"]] = entry["mutated"]
+        return seen
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    tmp = tmp_path_factory.mktemp("workers")
+    (tmp / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    plane = start_control_plane(binary_for_tests(), tmp / "plane", extra_flags=(
+        f"--audit-policy-file={tmp / 'audit-policy.yaml'}", f"--audit-log-path={tmp / 'audit.log'}",
+        "--audit-log-maxsize=0"))
+    try:
+        body = {"metadata": {"name": NAMESPACE}}
+        conn = http.client.HTTPSConnection("127.0.0.1", plane.port, context=plane.admin_context(), timeout=30)
+        conn.request("POST", "/api/v1/namespaces", json.dumps(body), {"Content-Type": "application/json"})
+        assert conn.getresponse().status in (201, 409)
+        conn.close()
+        proc, server = spawn_serve(plane, tmp, "workers-webhook", plane.kubeconfig, "--workers", "2",
+                                   "--enable-debugging-handlers")
+        replica = Replica(plane, proc, server, tmp / "audit.log")
+        for index in range(50):
+            replica.service_account(f"sa-{index}", ROLE.format(index) if index % 10 == 0 else None)
+        wait_ready(server, 60)
+        try:
+            yield replica
+        finally:
+            assert proc.stop() == 0
+            assert "Traceback" not in proc.logs()
+    finally:
+        plane.stop()
+
+
+def admit_until_both_workers_mutated(replica: Replica, service_account: str, timeout: float = 20) -> set[int]:
+    """Admit through the port (a fresh uid each round) until both workers have answered with
+    a patch; returns the workers that did."""
+    mutated: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while mutated != {0, 1} and time.monotonic() < deadline:
+        uid = f"workers-{service_account}-{time.monotonic_ns()}"
+        for _ in range(10):
+            status, _ = replica.server.review(pod_review(service_account=service_account, namespace=NAMESPACE,
+                                                         uid=uid))
+            assert status == 200
+        time.sleep(0.1)  # the log lines of this round
+        mutated |= {worker for worker, patched in replica.answering_workers(service_account, uid).items() if patched}
+    return mutated
+
+
+def test_the_api_server_sees_one_watch_from_the_replica(replica):
+    time.sleep(2)
+    requests = replica.requests()
+    verbs = [entries[0]["verb"] for entries in requests.values()]
+    assert set(verbs) == {"watch"}, verbs  # no list, no get: the workers never call the API server
+    open_watches = [entries for entries in requests.values()
+                    if not any(entry["stage"] == "ResponseComplete" for entry in entries)]
+    assert len(open_watches) == 1
+    # The sync (watch-list), then the supervisor's watch after its fork, resumed from a version.
+    first, *rest = sorted(requests.values(), key=lambda entries: entries[0]["requestReceivedTimestamp"])
+    assert "sendInitialEvents=true" in first[0]["requestURI"].replace("True", "true")
+    assert len(rest) == 1 and "resourceVersion=" in rest[0][0]["requestURI"]
+
+
+def test_a_service_account_annotated_after_start_reaches_both_workers(replica):
+    replica.service_account("late", ROLE.format("late"))
+    assert admit_until_both_workers_mutated(replica, "late") == {0, 1}
+
+
+def test_a_miss_in_a_worker_is_fetched_once_by_the_supervisor(replica):
+    replica.service_account("fetched", ROLE.format("fetched"))
+    assert admit_until_both_workers_mutated(replica, "fetched") == {0, 1}  # known to both from the watch
+    gets_before = sum(1 for entries in replica.requests().values() if entries[0]["verb"] == "get")
+    replica.server.metrics("/debug/alpha/cache/clear")  # the supervisor's tables, streamed to both workers
+    # Both workers' tables are empty now: the first admission misses and waits for the fetch.
+    assert admit_until_both_workers_mutated(replica, "fetched") == {0, 1}
+    gets = [entries[0] for entries in replica.requests().values() if entries[0]["verb"] == "get"]
+    assert len(gets) - gets_before == 1 and gets[-1]["objectRef"]["name"] == "fetched"
