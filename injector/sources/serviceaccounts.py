@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from kubernetes_asyncio import client
 
-from ..identity import service_account_entry
+from ..identity import near_misses, service_account_entry
 from ..kube import KubeError, get_object
 from . import IdentityStore
 from .reflector import Reflector
@@ -80,8 +80,11 @@ class ServiceAccountSource:
         return namespace, name, service_account_entry(annotations, self.store.settings)
 
     def _ours(self, annotations: dict[str, Any]) -> bool:
+        """A key under our prefix, or a near miss of one (another domain, case or spelling), which
+        the entry's warnings name (docs/mutation.md#warnings)."""
         prefix = self.store.settings.annotation("")
-        return any(isinstance(key, str) and key.startswith(prefix) for key in annotations)
+        return (any(isinstance(key, str) and key.startswith(prefix) for key in annotations)
+                or bool(near_misses(annotations, self.store.settings)))
 
     def _no_annotations(self) -> Any:
         """The entry of a ServiceAccount with none of our annotations: the flag defaults, built once."""
