@@ -36,8 +36,12 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def _stall(kind: str, server: Server, context: ssl.SSLContext) -> float | str:
-    """Open one connection, stall it the `kind` way, return the seconds until the server closed it."""
+async def _stall(kind: str, server: Server, context: ssl.SSLContext) -> tuple[float, float] | str:
+    """Open one connection, stall it the `kind` way, return the seconds until the server closed
+    it: counted from before the connect (the server's timer cannot start earlier, so this is
+    the fair lower bound) and from the stall (the fair upper bound: a slow connect under load
+    does not count)."""
+    opened = time.monotonic()
     try:
         if kind == "no_handshake":
             reader, writer = await asyncio.open_connection(server.host, server.port)
@@ -59,9 +63,9 @@ async def _stall(kind: str, server: Server, context: ssl.SSLContext) -> float | 
             pass
     except (OSError, ssl.SSLError):
         pass  # a reset or an abort is a close too
-    closed = time.monotonic() - stalled
+    closed = time.monotonic()
     writer.close()
-    return closed
+    return closed - opened, closed - stalled
 
 
 def _fresh_admissions(server: Server, stop: threading.Event, results: list[tuple[int, float]]) -> None:
@@ -99,7 +103,7 @@ async def storm(server: Server, per_kind: int, concurrency: int = 200) -> dict[s
         thread.start()
     gate = asyncio.Semaphore(concurrency)  # stay within the listen backlog
 
-    async def one(kind: str) -> tuple[str, float | str]:
+    async def one(kind: str) -> tuple[str, tuple[float, float] | str]:
         async with gate:
             task = asyncio.create_task(_stall(kind, server, context))
             await asyncio.sleep(0.005)
@@ -114,15 +118,21 @@ async def storm(server: Server, per_kind: int, concurrency: int = 200) -> dict[s
         thread.join(5)
     after = open_fds(server.proc.pid)
 
+    from_open: dict[str, list[float]] = {kind: [] for kind in KINDS}
     closed: dict[str, list[float]] = {kind: [] for kind in KINDS}
     failures: list[str] = []
     for kind, result in outcomes:
-        (closed[kind].append(result) if isinstance(result, float) else failures.append(f"{kind}: {result}"))
+        if isinstance(result, str):
+            failures.append(f"{kind}: {result}")
+        else:
+            from_open[kind].append(result[0])
+            closed[kind].append(result[1])
     latencies = sorted(latency for status, latency in fresh)
     return {
         "stalled": len(outcomes), "seconds": round(elapsed, 1), "connect_failures": failures,
-        "closed_after_s": {kind: {"n": len(v), "min": round(min(v), 2), "median": round(statistics.median(v), 2),
-                                  "max": round(max(v), 2)} for kind, v in closed.items() if v},
+        "closed_after_s": {kind: {"n": len(v), "min": round(min(from_open[kind]), 2),
+                                  "median": round(statistics.median(v), 2), "max": round(max(v), 2)}
+                           for kind, v in closed.items() if v},
         "fresh_admissions": {"n": len(fresh), "statuses": sorted({status for status, _ in fresh}),
                              "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
                              "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),

@@ -51,9 +51,10 @@ def test_two_thousand_stalled_connections_are_closed_in_time_and_fresh_admission
     for kind in KINDS:
         closed = result["closed_after_s"][kind]
         assert closed["n"] == 500
-        # No earlier than the timeout (less the time between the client's stall and the
-        # server's timer start), no later than timeout + slack (+1 s of lingering for a body).
-        assert closed["min"] >= TIMEOUT - 1.0 and closed["max"] <= TIMEOUT + SLACK + (kind == "partial_body"), kind
+        # No earlier than the timeout (`min` counts from before the client's connect, so the
+        # server's timer cannot have started earlier), no later than timeout + slack after
+        # the stall (+1 s of lingering for a body).
+        assert closed["min"] >= TIMEOUT - 0.25 and closed["max"] <= TIMEOUT + SLACK + (kind == "partial_body"), kind
     fresh = result["fresh_admissions"]
     assert fresh["n"] >= 20 and fresh["statuses"] == [200] and fresh["max_ms"] < 10000
     fds = result["server_fds"]
