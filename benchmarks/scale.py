@@ -4,8 +4,8 @@ holding 1k, 10k, 100k ServiceAccounts (`make bench-scale`). Prints numbers; asse
 One control plane (tests/e2e/plane.py: etcd + kube-apiserver v1.34 on loopback, an audit log of
 ServiceAccount requests) grows to each size in turn, created through the API by 32 keep-alive
 connections (bounded: at most --max-seconds of creation per size; what was reached is printed).
-For each size a fresh `serve` (the chart's flags: --workers 1, --shutdown-delay 5s, JSON logs)
-is started and measured:
+For each size a fresh `serve` (the chart's flags: --workers 1, --shutdown-delay 5s, JSON logs), or
+one per --workers count given, is started and measured:
 
 - ready: from spawn to the first 200 from /readyz (the initial sync included);
 - PSS: the whole process tree, from /proc/PID/smaps_rollup, after the load below;
@@ -15,7 +15,7 @@ is started and measured:
 - admissions/s, p99 and CPU µs per admission: wrk -t2 -c32 for --duration seconds on the
   1-container review of benchmarks/bench.py, CPU from /proc utime+stime of the tree.
 
-Usage: `python benchmarks/scale.py [--sizes 1000,10000,100000] [--steady 60] [--duration 10] [--workers N]`.
+Usage: `python benchmarks/scale.py [--sizes 1000,10000,100000] [--steady 60] [--duration 10] [--workers 1,2]`.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def webhook_requests(audit_log: Path, since: float, until: float) -> list[str]:
 
 
 def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: argparse.Namespace,
-            wrk: str) -> dict:
+            wrk: str, workers: str | None = None) -> dict:
     import ssl
 
     port, metrics_port = free_port(), free_port()
@@ -159,7 +159,7 @@ def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: 
     server = subprocess.Popen([exe, "serve", "--port", str(port), "--metrics-port", str(metrics_port),
                                "--bind-address", "127.0.0.1", "--tls-cert", str(work / "certs/tls.crt"),
                                "--tls-key", str(work / "certs/tls.key"), "--kubeconfig", str(plane.kubeconfig),
-                               *flags(args)], stdout=subprocess.DEVNULL, stderr=log)
+                               *flags(workers)], stdout=subprocess.DEVNULL, stderr=log)
     ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
     try:
         while True:
@@ -196,11 +196,11 @@ def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: 
         log.close()
 
 
-def flags(args: argparse.Namespace) -> list[str]:
+def flags(workers: str | None) -> list[str]:
     """The chart's flags, with --workers replaced when asked."""
     chart = list(CHART_FLAGS)
-    if args.workers is not None:
-        chart[chart.index("--workers") + 1] = str(args.workers)
+    if workers is not None:
+        chart[chart.index("--workers") + 1] = workers
     return chart
 
 
@@ -210,7 +210,8 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state counted")
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk load")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="most seconds spent creating per size")
-    parser.add_argument("--workers", type=int, help="serve --workers instead of the chart's value")
+    parser.add_argument("--workers", help="serve --workers instead of the chart's value; a comma-separated "
+                        "list measures each at every size")
     args = parser.parse_args()
     wrk = ensure_wrk()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -233,24 +234,27 @@ def main() -> None:
             for size in (int(s) for s in args.sizes.split(",")):
                 took = creator.grow_to(size, args.max_seconds)
                 print(f"{creator.created} ServiceAccounts (+1 bench) exist; creating took {took:.0f} s", flush=True)
-                row = measure(plane, audit_log, work, creator.created + 1, args, wrk)
-                rows.append(row)
-                print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
-                                  if k not in ("sync_requests", "steady_requests")}
-                                 | {"sync": summary(row["sync_requests"]), "steady": summary(row["steady_requests"])}),
-                      flush=True)
+                for workers in args.workers.split(",") if args.workers else [None]:
+                    row = measure(plane, audit_log, work, creator.created + 1, args, wrk, workers)
+                    row["flags"] = " ".join(flags(workers))
+                    row["load"] = os.getloadavg()[0]
+                    rows.append(row)
+                    print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
+                                      if k not in ("sync_requests", "steady_requests")}
+                                     | {"sync": summary(row["sync_requests"]),
+                                        "steady": summary(row["steady_requests"])}), flush=True)
         finally:
             plane.stop()
-    print(f"\nflags: {' '.join(flags(args))}; steady state {args.steady:.0f} s; "
+    print(f"\nsteady state {args.steady:.0f} s; "
           f"wrk -t2 -c32 -d{args.duration}s, 1-container review; load average {os.getloadavg()[0]:.2f} at end")
-    print("| ServiceAccounts | PSS (tree) | ready | sync requests | API requests/h steady (LIST) "
-          "| admissions/s | p99 | CPU µs/admission |")
-    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| ServiceAccounts | flags | PSS (tree) | ready | sync requests | API requests/h steady (LIST) "
+          "| admissions/s | p99 | CPU µs/admission | load average after |")
+    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         lists = row["steady_requests"].count("list")
-        print(f"| {row['count']:,} | {row['pss_mib']:.0f} MiB ({row['pss_ready_mib']:.0f} at ready) "
+        print(f"| {row['count']:,} | {row['flags']} | {row['pss_mib']:.0f} MiB ({row['pss_ready_mib']:.0f} at ready) "
               f"| {row['ready_s']:.2f} s | {summary(row['sync_requests'])} | {row['requests_per_hour']:.0f} ({lists}) "
-              f"| {row['rps']:,.0f} | {row['p99_ms']:.1f} ms | {row['cpu_us']:.0f} |")
+              f"| {row['rps']:,.0f} | {row['p99_ms']:.1f} ms | {row['cpu_us']:.0f} | {row['load']:.2f} |")
 
 
 def summary(verbs: list[str]) -> str:
