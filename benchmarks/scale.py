@@ -15,6 +15,9 @@ one per --workers count given, is started and measured:
 - admissions/s, p99 and CPU µs per admission: wrk -t2 -c32 for --duration seconds on the
   1-container review of benchmarks/bench.py, CPU from /proc utime+stime of the tree.
 
+Before the serves of each size, the same watch-list request is read raw (lines counted, nothing
+decoded) to show how much of the ready time is the API server sending the set.
+
 Usage: `python benchmarks/scale.py [--sizes 1000,10000,100000] [--steady 60] [--duration 10] [--workers 1,2]`.
 """
 
@@ -196,6 +199,27 @@ def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: 
         log.close()
 
 
+def raw_watch_list(plane: ControlPlane) -> tuple[float, int, int]:
+    """The sync `serve` does, read raw: the same watch-list request, its lines counted up to the
+    initial-events-end bookmark, nothing decoded but that bookmark. (seconds, events, bytes):
+    what the API server takes to send the set, without our client or decoding."""
+    conn = http.client.HTTPSConnection("127.0.0.1", plane.port, context=plane.admin_context(), timeout=300)
+    started = time.monotonic()
+    conn.request("GET", "/api/v1/serviceaccounts?watch=true&sendInitialEvents=true"
+                 "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
+    response = conn.getresponse()
+    events = size = 0
+    try:
+        while line := response.readline():
+            events += 1
+            size += len(line)
+            if b'"BOOKMARK"' in line and b"k8s.io/initial-events-end" in line:
+                return time.monotonic() - started, events - 1, size
+        raise RuntimeError("the watch ended before its initial-events-end bookmark")
+    finally:
+        conn.close()
+
+
 def flags(workers: str | None) -> list[str]:
     """The chart's flags, with --workers replaced when asked."""
     chart = list(CHART_FLAGS)
@@ -234,6 +258,9 @@ def main() -> None:
             for size in (int(s) for s in args.sizes.split(",")):
                 took = creator.grow_to(size, args.max_seconds)
                 print(f"{creator.created} ServiceAccounts (+1 bench) exist; creating took {took:.0f} s", flush=True)
+                raw_s, events, size = raw_watch_list(creator.plane)
+                print(f"raw watch-list read (no decoding): {raw_s:.2f} s for {events:,} events, "
+                      f"{size / 2**20:.1f} MiB; load average {os.getloadavg()[0]:.2f}", flush=True)
                 for workers in args.workers.split(",") if args.workers else [None]:
                     row = measure(plane, audit_log, work, creator.created + 1, args, wrk, workers)
                     row["flags"] = " ".join(flags(workers))
