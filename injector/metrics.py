@@ -31,6 +31,12 @@ _GO_COMPAT = {
     "pod_identity_webhook_missing_sa_count": "Lookups that ended without the ServiceAccount (Go webhook name).",
 }
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Counted by the ServiceAccount Events job (injector/events.py), which `startup` builds before the
+# process has a `Metrics`: so this one counter belongs to the module, and every `Metrics` registers it.
+SERVICE_ACCOUNT_EVENTS = Counter(
+    "pod_identity_injector_service_account_events",
+    "Kubernetes Events about ServiceAccount annotations, by outcome (docs/reference.md#service-account-events).",
+    ["outcome"], registry=None)
 
 
 def multiprocess_dir() -> str | None:
@@ -65,6 +71,8 @@ class Metrics:
         self.skipped = Counter(
             "pod_identity_injector_skipped", "Pods with an identity left unchanged on purpose, by reason.",
             ["reason"], registry=reg)
+        self.service_account_events = SERVICE_ACCOUNT_EVENTS
+        reg.register(SERVICE_ACCOUNT_EVENTS)
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
             ["method", "path", "code"], registry=reg)

@@ -179,3 +179,6 @@ class ServeSettings:
         1.0, "on a cache miss, wait this long for the ServiceAccount (0 disables)", group=SOURCES)
     resync_period: float = flag(60.0, "accepted for compatibility; as in the Go webhook it sends no request: the "
                                       "watch keeps the table current (docs/reference.md#watches)", group=SOURCES)
+    service_account_events: bool = flag(
+        True, "create a Warning Event on a ServiceAccount whose annotations the webhook cannot use as written "
+        "(docs/reference.md#service-account-events)", group=SOURCES)

@@ -143,6 +143,12 @@ async def connect_cluster(settings: ServeSettings, store: IdentityStore, *, watc
     cluster = Cluster(await api_client(settings.kubeconfig, settings.kube_api))
     if watch and not settings.service_account_files:
         cluster.identity_sources.append(ServiceAccountSource(cluster.api, store))
+        if settings.service_account_events:  # beside the watch (docs/reference.md#service-account-events)
+            from .events import ServiceAccountEvents
+
+            events = ServiceAccountEvents(cluster.api, settings.mutation)
+            store.problem_listeners.append(events.notice)
+            cluster.identity_sources.append(events)  # a job like a source's: run, reconnect
     if watch and settings.watch_config_map:
         cluster.identity_sources.append(
             ConfigMapSource(cluster.api, store, settings.namespace))
