@@ -369,6 +369,7 @@ def assert_file_mode(docs: list[dict], secret: str) -> None:
 
 # -- RBAC ----------------------------------------------------------------------------------------
 SA_RULE = ([""], ["serviceaccounts"], [], ["get", "list", "watch"])
+EVENTS_RULE = ([""], ["events"], [], ["create"])  # ServiceAccount Events (docs/reference.md#service-account-events)
 
 
 def rule(groups, resources, names, verbs) -> dict:
@@ -388,7 +389,7 @@ def rule(groups, resources, names, verbs) -> dict:
 ])
 def test_rbac_matches_the_enabled_features(helm, value_set, self_managed, config_map):
     docs = render(helm, value_set)
-    cluster = [rule(*SA_RULE)]
+    cluster = [rule(*SA_RULE), rule(*EVENTS_RULE)]
     namespaced = []
     if self_managed:
         cluster.append(rule(["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], [FULLNAME],
@@ -411,6 +412,25 @@ def test_rbac_matches_the_enabled_features(helm, value_set, self_managed, config
     for role in objects(docs, "Role"):
         assert role["metadata"]["namespace"] == NS
     assert deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_service_account_events_need_create_on_events_and_can_be_turned_off(helm):
+    """On by default: the binary's default (no flag), the ClusterRole may create core Events
+    (nothing else on them: an Event is never patched), and the pod names itself in POD_NAME."""
+    docs = render(helm)
+    assert "service-account-events" not in flags(docs)
+    event_rules = [r for r in rules_of(docs, "ClusterRole") if "events" in r["resources"]]
+    assert event_rules == [rule(*EVENTS_RULE)]
+    assert not [r for r in rules_of(docs, "Role") if "events" in r["resources"]]
+    env = container(docs)["env"]
+    assert env[0] == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+
+    docs = render(helm, "default", "serviceAccountEvents.enabled=false", "env[0].name=EXTRA", "env[0].value=x")
+    assert flags(docs)["service-account-events"] == "false"
+    assert normalise(rules_of(docs, "ClusterRole")) == normalise(
+        [rule(*SA_RULE), rule(["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], [FULLNAME],
+                              ["get", "patch", "update"])])
+    assert [e["name"] for e in container(docs)["env"]] == ["POD_NAME", "EXTRA"]
 
 
 def test_rbac_can_be_left_to_the_admin(helm):
@@ -467,7 +487,7 @@ VALUE_FLAGS = {
 }
 # flags the chart sets from the release or the mode rather than from one value
 DERIVED_FLAGS = {"namespace", "cert-mode", "tls-secret", "service-name", "webhook-configuration", "tls-cert",
-                 "tls-key", "watch-config-map", "watch-container-credentials-config"}
+                 "tls-key", "watch-config-map", "watch-container-credentials-config", "service-account-events"}
 # flags deliberately not in values (reachable through extraArgs)
 NOT_IN_VALUES = {
     "bind-address": "all interfaces is what a pod needs",

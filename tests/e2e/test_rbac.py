@@ -1,6 +1,7 @@
 """Least privilege: deploy/rbac.yaml gives the webhook's ServiceAccount what `serve` needs and
-nothing more. Every webhook of this suite runs with that identity (a TokenRequest token), so a
-missing permission also fails the behaviour tests; these pin down the other direction."""
+nothing more (its one create is of Events). Every webhook of this suite runs with that identity
+(a TokenRequest token), so a missing permission also fails the behaviour tests; these pin down
+the other direction."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ NEEDED = [
     ("get", "configmaps", WEBHOOK_NAMESPACE, CONFIG_MAP),
     ("list", "configmaps", WEBHOOK_NAMESPACE, CONFIG_MAP),  # list/watch with fieldSelector metadata.name
     ("watch", "configmaps", WEBHOOK_NAMESPACE, CONFIG_MAP),
+    ("create", "events", "some-namespace", ""),  # Warning Events on ServiceAccounts
 ]
 FORBIDDEN = [
     ("get", "secrets", WEBHOOK_NAMESPACE, ""),
@@ -35,6 +37,10 @@ FORBIDDEN = [
     ("create", "secrets", WEBHOOK_NAMESPACE, ""),
     ("create", "namespaces", "", ""),
     ("list", "pods", "", ""),
+    ("update", "events", "default", "any"),  # an Event is created once, never changed or read
+    ("patch", "events", "default", "any"),
+    ("list", "events", "", ""),
+    ("delete", "events", "default", "any"),
 ]
 
 

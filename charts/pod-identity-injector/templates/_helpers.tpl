@@ -145,6 +145,9 @@ app.kubernetes.io/part-of: pod-identity-injector
 {{- if .Values.configMap.enabled -}}
 {{- $args = append $args "--watch-config-map=true" -}}
 {{- end -}}
+{{- if not .Values.serviceAccountEvents.enabled -}}
+{{- $args = append $args "--service-account-events=false" -}}
+{{- end -}}
 {{- if $cc.enabled -}}
 {{- $args = append $args (printf "--watch-container-credentials-config=%s" (include "pod-identity-injector.containerCredentialsPath" .)) -}}
 {{- end -}}
