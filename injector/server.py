@@ -203,6 +203,8 @@ def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
     pairs = [socket.socketpair() for _ in range(count)]
     supervisor = os.getpid()
     gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # glibc: hand the sync's free pages back first
+        ctypes.CDLL(None).malloc_trim(0)
     gc.freeze()
     workers = []
     for index, (ours, theirs) in enumerate(pairs):
