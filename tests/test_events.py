@@ -390,6 +390,19 @@ def test_the_store_notifies_on_new_problems_only_and_the_listener_only_queues():
     assert not job._pending
 
 
+def test_our_annotations_without_role_arn_alone_reach_the_listener_once():
+    store = IdentityStore(SETTINGS)
+    job = emitter(Api({}))
+    store.problem_listeners.append(job.notice)
+    audience_only = service_account_entry({"eks.amazonaws.com/audience": "sts.amazonaws.com"}, SETTINGS)
+    assert not audience_only.problems and not audience_only.role_arn
+    store.put_service_account("team", "audience-only", audience_only)
+    assert list(job._pending) == ["team/audience-only"]
+    job._pending.clear()
+    store.replace_service_accounts({"team/audience-only": audience_only})  # a relist: nothing new
+    assert not job._pending
+
+
 def test_a_near_miss_with_another_domain_reaches_the_listener_through_the_watch_source():
     """The source skips parsing ServiceAccounts without our annotations; a near miss under
     another domain must still be parsed, or neither the Event nor the admission warning happens."""

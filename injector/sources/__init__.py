@@ -49,8 +49,8 @@ class IdentityStore:
         # One object per distinct entry: most ServiceAccounts carry none of our annotations and
         # share the entry of flag defaults; a value with problems keeps its own (for the logs).
         self._shared: dict[RoleMapping, RoleMapping] = {}
-        # Called with (namespace/name, entry) when an update brings problems or warnings not
-        # reported before for that ServiceAccount (Kubernetes Events on the ServiceAccount).
+        # Called with (namespace/name, entry) when an update brings problems, warnings or our
+        # annotations without role-arn, not reported before (Events on the ServiceAccount).
         self.problem_listeners: list[Callable[[str, RoleMapping], None]] = []
         # Called with each change to the tables, as an `Update`, after it is made (the supervisor
         # streams them to its serving workers: injector/table_feed.py). A relist reports only
@@ -119,7 +119,7 @@ class IdentityStore:
             return
         for problem in entry.problems:
             log.warning("service account annotation problem", service_account=key, problem=problem)
-        if entry.problems or entry.warnings:
+        if entry.problems or entry.warnings or (entry.annotated and not entry.role_arn):
             for listener in self.problem_listeners:
                 listener(key, entry)
 
