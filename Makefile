@@ -37,16 +37,28 @@ lint: $(STAMP)
 	$(BIN)/ruff check injector tests benchmarks
 	$(BIN)/hadolint Dockerfile
 
+# The unit, server and chart tiers: everything but tests/e2e and tests/cluster.
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/e2e
 
-test: lint unit e2e-cluster
+# Lint first, then the three test tiers side by side, each its own pytest: the unit tier is
+# CPU, the e2e tier and the cluster tier mostly wait on real components, so together they take
+# about as long as the longest alone. The Kubernetes binary and the images build in parallel
+# too (on a cold machine, the longest steps). Each job's output is printed when it ends.
+TEST_JOBS ?= 4
+test: lint
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target unit e2e e2e-cluster
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
-.PHONY: e2e
-e2e: $(STAMP)
-	E2E_REQUIRED=1 $(BIN)/pytest -m e2e tests/e2e
+.PHONY: e2e plane
+e2e: $(STAMP) plane
+	E2E_REQUIRED=1 $(BIN)/pytest -q -p no:cacheprovider -m e2e tests/e2e
+
+# The Kubernetes components in one binary (tools/kube-test-plane), cached in ~/.cache; a no-op
+# when current. A target of its own so the tiers that need it never build it twice at once.
+plane:
+	bash tools/kube-test-plane/build.sh >/dev/null
 
 # The same tier against a kind cluster; needs Docker and kind (docs/e2e.md). Builds the image,
 # installs the chart in the cluster (`helm test`), runs tests/e2e with E2E_KUBECONFIG, deletes
@@ -79,9 +91,13 @@ chart-lint:
 
 # A single-node cluster of real components in a network namespace of its own (root; see
 # tools/local-cluster/README.md): builds what is missing, installs the chart with its defaults.
-.PHONY: cluster-up cluster-down cluster-test
-cluster-up: $(STAMP)
+.PHONY: cluster-up cluster-down cluster-test cluster-images
+cluster-up: $(STAMP) plane cluster-images
 	$(BIN)/python tools/local-cluster/cluster.py up
+
+# Debian packages, helm/kubectl and the images, beside the Kubernetes build.
+cluster-images: $(STAMP)
+	$(BIN)/python tools/local-cluster/cluster.py images
 
 # Needs nothing but python3: it must work even when the venv or the cluster is half gone.
 cluster-down:

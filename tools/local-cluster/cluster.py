@@ -3,6 +3,7 @@
     cluster.py up       build what is missing, start everything, install the chart, check a pod
     cluster.py down     stop everything and remove what `up` made (also after a crash)
     cluster.py status   what is running
+    cluster.py images   only the Debian packages, helm/kubectl and the images (no start)
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet come from
 tools/kube-test-plane (one binary built from the Go module proxy); containerd, runc and the CNI
@@ -108,15 +109,33 @@ def ensure_packages() -> None:
     run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
 
 
-def build_artifacts() -> dict:
-    """The Kubernetes binary, helm/kubectl and the image archives (each cached; a no-op when current)."""
-    binary = script_output(["bash", str(REPO / "tools/kube-test-plane/build.sh")], "kube-test-plane build")
-    helm = script_output(["bash", str(REPO / "tools/get-helm.sh")], "helm download")
+def cmd_images(_: argparse.Namespace) -> int:
+    """The Debian packages, helm/kubectl and the image archives, without the Kubernetes binary:
+    `make` builds that beside it (on a cold machine the two are the longest steps)."""
+    if os.geteuid() != 0:
+        raise SystemExit("local-cluster: needs root (Debian packages, dockerd)")
+    started = time.monotonic()
+    ensure_packages()
+    script_output(["bash", str(REPO / "tools/get-helm.sh")], "helm download")
+    build_images()
+    log(f"packages, helm and images ready in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def build_images() -> list[str]:
     result = subprocess.run(["bash", str(REPO / "tools/image/build.sh"), "--tag", f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"],
                             stdout=subprocess.PIPE, text=True, timeout=3600, check=False)
     archives = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or len(archives) < 2:
         raise SystemExit(f"local-cluster: tools/image/build.sh exited {result.returncode} with {archives}")
+    return archives
+
+
+def build_artifacts() -> dict:
+    """The Kubernetes binary, helm/kubectl and the image archives (each cached; a no-op when current)."""
+    binary = script_output(["bash", str(REPO / "tools/kube-test-plane/build.sh")], "kube-test-plane build")
+    helm = script_output(["bash", str(REPO / "tools/get-helm.sh")], "helm download")
+    archives = build_images()
     pause = subprocess.run(["bash", "-c", f'. "{REPO}/tools/image/lib.sh" >/dev/null 2>&1; printf %s "$PAUSE_IMAGE"'],
                            capture_output=True, text=True, check=True).stdout.strip()
     return {"binary": binary, "helm": helm, "kubectl": str(Path(helm).with_name("kubectl")),
@@ -717,7 +736,8 @@ def cmd_status(_: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="local-cluster", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("_start", cmd_start)):
+    for name, fn in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("images", cmd_images),
+                     ("_start", cmd_start)):
         sub.add_parser(name).set_defaults(fn=fn)
     restart = sub.add_parser("restart", help="stop a component and start it again (fault tests)")
     restart.add_argument("component", choices=COMPONENTS)
