@@ -7,7 +7,8 @@ connections (bounded: at most --max-seconds of creation per size; what was reach
 For each size a fresh `serve` (the chart's flags: --workers 1, --shutdown-delay 5s, JSON logs), or
 one per --workers count given, is started and measured:
 
-- ready: from spawn to the first 200 from /readyz (the initial sync included);
+- ready: from spawn to the first 200 from /readyz (the initial sync included), and from spawn to
+  serve's "connected to the API server" and "initial sync complete" log lines;
 - PSS: the whole process tree, from /proc/PID/smaps_rollup, after the load below;
 - API requests/h at steady state: the webhook's requests in the audit log during --steady
   seconds after ready, per hour (watches are resumed at most every 300 s by our deadline,
@@ -189,7 +190,8 @@ def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: 
         out = run_wrk(wrk, url, body, work, args.duration, 32, 2)
         cpu = cpu_seconds(server.pid) - cpu_before
         rps, _, p99, errors = out
-        return {"count": count, "ready_s": ready, "pss_ready_mib": pss_ready, "pss_mib": pss_mib(server.pid),
+        phases = log_phases(work / f"serve-{count}.log", started_wall)
+        return {"count": count, "ready_s": ready, **phases, "pss_ready_mib": pss_ready, "pss_mib": pss_mib(server.pid),
                 "sync_requests": sync, "steady_requests": steady,
                 "requests_per_hour": len(steady) * 3600 / args.steady, "rps": rps, "p99_ms": p99,
                 "cpu_us": cpu * 1e6 / (rps * args.duration) if rps else float("nan"), "errors": errors}
@@ -197,6 +199,22 @@ def measure(plane: ControlPlane, audit_log: Path, work: Path, count: int, args: 
         server.terminate()
         server.wait(30)
         log.close()
+
+
+def log_phases(path: Path, started_wall: float) -> dict[str, float]:
+    """Seconds from spawn to the first "connected to the API server" and "initial sync complete"
+    log lines of serve: where the ready time goes (imports and start-up, then the sync)."""
+    phases = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        name = {"connected to the API server": "connected_s", "initial sync complete": "synced_s"}.get(
+            entry.get("event"))
+        if name and name not in phases:
+            phases[name] = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp() - started_wall
+    return phases
 
 
 def raw_watch_list(plane: ControlPlane) -> tuple[float, int, int]:
@@ -274,13 +292,14 @@ def main() -> None:
             plane.stop()
     print(f"\nsteady state {args.steady:.0f} s; "
           f"wrk -t2 -c32 -d{args.duration}s, 1-container review; load average {os.getloadavg()[0]:.2f} at end")
-    print("| ServiceAccounts | flags | PSS (tree) | ready | sync requests | API requests/h steady (LIST) "
-          "| admissions/s | p99 | CPU µs/admission | load average after |")
+    print("| ServiceAccounts | flags | PSS (tree) | ready (connected, synced) | sync requests "
+          "| API requests/h steady (LIST) | admissions/s | p99 | CPU µs/admission | load average after |")
     print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         lists = row["steady_requests"].count("list")
         print(f"| {row['count']:,} | {row['flags']} | {row['pss_mib']:.0f} MiB ({row['pss_ready_mib']:.0f} at ready) "
-              f"| {row['ready_s']:.2f} s | {summary(row['sync_requests'])} | {row['requests_per_hour']:.0f} ({lists}) "
+              f"| {row['ready_s']:.2f} s ({row.get('connected_s', 0):.2f}, {row.get('synced_s', 0):.2f}) "
+              f"| {summary(row['sync_requests'])} | {row['requests_per_hour']:.0f} ({lists}) "
               f"| {row['rps']:,.0f} | {row['p99_ms']:.1f} ms | {row['cpu_us']:.0f} | {row['load']:.2f} |")
 
 
