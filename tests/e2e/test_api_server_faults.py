@@ -245,8 +245,12 @@ def test_a_frozen_api_server_changes_nothing_for_admissions_or_readiness(plane, 
     finally:
         os.kill(plane.apiserver.pid, signal.SIGCONT)
     assert set(ready) == {200}, f"/readyz answered {sorted(set(ready))}"
-    assert max(known) < 1.0, f"a known ServiceAccount took {max(known):.2f}s"
-    assert max(unknown) < 1.0 + 0.5, f"an unknown ServiceAccount took {max(unknown):.2f}s (grace period 1 s)"
+    # What is guarded against is waiting on the frozen server (its 40 s); the medians hold the
+    # typical answer to the cache and the grace period, the maxima leave room for a loaded CI
+    # machine (an unknown one once took 2.35 s there, with the cores shared by three test tiers).
+    assert statistics.median(known) < 0.5 and max(known) < 3.0, f"a known ServiceAccount took {max(known):.2f}s"
+    assert statistics.median(unknown) < 1.0 + 0.5 and max(unknown) < 1.0 + 4.0, \
+        f"an unknown ServiceAccount took {max(unknown):.2f}s (grace period 1 s)"
     Rest(plane).service_account("after-thaw", ROLE.format("after-thaw"))
     thawed = time.monotonic()
     wait_until(lambda: role_of(hook, "after-thaw")[0] == ROLE.format("after-thaw"), 30, "served after the thaw")
