@@ -81,6 +81,8 @@ def run(settings: ServeSettings) -> int:
     with tempfile.TemporaryDirectory(prefix="injector-metrics-") as metrics_dir:
         use_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or metrics_dir)
         cluster = asyncio.run(_sync_before_fork(prepared))  # a plain loop, closed before the fork
+        if cluster is None:
+            return 0
         _import_for_workers()
         workers = _fork_workers(prepared, settings.workers)
         return _run_loop(supervise(prepared, cluster, workers))
@@ -144,15 +146,26 @@ async def _drain(state: ServerState, runner: web.AppRunner) -> None:
 
 
 # -- the supervisor, before the fork -----------------------------------------------------------
-async def _sync_before_fork(prepared: Prepared) -> Cluster:
+async def _sync_before_fork(prepared: Prepared) -> Cluster | None:
     """Connect, settle the self-managed certificate, run every identity source until its first
-    sync is in the store, then stop them and close the client (the loop closes after this)."""
+    sync is in the store, then stop them and close the client (the loop closes after this).
+    None when SIGTERM/SIGINT came first: nothing listens yet, so there is nothing to drain."""
+    stop = _stop_on_signals()
     settings, store = prepared.settings, prepared.store
-    cluster = await connect_cluster(settings, store, watch=True, manage_certificates=True)
+    connecting = asyncio.create_task(connect_cluster(settings, store, watch=True, manage_certificates=True))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([connecting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        log.info("stopped before serving")
+        return None
+    stopping.cancel()
+    cluster = connecting.result()
     tasks = [asyncio.create_task(source.run()) for source in cluster.identity_sources]
     try:
         for tick in itertools.count(1):
-            if not store.waiting_for:
+            if not store.waiting_for or stop.is_set():
                 break
             if tick % 500 == 0:  # every ~10 s
                 log.info("not serving yet", waiting_for=list(store.waiting_for))
@@ -162,6 +175,9 @@ async def _sync_before_fork(prepared: Prepared) -> Cluster:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await cluster.close()
+    if stop.is_set():
+        log.info("stopped before serving")
+        return None
     if not prepared.tls.loaded:
         prepared.tls.load()  # the workers inherit the pair loaded once
     return cluster

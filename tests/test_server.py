@@ -422,3 +422,15 @@ def test_sigterm_drains_every_worker(tmp_path, certs):
     assert srv.proc.wait(30) == 0
     logs = srv.logs()
     assert logs.count('"shutdown complete"') == 3 and "Traceback" not in logs
+
+
+def test_sigterm_before_the_first_sync_stops_the_supervisor_at_once(tmp_path, certs):
+    # No API server answers: the supervisor is still syncing, and has forked no worker.
+    srv = start_server(tmp_path, certs, "--kube-api", "http://127.0.0.1:9", "--service-account-lookup-grace-period",
+                       "0", ready=False, workers=2)
+    deadline = time.monotonic() + 20
+    while "list/watch failed; retrying" not in srv.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "list/watch failed; retrying" in srv.logs()
+    assert srv.stop(timeout=10) == 0
+    assert "stopped before serving" in srv.logs() and '"serving"' not in srv.logs()
