@@ -7,11 +7,14 @@ two workers and keeps watching for them (injector/server.py, injector/table_feed
 - the API server sees one watch-list sync and the watch resumed once by the supervisor after
   its fork, one watch open at a time, no LIST, and nothing from the workers;
 - a ServiceAccount annotated after start reaches both workers;
-- a lookup that misses in a worker is fetched by the supervisor, once.
+- a lookup that misses in a worker is fetched by the supervisor, once;
+- in self-managed mode the supervisor alone issues the certificate and registers the caBundle,
+  and the workers serve that certificate.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from . import api
 from .plane import ControlPlane, Proc, binary_for_tests, external_kubeconfig, start_control_plane
 from .webhooks import spawn_serve
 from serving import Server, pod_review, wait_ready
@@ -154,3 +158,44 @@ def test_a_miss_in_a_worker_is_fetched_once_by_the_supervisor(replica):
     assert admit_until_both_workers_mutated(replica, "fetched") == {0, 1}
     gets = [entries[0] for entries in replica.requests().values() if entries[0]["verb"] == "get"]
     assert len(gets) - gets_before == 1 and gets[-1]["objectRef"]["name"] == "fetched"
+
+
+def test_self_managed_certificates_are_the_supervisors_and_every_worker_serves_them(replica, tmp_path):
+    from cryptography import x509
+
+    from .plane import wait_until
+    from .test_api_server_faults import Rest
+    from .test_certificate_churn import CONFIGURATIONS, served_certificate
+
+    plane, rest, name = replica.plane, Rest(replica.plane), "workers-certs"
+    assert rest.call("POST", "/api/v1/namespaces", {"metadata": {"name": name}})[0] == 201
+    configuration = api.webhook_configuration(name, f"{name}.e2e.pod-identity-injector.test",
+                                              "https://127.0.0.1:1/mutate", plane.pki.ca_file,
+                                              {"e2e-webhook": f"{name}-selects-nothing"})
+    assert rest.call("POST", CONFIGURATIONS, configuration)[0] == 201
+    proc, server = spawn_serve(plane, tmp_path, name, plane.kubeconfig, "--workers", "2",
+                               "--cert-mode=self-managed", f"--namespace={name}", f"--tls-secret={name}-tls",
+                               f"--webhook-configuration={name}", f"--service-name={name}", "--cert-san=127.0.0.1",
+                               f"--cert-dir={tmp_path / 'certs'}")
+    try:
+        def secret() -> dict | None:
+            status, body = rest.call("GET", f"/api/v1/namespaces/{name}/secrets/{name}-tls")
+            return body.get("data") if status == 200 else None
+
+        wait_until(lambda: secret() is not None, 30, "the Secret written by the supervisor")
+        data = secret()
+        assert data is not None
+        server.ca_file = tmp_path / "ca.crt"
+        server.ca_file.write_bytes(base64.b64decode(data["ca.crt"]))
+        wait_ready(server, 60)
+        wait_until(lambda: proc.logs().count('"event":"serving"') == 2, 20, "both workers serving")
+        ours = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"])).serial_number
+        assert {served_certificate(server).serial_number for _ in range(20)} == {ours}
+        entries = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+        issued = [entry for entry in entries if entry["event"] in (
+            "serving certificate issued", "caBundle written to the webhook configuration")]
+        assert issued and all("worker" not in entry for entry in issued)  # the supervisor's work alone
+    finally:
+        assert proc.stop() == 0
+        rest.call("DELETE", f"{CONFIGURATIONS}/{name}")
+        rest.call("DELETE", f"/api/v1/namespaces/{name}")
