@@ -44,10 +44,11 @@ unit: $(STAMP)
 # Lint first, then the three test tiers side by side, each its own pytest: the unit tier is
 # CPU, the e2e tier and the cluster tier mostly wait on real components, so together they take
 # about as long as the longest alone. The Kubernetes binary and the images build in parallel
-# too (on a cold machine, the longest steps). Each job's output is printed when it ends.
+# too (on a cold machine, the longest steps). Each job's output is printed when it ends; a
+# failing tier does not stop the others (--keep-going), and make then exits non-zero.
 TEST_JOBS ?= 4
 test: lint
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target unit e2e e2e-cluster
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.

@@ -410,7 +410,8 @@ def test_a_killed_supervisor_takes_its_workers_with_it(tmp_path, certs):
 
 
 def test_sigterm_drains_every_worker(tmp_path, certs):
-    srv = start_server(tmp_path, certs, "--shutdown-delay", "1s", workers=2)
+    # 5 s of delay: thirty fresh TLS connections must fit in it on a loaded machine.
+    srv = start_server(tmp_path, certs, "--shutdown-delay", "5s", workers=2)
     _worker_pids(srv)
     body = json.dumps(pod_review()).encode()
     srv.proc.send_signal(signal.SIGTERM)
