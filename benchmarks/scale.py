@@ -43,18 +43,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 import orjson  # noqa: E402
 from bench import SERVICE_ACCOUNT, check_response, ensure_wrk, free_port, review, run_wrk  # noqa: E402
 
-from tests.e2e.plane import ControlPlane, find_binary, start_control_plane  # noqa: E402
+from tests.e2e.plane import (  # noqa: E402
+    SERVICE_ACCOUNT_AUDIT_POLICY,
+    ControlPlane,
+    find_binary,
+    start_control_plane,
+)
 
 NAMESPACES = 100
 CHART_FLAGS = ["--workers", "1", "--shutdown-delay", "5s", "--log-format", "json"]
-AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-- level: Metadata
-  resources: [{group: "", resources: [serviceaccounts]}]
-- level: None
-"""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -264,7 +261,7 @@ def main() -> None:
         exe = str(Path(sys.executable).parent / "pod-identity-injector")
         subprocess.run([exe, "certs", "--out-dir", str(work / "certs"), "--ip", "127.0.0.1"], check=True,
                        stdout=subprocess.DEVNULL)
-        (work / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        (work / "audit-policy.yaml").write_text(SERVICE_ACCOUNT_AUDIT_POLICY)
         audit_log = work / "audit.log"
         plane = start_control_plane(find_binary(), work / "plane", extra_flags=(
             f"--audit-policy-file={work / 'audit-policy.yaml'}", f"--audit-log-path={audit_log}",

@@ -43,6 +43,16 @@ BUILD_SCRIPT = REPO / "tools" / "kube-test-plane" / "build.sh"
 ADMIN_USER = "e2e-admin"
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT = 30.0
+# An audit policy that logs every ServiceAccount request (metadata only) and nothing else: what
+# tests and benchmarks count the webhook's API requests with (`--audit-policy-file`).
+SERVICE_ACCOUNT_AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  resources: [{group: "", resources: [serviceaccounts]}]
+- level: None
+"""
 
 
 class BinaryUnavailable(RuntimeError):

@@ -25,7 +25,14 @@ from pathlib import Path
 import pytest
 
 from . import api
-from .plane import ControlPlane, Proc, binary_for_tests, external_kubeconfig, start_control_plane
+from .plane import (
+    SERVICE_ACCOUNT_AUDIT_POLICY,
+    ControlPlane,
+    Proc,
+    binary_for_tests,
+    external_kubeconfig,
+    start_control_plane,
+)
 from .webhooks import spawn_serve
 from serving import Server, pod_review, wait_ready
 
@@ -33,14 +40,6 @@ pytestmark = pytest.mark.skipif(bool(external_kubeconfig()), reason="needs a con
 
 NAMESPACE = "workers"
 ROLE = "arn:aws:iam::111122223333:role/workers-{}"
-AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-- level: Metadata
-  resources: [{group: "", resources: [serviceaccounts]}]
-- level: None
-"""
 
 
 @dataclass
@@ -89,7 +88,7 @@ class Replica:
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     tmp = tmp_path_factory.mktemp("workers")
-    (tmp / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    (tmp / "audit-policy.yaml").write_text(SERVICE_ACCOUNT_AUDIT_POLICY)
     plane = start_control_plane(binary_for_tests(), tmp / "plane", extra_flags=(
         f"--audit-policy-file={tmp / 'audit-policy.yaml'}", f"--audit-log-path={tmp / 'audit.log'}",
         "--audit-log-maxsize=0"))
