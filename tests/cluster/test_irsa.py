@@ -1,31 +1,63 @@
 """The IRSA chain end to end, in real pods: the webhook injects, the kubelet projects the token,
 boto3's default chain calls AssumeRoleWithWebIdentity on an STS stand-in that checks the token
-against the cluster's discovery document and JWKS and the role's trust policy, as AWS does."""
+against the cluster's discovery document and JWKS and the role's trust policy, as AWS does.
+
+For each pod, `pod-identity-injector doctor` runs live against the same cluster with the same
+trust policy, and its verdict must be the stand-in's: credentials or not, and the same error
+message (docs/doctor.md#trust-policy)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import Kubectl
+from .conftest import STATE, Kubectl
 from .sdk import sdk_pod, sdk_report
 from .standin_fixtures import ACCOUNT, ISSUER, Standin, new_secret, start_sts, trust_policy
 
 ROLE = f"arn:aws:iam::{ACCOUNT}:role"
 
 
-@pytest.fixture
-def sts(tmp_path: Path, namespace: str) -> Iterator[Standin]:
-    roles = {
+def roles(namespace: str) -> dict[str, dict]:
+    """Role ARN → trust policy, as the stand-in's IAM holds them."""
+    return {
         f"{ROLE}/irsa-app": trust_policy(namespace, "app"),
         f"{ROLE}/irsa-custom": trust_policy(namespace, "custom", audience="custom-audience"),
         f"{ROLE}/irsa-other": trust_policy(namespace, "somebody-else"),
     }
-    standin = start_sts(tmp_path, new_secret(), roles)
+
+
+@pytest.fixture
+def sts(tmp_path: Path, namespace: str) -> Iterator[Standin]:
+    standin = start_sts(tmp_path, new_secret(), roles(namespace))
     yield standin
     standin.stop()
+
+
+def doctor(tmp_path: Path, namespace: str, pod: str, role: str) -> dict:
+    """`doctor POD -n NS --trust-policy FILE -o json`, live, with the role's policy."""
+    policy = tmp_path / f"{role}-trust-policy.json"
+    policy.write_text(json.dumps(roles(namespace)[f"{ROLE}/{role}"]))
+    # --ca-file: the cluster's private CA, which the STS stand-in trusts too (AWS would need a
+    # public one: doctor still warns that the issuer is private).
+    result = subprocess.run([sys.executable, "-m", "injector", "doctor", pod, "-n", namespace,
+                             "--trust-policy", str(policy), "--ca-file", str(STATE / "pki" / "ca.crt"),
+                             "-o", "json"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode in (0, 1), f"doctor exited {result.returncode}: {result.stderr}"
+    report = json.loads(result.stdout)
+    assert report["exitCode"] == result.returncode
+    return report
+
+
+def trust_finding(report: dict) -> dict:
+    (finding,) = [f for f in report["findings"] if f["section"] == "trust-policy"]
+    return finding
 
 
 def service_account(namespace: str, name: str, role: str, **annotations: str) -> dict:
@@ -35,7 +67,8 @@ def service_account(namespace: str, name: str, role: str, **annotations: str) ->
                         **{f"eks.amazonaws.com/{k.replace('_', '-')}": v for k, v in annotations.items()}}}}
 
 
-def test_the_sdk_assumes_the_role_with_the_injected_token(kubectl: Kubectl, namespace: str, sts: Standin) -> None:
+def test_the_sdk_assumes_the_role_with_the_injected_token(kubectl: Kubectl, namespace: str, sts: Standin,
+                                                          tmp_path: Path) -> None:
     kubectl.apply(service_account(namespace, "app", "irsa-app"), sdk_pod(namespace, "sdk", "app"))
     report = sdk_report(kubectl, namespace, "sdk")
     assert report["method"] == "assume-role-with-web-identity"
@@ -46,10 +79,13 @@ def test_the_sdk_assumes_the_role_with_the_injected_token(kubectl: Kubectl, name
     allowed = [d for d in sts.decisions() if d.get("action") == "AssumeRoleWithWebIdentity"]
     assert allowed and allowed[-1]["verdict"] == "allow"
     assert allowed[-1]["sub"] == f"system:serviceaccount:{namespace}:app"
+    verdict = doctor(tmp_path, namespace, "sdk", "irsa-app")
+    assert verdict["credentials"] is True and verdict["exitCode"] == 0, verdict["findings"]
+    assert trust_finding(verdict)["code"] == "trust-policy-allows"
 
 
 def test_audience_expiration_and_regional_sts_annotations_reach_the_sdk(
-        kubectl: Kubectl, namespace: str, sts: Standin) -> None:
+        kubectl: Kubectl, namespace: str, sts: Standin, tmp_path: Path) -> None:
     kubectl.apply(service_account(namespace, "custom", "irsa-custom", audience="custom-audience",
                                   token_expiration="3600", sts_regional_endpoints="true"),
                   sdk_pod(namespace, "sdk", "custom"))
@@ -59,12 +95,20 @@ def test_audience_expiration_and_regional_sts_annotations_reach_the_sdk(
     assert report["token"]["aud"] == ["custom-audience"]
     assert report["token"]["exp"] - report["token"]["iat"] == 3600
     assert report["env"]["AWS_STS_REGIONAL_ENDPOINTS"] == "regional"
+    verdict = doctor(tmp_path, namespace, "sdk", "irsa-custom")
+    assert verdict["exitCode"] == 0 and trust_finding(verdict)["code"] == "trust-policy-allows", verdict["findings"]
 
 
 def test_a_trust_policy_for_another_service_account_is_refused_as_aws_refuses_it(
-        kubectl: Kubectl, namespace: str, sts: Standin) -> None:
+        kubectl: Kubectl, namespace: str, sts: Standin, tmp_path: Path) -> None:
     kubectl.apply(service_account(namespace, "other", "irsa-other"), sdk_pod(namespace, "sdk", "other"))
     report = sdk_report(kubectl, namespace, "sdk")
     assert report["ok"] is False
     assert (report["code"], report["message"]) == ("AccessDenied",
                                                    "Not authorized to perform sts:AssumeRoleWithWebIdentity")
+    verdict = doctor(tmp_path, namespace, "sdk", "irsa-other")
+    assert verdict["credentials"] is False and verdict["exitCode"] == 1
+    finding = trust_finding(verdict)
+    assert (finding["code"], finding["status"]) == ("trust-policy-condition", "fail")
+    assert f"{report['code']}: {report['message']}" in finding["message"]
+    assert [f["code"] for f in verdict["findings"] if f["status"] == "fail"] == ["trust-policy-condition"]
