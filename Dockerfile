@@ -6,18 +6,19 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # A venv works on any Python base: the official image (python in /usr/local/bin, pip present)
 # and Debian's own python3 (externally managed, PEP 668, no pip command) alike. Its interpreter
 # is a symlink to the base's python3, which the runtime stage has at the same path.
 # The dependencies go first, in a layer of their own that is rebuilt only when pyproject.toml
-# changes: a stub package stands in for ours while they install (a change to injector/ then
-# rebuilds in seconds instead of about a minute).
+# changes: a stub package (and README, which the metadata names) stands in for ours while they
+# install, so a change to injector/ or the README rebuilds in seconds instead of a minute.
 RUN python3 -m venv /opt/venv \
-    && mkdir injector && echo '__version__ = "0"' > injector/__init__.py \
+    && mkdir injector && echo '__version__ = "0"' > injector/__init__.py && touch README.md \
     && /opt/venv/bin/pip install --no-cache-dir . \
     && /opt/venv/bin/pip uninstall --yes pod-identity-injector \
     && rm -r injector
+COPY README.md ./
 COPY injector ./injector
 # pip and setuptools leave the venv once it is installed: none of them at run time. The
 # bytecode pip compiled stays (+25 MB): the root filesystem is read-only, so without it every

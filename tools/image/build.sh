@@ -60,16 +60,21 @@ trap 'rm -rf "$ctx"; img_daemon_release' EXIT
 img_lock
 img_daemon_ensure
 
-# image REF INPUTS CONTEXT NETWORK: builds CONTEXT as REF unless REF carries INPUTS and its
-# archive holds it, saves it, and prints the archive's path.
+# image REF INPUTS CONTEXT NETWORK [STAGE]: builds CONTEXT as REF unless REF carries INPUTS and
+# its archive holds it, saves it, and prints the archive's path. STAGE, a build stage of the
+# Dockerfile, is tagged REPO:STAGE-stage too: the prune below then keeps its layers, so the next
+# build reuses them (the webhook's dependency layer: a source change rebuilds in seconds).
 image() {
-    local ref=$1 inputs=$2 context=$3 network=$4 archive t0
+    local ref=$1 inputs=$2 context=$3 network=$4 stage=${5:-} archive t0
     archive=$(img_archive_path "$ref")
     if ((!force)) && up_to_date "$ref" "$inputs" "$archive"; then
         img_log "$ref up to date (inputs ${inputs:0:12})"
     else
         img_log "docker build -t $ref $context (inputs ${inputs:0:12})"
         t0=$SECONDS
+        if [[ -n $stage ]]; then
+            nice docker build --network="$network" --target "$stage" -t "${ref%:*}:$stage-stage" "$context" >&2
+        fi
         nice docker build --network="$network" --label "$INPUTS_LABEL=$inputs" -t "$ref" "$context" >&2
         img_log "built $ref in $((SECONDS - t0)) s"
         # The untagged build stage and the previous image; the tagged images stay.
@@ -97,7 +102,7 @@ if ((app)); then
         printf '%s\0' Dockerfile .dockerignore pyproject.toml README.md
         (cd "$REPO_ROOT" && find injector -type f -not -path '*/__pycache__/*' -not -name '*.pyc' -print0)
     } | hash_files)
-    image "$tag" "$(with_base "$inputs")" "$REPO_ROOT" host
+    image "$tag" "$(with_base "$inputs")" "$REPO_ROOT" host build
 fi
 
 if ((pause)); then
