@@ -45,6 +45,7 @@ from kubernetes_asyncio import client
 from .identity import RoleMapping, near_misses, service_account_entry
 from .kube import KubeError, call_json, get_object
 from .metrics import SERVICE_ACCOUNT_EVENTS
+from .rate_limit import TokenBucket
 from .settings import MutationSettings
 
 log = structlog.get_logger(__name__)
@@ -160,23 +161,6 @@ def reporting_instance() -> str:
 
 
 # -- the job --------------------------------------------------------------------------------------
-class RateLimit:
-    """A token bucket: `burst` at once, then `rate` a second. `take` reserves one token and
-    returns how long to wait before using it (0 when one is there)."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, float(burst), clock
-        self.tokens = float(burst)
-        self.updated = clock()
-
-    def take(self) -> float:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
 class ServiceAccountEvents:
     """The queue, the dedup memory and the job that creates the Events (see the module's docstring)."""
 
@@ -189,8 +173,8 @@ class ServiceAccountEvents:
         self.settings = settings
         self.instance = instance or reporting_instance()
         self.queue_size, self.window, self.remember = queue_size, window, remember
-        self.clock, self.sleep, self.now = clock, sleep, now
-        self.limit = RateLimit(rate, burst, clock)
+        self.clock, self.now = clock, now
+        self.limit = TokenBucket(rate, burst, clock, sleep)
         self.counts: Counter[str] = Counter()  # outcomes, as in the metric
         self._pending: dict[str, None] = {}  # ServiceAccount keys in arrival order
         self._wake = asyncio.Event()
@@ -242,7 +226,7 @@ class ServiceAccountEvents:
     async def report(self, key: str) -> None:
         """Read the ServiceAccount, then create an Event for each finding not sent recently."""
         namespace, _, name = key.partition("/")
-        await self._take()
+        await self.limit.acquire()
         try:
             obj = await self._get(namespace, name)
         except _FAILURES as exc:
@@ -259,7 +243,7 @@ class ServiceAccountEvents:
                 self._count("suppressed")
                 log.debug("service account event suppressed: sent recently", service_account=key, reason=reason)
                 continue
-            await self._take()
+            await self.limit.acquire()
             try:
                 await self._post(namespace, event_body(obj, reason, message, self.instance, self.now()))
             except KubeError as exc:
@@ -289,11 +273,6 @@ class ServiceAccountEvents:
                                          _request_timeout=REQUEST_TIMEOUT), REQUEST_TIMEOUT)
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    async def _take(self) -> None:
-        delay = self.limit.take()
-        if delay > 0:
-            await self.sleep(delay)
-
     def _recent(self, sent: tuple[str, str, str]) -> bool:
         at = self._sent.get(sent)
         return at is not None and self.clock() - at < self.window

@@ -266,13 +266,21 @@ async def test_requests_are_rate_limited_burst_then_rate():
     assert len(api.created) == 4 and clock.slept == [0.5] * 5
 
 
-def test_the_rate_limit_refills_up_to_the_burst_only():
+async def test_the_rate_limit_refills_up_to_the_burst_only():
     clock = Clock()
-    limit = ev.RateLimit(1.0, 25, clock)
-    assert [limit.take() for _ in range(25)] == [0.0] * 25
-    assert limit.take() == 1.0 and limit.take() == 2.0  # reservations queue up
+    job = emitter(Api({}), clock)  # the defaults: burst 25, then 1 a second
+    for _ in range(25):
+        await job.limit.acquire()
+    assert clock.slept == []
+    await job.limit.acquire()
+    await job.limit.acquire()  # one after the other: a second each
+    assert clock.slept == [1.0, 1.0]
     clock.now += 3600
-    assert [limit.take() for _ in range(25)] == [0.0] * 25 and limit.take() == 1.0
+    for _ in range(25):
+        await job.limit.acquire()
+    assert clock.slept == [1.0, 1.0]
+    await job.limit.acquire()
+    assert clock.slept == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("failure", [KubeError(403, 'events is forbidden: User "x" cannot create resource'),

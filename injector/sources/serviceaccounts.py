@@ -10,7 +10,7 @@ it: one GET per name at a time, rate-limited, bounded by the lookup grace period
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 from typing import Any
 
 import structlog
@@ -18,6 +18,7 @@ from kubernetes_asyncio import client
 
 from ..identity import near_misses, service_account_entry
 from ..kube import KubeError, get_object
+from ..rate_limit import TokenBucket
 from . import IdentityStore
 from .reflector import Reflector
 
@@ -26,32 +27,13 @@ SOURCE = "serviceaccounts"
 FETCH_TIMEOUT = 1.0
 
 
-class TokenBucket:
-    """`rate` tokens a second, up to `burst` saved: 10/s with a burst of 20, like the Go webhook."""
-
-    def __init__(self, rate: float = 10.0, burst: int = 20) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
-
-    async def acquire(self) -> None:
-        while True:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return
-            await asyncio.sleep((1 - self.tokens) / self.rate)
-
-
 class ServiceAccountSource:
     """Feeds `store.tables.service_accounts` and answers cache misses."""
 
     def __init__(self, api: client.ApiClient, store: IdentityStore) -> None:
         self.core = client.CoreV1Api(api)
         self.store = store
-        self.limiter = TokenBucket()
+        self.limiter = TokenBucket(rate=10.0, burst=20)  # direct lookups: 10/s, burst 20, like the Go webhook
         self._inflight: dict[str, asyncio.Task] = {}
         self.reflector = Reflector(SOURCE, self.core.list_service_account_for_all_namespaces,
                                    on_replace=self._replace, on_event=self._event, transform=self._entry,
@@ -76,7 +58,7 @@ class ServiceAccountSource:
             return "", "", None
         annotations = metadata.get("annotations")
         if not annotations or (isinstance(annotations, dict) and not self._ours(annotations)):
-            return namespace, name, self._no_annotations()  # most ServiceAccounts: parse nothing
+            return namespace, name, self._no_annotations  # most ServiceAccounts: parse nothing
         return namespace, name, service_account_entry(annotations, self.store.settings)
 
     def _ours(self, annotations: dict[str, Any]) -> bool:
@@ -86,12 +68,10 @@ class ServiceAccountSource:
         return (any(isinstance(key, str) and key.startswith(prefix) for key in annotations)
                 or bool(near_misses(annotations, self.store.settings)))
 
+    @functools.cached_property
     def _no_annotations(self) -> Any:
         """The entry of a ServiceAccount with none of our annotations: the flag defaults, built once."""
-        entry = getattr(self, "_default_entry", None)
-        if entry is None:
-            entry = self._default_entry = service_account_entry(None, self.store.settings)
-        return entry
+        return service_account_entry(None, self.store.settings)
 
     def _replace(self, items: list[tuple[str, str, Any]]) -> None:
         """The sync's items, already reduced to (namespace, name, entry) by `_entry` as they came."""
