@@ -79,8 +79,7 @@ class IdentityStore:
         self.tables.service_accounts = entries
         if self.update_listeners:
             for key, entry in entries.items():
-                old = previous.get(key)
-                if old is None or old != entry or old.problems != entry.problems:
+                if not _unchanged(previous.get(key), entry):
                     self._notify(("put", key, entry))
             for key in previous.keys() - entries.keys():
                 self._notify(("remove", key))
@@ -115,7 +114,7 @@ class IdentityStore:
 
     def _report(self, key: str, entry: RoleMapping, previous: RoleMapping | None) -> None:
         """Say each problem once: a relist or an unchanged update repeats nothing."""
-        if not self.log_problems or (previous == entry and previous.problems == entry.problems):
+        if not self.log_problems or _unchanged(previous, entry):
             return
         for problem in entry.problems:
             log.warning("service account annotation problem", service_account=key, problem=problem)
@@ -167,3 +166,8 @@ class IdentityStore:
     def dump(self) -> dict[str, dict]:
         """The ServiceAccount table in the Go webhook's debug format (sorted keys)."""
         return {key: entry.as_json() for key, entry in sorted(self.tables.service_accounts.items())}
+
+
+def _unchanged(previous: RoleMapping | None, entry: RoleMapping) -> bool:
+    """The same entry, problems included (they take no part in equality)."""
+    return previous is not None and previous == entry and previous.problems == entry.problems
