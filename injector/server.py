@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -126,13 +127,16 @@ def _file_watches(prepared: Prepared) -> list[Any]:
     return [prepared.credentials.watch] if prepared.credentials is not None else []
 
 
-async def _wait_until_ready(state: ServerState) -> None:
+async def _wait_until(done: Callable[[], bool], waiting_for: Callable[[], Any], message: str,
+                      interval: float) -> None:
+    """Poll `done` every `interval` seconds; every ~10 s, log `message` with what is awaited."""
+    every = max(1, round(10 / interval))
     for tick in itertools.count(1):
-        if state.ready:
+        if done():
             return
-        if tick % 100 == 0:  # every ~10 s
-            log.info("not listening yet", waiting_for=state.not_ready_because())
-        await asyncio.sleep(0.1)
+        if tick % every == 0:
+            log.info(message, waiting_for=waiting_for())
+        await asyncio.sleep(interval)
 
 
 async def _drain(state: ServerState, runner: web.AppRunner) -> None:
@@ -164,12 +168,8 @@ async def _sync_before_fork(prepared: Prepared) -> Cluster | None:
     cluster = connecting.result()
     tasks = [asyncio.create_task(source.run()) for source in cluster.identity_sources]
     try:
-        for tick in itertools.count(1):
-            if not store.waiting_for or stop.is_set():
-                break
-            if tick % 500 == 0:  # every ~10 s
-                log.info("not serving yet", waiting_for=list(store.waiting_for))
-            await asyncio.sleep(0.02)
+        await _wait_until(lambda: not store.waiting_for or stop.is_set(), lambda: list(store.waiting_for),
+                          "not serving yet", 0.02)
     finally:
         for task in tasks:
             task.cancel()
@@ -283,7 +283,8 @@ async def worker_process(prepared: Prepared, index: int, feed_socket: socket.soc
     run_beside(app, [feed.run, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state)])
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()  # starts the jobs
-    await _wait_until_ready(state)  # a probe reaches one worker of several: each must be ready to listen
+    # A probe reaches one worker of several: each must be ready before it listens.
+    await _wait_until(lambda: state.ready, state.not_ready_because, "not listening yet", 0.1)
     await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=True)
     log.info("serving", port=settings.port, metrics_port=None, pid=os.getpid())
 
