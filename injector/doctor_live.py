@@ -183,10 +183,12 @@ async def _service_problems(cluster: Cluster, service_ref: dict[str, Any], ca_bu
         command = [*(container.get("command") or [])[1:], *(container.get("args") or [])]
         deployment_name = f"{namespace}/{deployment['metadata']['name']}"
         try:
-            from .cli import mutation_settings
+            from .cli import settings_from_args
 
+            # Not cli.mutation_settings: that asks this machine's EC2 instance metadata for an
+            # account the webhook's flags leave out, which says nothing about the webhook's.
             flags = parse_webhook_args([str(a) for a in command])
-            facts.settings = mutation_settings(flags)
+            facts.settings = settings_from_args(MutationSettings, flags)
         except (SystemExit, ValueError) as exc:
             facts.notes.append(f"the webhook's args in deployment {deployment_name} do not parse ({exc}); "
                                "the command line's flags are used")
