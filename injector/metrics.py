@@ -71,8 +71,7 @@ class Metrics:
         self.skipped = Counter(
             "pod_identity_injector_skipped", "Pods with an identity left unchanged on purpose, by reason.",
             ["reason"], registry=reg)
-        self.service_account_events = SERVICE_ACCOUNT_EVENTS
-        reg.register(SERVICE_ACCOUNT_EVENTS)
+        reg.register(SERVICE_ACCOUNT_EVENTS)  # module-level: the Event job counts before a Metrics exists
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
             ["method", "path", "code"], registry=reg)

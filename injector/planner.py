@@ -160,7 +160,7 @@ def _names(items: Any) -> set[str]:
 
 
 def token_expiration(pod: dict[str, Any], identity: Identity, settings: MutationSettings,
-                     jitter: Jitter, notes: list[str], warnings: list[str] | None = None) -> int:
+                     jitter: Jitter, notes: list[str], warnings: list[str]) -> int:
     """Pod annotation > identity value; the container-credentials default gets jitter."""
     seconds = identity.token_expiration
     annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
@@ -170,8 +170,7 @@ def token_expiration(pod: dict[str, Any], identity: Identity, settings: Mutation
         parsed = parse_expiration(raw)
         if parsed is None:
             notes.append(f"pod annotation {key} {raw!r} is not an integer; using {seconds}")
-            if warnings is not None:
-                warnings.append(f"pod token-expiration {raw!r:.20} is not an integer; using {seconds}")
+            warnings.append(f"pod token-expiration {raw!r:.20} is not an integer; using {seconds}")
         else:
             seconds = parsed
     if identity.mode is Mode.CONTAINER_CREDENTIALS and seconds == DEFAULT_TOKEN_EXPIRATION:
