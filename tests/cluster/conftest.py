@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,15 @@ class Kubectl:
 
     def apply(self, *objects: dict) -> str:
         return self("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+
+    def wait_mutated(self, pod: dict, marker: str, failure: str, timeout: float = 60) -> None:
+        """Create `pod` as a server-side dry run, once a second, until the webhook's answer
+        contains `marker` (a webhook just upgraded or a ServiceAccount just created)."""
+        deadline = time.monotonic() + timeout
+        while marker not in self("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(pod),
+                                 check=False):
+            assert time.monotonic() < deadline, failure
+            time.sleep(1)
 
     def helm(self, *args: str, timeout: float = 300) -> str:
         result = subprocess.run([self.helm_binary, *args], capture_output=True, text=True, env=self.env,

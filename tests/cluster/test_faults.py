@@ -51,13 +51,7 @@ def _wait_webhook_knows(kubectl: Kubectl, namespace: str) -> None:
     probe = load.deployment(namespace)["spec"]["template"]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-", "namespace": namespace},
            "spec": probe["spec"]}
-    import json
-    for _ in range(60):
-        out = kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(pod), check=False)
-        if '"AWS_ROLE_ARN"' in out:
-            return
-        time.sleep(1)
-    raise AssertionError("the webhook never mutated a probe pod")
+    kubectl.wait_mutated(pod, '"AWS_ROLE_ARN"', "the webhook never mutated a probe pod")
 
 
 def _webhook_ready(kubectl: Kubectl) -> None:

@@ -4,8 +4,6 @@ webhook injects container credentials, and boto3 gets them from a Pod Identity A
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,11 +36,8 @@ def pod_identity(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[t
     probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-", "namespace": namespace},
              "spec": {"serviceAccountName": "app", "containers": [{"name": "c", "image": "probe"}]}}
     kubectl.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": namespace}})
-    deadline = time.monotonic() + 60
-    while "AWS_CONTAINER_CREDENTIALS_FULL_URI" not in kubectl(
-            "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(probe), check=False):
-        assert time.monotonic() < deadline, "the upgraded webhook never injected container credentials"
-        time.sleep(1)
+    kubectl.wait_mutated(probe, "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                         "the upgraded webhook never injected container credentials")
     try:
         yield agent, sts
     finally:
