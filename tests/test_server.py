@@ -328,15 +328,8 @@ def test_sigterm_drains_in_flight_requests(tmp_path, certs):
 # -- several serving processes ----------------------------------------------------------------
 def test_multiple_workers_share_the_port_and_metrics(tmp_path, certs):
     srv = start_server(tmp_path, certs, workers=2)
-
-    def serving_pids() -> set:
-        return {json.loads(line).get("pid") for line in srv.logs().splitlines() if '"serving"' in line}
-
     try:
-        deadline = time.monotonic() + 20
-        while len(serving_pids()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(serving_pids()) == 2
+        assert len(_worker_pids(srv)) == 2
         for _ in range(30):
             status, answer = srv.review(pod_review())
             assert status == 200 and "patch" in answer["response"]

@@ -93,64 +93,55 @@ async def _eventually(check, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_every_change_of_the_supervisors_store_reaches_the_worker():
-    async def scenario():
-        supervisor, worker = IdentityStore(SETTINGS), IdentityStore(SETTINGS)
-        feed, client = await _pair(supervisor, worker)
-        tasks = [asyncio.create_task(feed.run()), asyncio.create_task(client.run())]
-        supervisor.put_service_account("ns", "app", ENTRY)
-        supervisor.put_service_account("ns", "other", ENTRY)
-        supervisor.remove_service_account("ns", "other")
-        supervisor.replace_config_map(ConfigMapMapping({"ns/cm": ENTRY}))
-        await _eventually(lambda: client.applied == 4)
-        assert worker.tables.service_accounts == {"ns/app": ENTRY}
-        assert worker.resolve("ns", "cm").reason == "config-map"
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        assert not client.lost  # cancelled at shutdown: not a lost supervisor
-
-    asyncio.run(scenario())
+async def test_every_change_of_the_supervisors_store_reaches_the_worker():
+    supervisor, worker = IdentityStore(SETTINGS), IdentityStore(SETTINGS)
+    feed, client = await _pair(supervisor, worker)
+    tasks = [asyncio.create_task(feed.run()), asyncio.create_task(client.run())]
+    supervisor.put_service_account("ns", "app", ENTRY)
+    supervisor.put_service_account("ns", "other", ENTRY)
+    supervisor.remove_service_account("ns", "other")
+    supervisor.replace_config_map(ConfigMapMapping({"ns/cm": ENTRY}))
+    await _eventually(lambda: client.applied == 4)
+    assert worker.tables.service_accounts == {"ns/app": ENTRY}
+    assert worker.resolve("ns", "cm").reason == "config-map"
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert not client.lost  # cancelled at shutdown: not a lost supervisor
 
 
-def test_a_workers_miss_is_fetched_by_the_supervisor_once_and_answered_after_the_change():
-    async def scenario():
-        supervisor, worker = IdentityStore(SETTINGS, 1.0), IdentityStore(SETTINGS, 1.0)
-        fetched = []
+async def test_a_workers_miss_is_fetched_by_the_supervisor_once_and_answered_after_the_change():
+    supervisor, worker = IdentityStore(SETTINGS, 1.0), IdentityStore(SETTINGS, 1.0)
+    fetched = []
 
-        async def fetch(namespace: str, name: str) -> bool:
-            fetched.append((namespace, name))
-            await asyncio.sleep(0.05)
-            supervisor.put_service_account(namespace, name, ENTRY)
-            return True
-
-        supervisor.fetch_missing = fetch
-        feed, client = await _pair(supervisor, worker)
-        worker.fetch_missing = client.fetch
-        tasks = [asyncio.create_task(feed.run()), asyncio.create_task(client.run())]
-        first, second = await asyncio.gather(worker.resolve_waiting("ns", "late"),
-                                             worker.resolve_waiting("ns", "late"))
-        assert first.identity.role_arn == ROLE and second.identity.role_arn == ROLE
-        assert fetched == [("ns", "late")]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run(scenario())
-
-
-def test_the_end_of_the_stream_is_a_lost_supervisor_and_releases_waiters():
-    async def scenario():
-        supervisor, worker = IdentityStore(SETTINGS), IdentityStore(SETTINGS)
-        lost = asyncio.Event()
-        feed, client = await _pair(supervisor, worker, on_lost=lost.set)
-        reader = asyncio.create_task(client.run())
-        waiting = client.fetch("ns", "app")  # the feed serves no requests here: never answered
+    async def fetch(namespace: str, name: str) -> bool:
+        fetched.append((namespace, name))
         await asyncio.sleep(0.05)
-        feed.close()  # as the supervisor's death closes its end
-        await asyncio.wait_for(lost.wait(), 5)
-        assert client.lost and waiting.done() and waiting.result() is False
-        assert (await client.fetch("ns", "other")) is False  # nobody left to ask
-        await reader
+        supervisor.put_service_account(namespace, name, ENTRY)
+        return True
 
-    asyncio.run(scenario())
+    supervisor.fetch_missing = fetch
+    feed, client = await _pair(supervisor, worker)
+    worker.fetch_missing = client.fetch
+    tasks = [asyncio.create_task(feed.run()), asyncio.create_task(client.run())]
+    first, second = await asyncio.gather(worker.resolve_waiting("ns", "late"),
+                                         worker.resolve_waiting("ns", "late"))
+    assert first.identity.role_arn == ROLE and second.identity.role_arn == ROLE
+    assert fetched == [("ns", "late")]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_the_end_of_the_stream_is_a_lost_supervisor_and_releases_waiters():
+    supervisor, worker = IdentityStore(SETTINGS), IdentityStore(SETTINGS)
+    lost = asyncio.Event()
+    feed, client = await _pair(supervisor, worker, on_lost=lost.set)
+    reader = asyncio.create_task(client.run())
+    waiting = client.fetch("ns", "app")  # the feed serves no requests here: never answered
+    await asyncio.sleep(0.05)
+    feed.close()  # as the supervisor's death closes its end
+    await asyncio.wait_for(lost.wait(), 5)
+    assert client.lost and waiting.done() and waiting.result() is False
+    assert (await client.fetch("ns", "other")) is False  # nobody left to ask
+    await reader
