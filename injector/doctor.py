@@ -304,7 +304,9 @@ def _check_service_account(case: Case, out: _Findings, identity: Identity | None
 def _injected(pod: Mapping[str, Any], identity: Identity, settings: MutationSettings) -> bool:
     name = settings.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS else WEB_IDENTITY_VOLUME_NAME
     keys = (CREDENTIALS_FULL_URI,) if identity.mode is Mode.CONTAINER_CREDENTIALS else (ROLE_ARN,)
-    return name in _volumes(pod) or any(k in _env(c) for _, c in _containers(pod) for k in keys)
+    # A volume of that name counts only as a token volume: any other is a collision (§volume-collision).
+    return _token_source(_volumes(pod).get(name)) is not None or any(
+        k in _env(c) for _, c in _containers(pod) for k in keys)
 
 
 def _annotation_set_at(service_account: Mapping[str, Any] | None, key: str) -> dt.datetime | None:
@@ -396,7 +398,9 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
         if skip_key not in note:
             out.add("plan-note", INFO, s, note)
     if not case.stored:
-        if plan.operations:
+        if plan.blocked:
+            pass  # said above, as a failure
+        elif plan.operations:
             out.add("pod-would-be-injected", OK, s, f"the webhook would add {len(plan.operations)} operations "
                     f"({identity.mode.value}), env and mount in: {', '.join(plan.injected) or 'no container'}",
                     operations=len(plan.operations))
@@ -405,7 +409,7 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
         import jsonpatch
 
         return jsonpatch.apply_patch(pod, plan.operations) if plan.operations else pod
-    if not plan.operations:
+    if not plan.operations and not plan.blocked:
         out.add("pod-injected", OK, s, f"the pod was mutated at admission ({identity.mode.value})")
     elif _injected(pod, identity, case.settings):
         out.add("pod-partially-injected", WARN, s, f"the pod was mutated, but the webhook would now still add "
@@ -424,6 +428,8 @@ def _why_not_injected(case: Case, out: _Findings, causes: list[str], identity: I
                 f"before {role_key} was set on the ServiceAccount ({annotated:%Y-%m-%dT%H:%M:%SZ}): the webhook "
                 "only mutates pods at creation", "restart the pod (or its owner: kubectl rollout restart …)")
         causes.append("pod-created-before-annotation")
+    if any(finding.code == "volume-name-collision" for finding in out):
+        causes.append("volume-name-collision")
     if not causes:
         unknown = "" if annotated or not case.service_account else (
             f"; or {role_key} was added after the pod was created (the ServiceAccount has no managedFields "

@@ -227,6 +227,18 @@ def test_a_volume_named_like_the_token_volume(doctor):
     assert "emptyDir" in finding(report, "volume-name-collision")["message"]
 
 
+def test_a_volume_named_like_the_token_volume_is_not_called_injected(doctor):
+    """Offline and stored alike: the collision is the reason, never an OK that the pod is (or
+    would be) injected."""
+    volumes = [{"name": "aws-iam-token", "emptyDir": {}}]
+    code, report = doctor(pod(volumes=volumes), ANNOTATED)
+    assert code == 1 and "pod-already-injected" not in codes(report)
+    code, report = doctor(pod(uid="u", creationTimestamp="2024-05-03T12:00:00Z", volumes=volumes), ANNOTATED)
+    assert code == 1 and codes(report, "fail") == ["volume-name-collision", "pod-not-injected"]
+    assert finding(report, "pod-not-injected")["details"]["causes"] == ["volume-name-collision"]
+    assert "pod-injected" not in codes(report)
+
+
 def test_a_preset_role_arn_blocks_the_pair(doctor):
     the_pod = pod(containers=[{"name": "app", "env": [{"name": "AWS_ROLE_ARN", "value": ROLE}]}])
     code, report = doctor(the_pod, ANNOTATED)

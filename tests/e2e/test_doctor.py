@@ -171,6 +171,21 @@ async def test_an_unreachable_webhook_url(control_plane, admin):
     assert by_pod["missed"]["reasons"] == ["webhook-unreachable"]
 
 
+async def test_a_volume_named_like_the_token_volume_is_found_by_doctor_and_audit(control_plane, admin, webhook):
+    """The webhook leaves such a pod unchanged (§volume-collision); both commands must say why,
+    and neither may call it injected."""
+    ns = await admin.namespace("e2e-doctor-collision", webhook.namespace_labels)
+    await admin.service_account(ns, "app", {ROLE_ANNOTATION: ROLE})
+    await admin.create_pod(ns, pod("collided", "app", volumes=[{"name": "aws-iam-token", "emptyDir": {}}]))
+    code, report = await doctor(control_plane, ns, "collided")
+    assert code == 1 and codes(report) == ["volume-name-collision", "pod-not-injected"]
+    assert "pod-injected" not in codes(report, "ok")
+    code, listed = await asyncio.to_thread(command, "audit", "-n", ns, "--kubeconfig",
+                                           str(control_plane.kubeconfig))
+    assert code == 1 and [(e["pod"], e["reasons"]) for e in listed["pods"]] == [
+        ("collided", ["volume-name-collision"])]
+
+
 async def test_audit_is_quiet_where_every_pod_was_mutated(control_plane, admin, namespace):
     await admin.service_account(namespace, "fine", {ROLE_ANNOTATION: ROLE})
     await admin.create_pod(namespace, pod("fine", "fine"))
