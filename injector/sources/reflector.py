@@ -149,18 +149,15 @@ class Reflector:
             async with asyncio.timeout(WATCH_TIMEOUT):
                 async for event in events:
                     kind, obj = event.get("type"), event.get("object") or {}
+                    if pending is None:  # past the initial events: the watch itself
+                        version = self._follow(kind, obj, version)
+                        continue
                     if kind == "ERROR":
                         code = int(obj.get("code") or 0)
-                        if pending is None:
-                            raise _Gone() if code == 410 else KubeError(code, str(obj.get("message") or obj))
                         raise _NoInitialEvents(f"{code}: {obj.get('message') or obj}", refused=code in _REFUSED)
                     metadata = _metadata(obj)
                     version = metadata.get("resourceVersion") or version
-                    if pending is None:
-                        self.version = version
-                        if kind != "BOOKMARK":
-                            self.on_event(kind, obj)
-                    elif kind == "BOOKMARK":
+                    if kind == "BOOKMARK":
                         if (metadata.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
                             self.version = version
                             self._replaced(list(pending.values()), "watch-list")
@@ -208,6 +205,18 @@ class Reflector:
         return version
 
     # -- the watch -------------------------------------------------------------------------
+    def _follow(self, kind: Any, obj: dict[str, Any], version: str) -> str:
+        """One event of a running watch (a plain one, or a watch-list past its initial events):
+        an ERROR raises (410: sync again); any other moves the version on, and all but bookmarks
+        go to `on_event`. Returns the version to resume from."""
+        if kind == "ERROR":
+            code = int(obj.get("code") or 0)
+            raise _Gone() if code == 410 else KubeError(code, str(obj.get("message") or obj))
+        version = self.version = _metadata(obj).get("resourceVersion") or version
+        if kind != "BOOKMARK":
+            self.on_event(kind, obj)
+        return version
+
     async def _watch(self, version: str) -> str:
         """One watch request from `version`; returns the last version seen when it ends, to
         resume from. The server ends it when its --min-request-timeout says (no timeoutSeconds is
@@ -217,14 +226,7 @@ class Reflector:
         try:
             async with asyncio.timeout(WATCH_TIMEOUT):
                 async for event in events:
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            raise _Gone()
-                        raise KubeError(int(obj.get("code") or 0), str(obj.get("message") or obj))
-                    version = self.version = _metadata(obj).get("resourceVersion") or version
-                    if kind != "BOOKMARK":
-                        self.on_event(kind, obj)
+                    version = self._follow(event.get("type"), event.get("object") or {}, version)
         except TimeoutError:
             pass  # our deadline: resume
         except KubeError as exc:
