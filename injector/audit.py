@@ -57,21 +57,19 @@ def controller_of(obj: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-async def owner(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> tuple[str, str]:
+async def owner(cluster: Cluster, shared: Shared, namespace: str, pod: dict[str, Any]) -> tuple[str, str]:
     """The object to restart: the pod's controller, and that one's controller for a ReplicaSet
-    (a Deployment) or a Job (a CronJob)."""
+    (a Deployment) or a Job (a CronJob). Each owner is read once per command (`shared`): the
+    pods of one ReplicaSet share it."""
     current = ("Pod", str(_dict(pod.get("metadata")).get("name")))
     parent = controller_of(pod)
-    readers = {"ReplicaSet": cluster.apps.read_namespaced_replica_set}
-    from kubernetes_asyncio import client
-
-    readers["Job"] = client.BatchV1Api(cluster.api).read_namespaced_job
+    readers = {"ReplicaSet": cluster.apps.read_namespaced_replica_set, "Job": cluster.batch.read_namespaced_job}
     while parent is not None:
         current = parent
         read = readers.get(parent[0])
         if read is None:
             break
-        obj = await cluster.get(read, parent[1], namespace, what=f"{parent[0].lower()} {namespace}/{parent[1]}")
+        obj = await shared.get(cluster, f"{parent[0].lower()} {namespace}/{parent[1]}", read, parent[1], namespace)
         parent = controller_of(obj) if obj else None
     return current
 
@@ -100,7 +98,7 @@ async def run(args: argparse.Namespace, settings: MutationSettings) -> list[Entr
                 continue
             report = diagnose(case)
             failing = [f for f in report.findings if f.status == FAIL and f.code not in _RESTATING]
-            kind, name = await owner(cluster, namespace, pod)
+            kind, name = await owner(cluster, shared, namespace, pod)
             entries.append(Entry(namespace, str(meta.get("name")), case.service_account_name, identity.role_arn,
                                  kind, name, tuple(f.code for f in failing), tuple(f.message for f in failing)))
     return entries

@@ -37,6 +37,7 @@ class Cluster:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
         self.discovery = client.DiscoveryV1Api(api)
         self.notes: list[str] = []
@@ -242,7 +243,7 @@ async def live_case(args: argparse.Namespace, settings: MutationSettings) -> Cas
         pod = await cluster.get(cluster.core.read_namespaced_pod, name, namespace, what=f"pod {namespace}/{name}")
         if pod is None:
             raise LiveError(f"pod {namespace}/{name} not found (or not readable)")
-        shared = await cluster_facts(cluster, args, settings, namespace)
+        shared = Shared(settings, {}, args.webhook_configuration or "")
         case = await case_for(cluster, shared, pod, namespace)
         issuer = args.issuer or await _cluster_issuer(cluster)
         case = replace(case, issuer=issuer)
@@ -267,11 +268,6 @@ class Shared:
         return self.objects[key]
 
 
-async def cluster_facts(cluster: Cluster, args: argparse.Namespace, settings: MutationSettings,
-                        namespace: str) -> Shared:
-    return Shared(settings, {}, getattr(args, "webhook_configuration", "") or "")
-
-
 async def case_for(cluster: Cluster, shared: Shared, pod: dict[str, Any], namespace: str) -> Case:
     """One pod's Case; the webhook facts are read once per namespace-label set."""
     sa_name = _dict(pod.get("spec")).get("serviceAccountName") or "default"
@@ -290,10 +286,9 @@ async def case_for(cluster: Cluster, shared: Shared, pod: dict[str, Any], namesp
         if key not in shared.objects:
             shared.objects[key] = await _config_map(cluster, facts.config_map_namespace, settings)
         config_map = shared.objects[key]
-    notes = list(facts.notes)
     kwargs = {"config_map": config_map} if config_map is not None else {}
     return Case(pod, namespace, account, settings, live=True, namespace_labels=labels, webhook=facts.view,
-                webhook_searched=facts.searched, notes=tuple(notes), **kwargs)
+                webhook_searched=facts.searched, notes=tuple(facts.notes), **kwargs)
 
 
 async def _config_map(cluster: Cluster, namespace: str, settings: MutationSettings) -> Any:
