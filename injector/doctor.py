@@ -40,6 +40,8 @@ from .planner import (
     WEB_IDENTITY_TOKEN_FILE,
     parse_skip_containers,
     plan_mutation,
+    token_source,
+    volume_kind,
 )
 from .settings import PARTITIONS, WEB_IDENTITY_VOLUME_NAME, MutationSettings
 
@@ -200,15 +202,6 @@ def _volumes(pod: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {v.get("name"): v for v in _dict(pod.get("spec")).get("volumes") or [] if isinstance(v, dict)}
 
 
-def _token_source(volume: Mapping[str, Any] | None, path: str | None = None) -> dict[str, Any] | None:
-    """The projected serviceAccountToken of `volume` (at `path`, when given), if it is one."""
-    for source in _dict(_dict(volume).get("projected")).get("sources") or []:
-        token = _dict(source).get("serviceAccountToken")
-        if isinstance(token, dict) and (path is None or posixpath.normpath(token.get("path", "")) == path):
-            return token
-    return None
-
-
 def _env(container: Mapping[str, Any]) -> dict[str, str]:
     env = {}
     for entry in container.get("env") or []:
@@ -225,7 +218,7 @@ def _token_behind(pod: Mapping[str, Any], container: Mapping[str, Any], path: st
         base = str(_dict(mount).get("mountPath", "")).rstrip("/")
         if base and path.startswith(base + "/"):
             name = mount.get("name")
-            token = _token_source(volumes.get(name), posixpath.relpath(path, base))
+            token = token_source(volumes.get(name), posixpath.relpath(path, base))
             if token is not None:
                 return token, ""
             kind = next((k for k in _dict(volumes.get(name)) if k != "name"), "missing")
@@ -305,7 +298,7 @@ def _injected(pod: Mapping[str, Any], identity: Identity, settings: MutationSett
     name = settings.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS else WEB_IDENTITY_VOLUME_NAME
     keys = (CREDENTIALS_FULL_URI,) if identity.mode is Mode.CONTAINER_CREDENTIALS else (ROLE_ARN,)
     # A volume of that name counts only as a token volume: any other is a collision (§volume-collision).
-    return _token_source(_volumes(pod).get(name)) is not None or any(
+    return token_source(_volumes(pod).get(name)) is not None or any(
         k in _env(c) for _, c in _containers(pod) for k in keys)
 
 
@@ -377,8 +370,8 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
     volume_name = case.settings.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS \
         else WEB_IDENTITY_VOLUME_NAME
     collided = _volumes(pod).get(volume_name)
-    if collided is not None and _token_source(collided) is None:
-        kind = next((k for k in collided if k != "name"), "no source")
+    if collided is not None and token_source(collided) is None:
+        kind = volume_kind(collided)
         out.add("volume-name-collision", FAIL, s, f"the pod already has a volume {volume_name!r} ({kind}), not a "
                 "projected serviceAccountToken: the webhook leaves the pod unchanged (§volume-collision)",
                 f"rename the pod's volume {volume_name!r}")
@@ -567,7 +560,7 @@ def _check_token(case: Case, out: _Findings, identity: Identity, pod: Mapping[st
     """Audience and lifetime as projected; the issuer; the real token (live). Returns the audiences."""
     s = "token"
     name = case.settings.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS else WEB_IDENTITY_VOLUME_NAME
-    token = _token_source(_volumes(pod).get(name))
+    token = token_source(_volumes(pod).get(name))
     if token is None:
         return (identity.audience,)
     audience = token.get("audience", "")

@@ -17,8 +17,9 @@ import urllib.parse
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .doctor import Case, TokenCheck, WebhookView, _dict, _token_source, _volumes
+from .doctor import Case, TokenCheck, WebhookView, _dict, _volumes
 from .doctor_webhook import ca_bundle_problem, intercepts_pod_creation, selector_matches
+from .planner import token_source
 from .settings import WEB_IDENTITY_VOLUME_NAME, MutationSettings
 
 CONNECT_TIMEOUT = 3.0
@@ -314,7 +315,7 @@ async def _cluster_issuer(cluster: Cluster) -> str:
 
 
 def _has_web_identity(pod: dict[str, Any]) -> bool:
-    return _token_source(_volumes(pod).get(WEB_IDENTITY_VOLUME_NAME)) is not None
+    return token_source(_volumes(pod).get(WEB_IDENTITY_VOLUME_NAME)) is not None
 
 
 async def _token_check(args: argparse.Namespace, pod: dict[str, Any], issuer: str) -> TokenCheck:
@@ -322,7 +323,7 @@ async def _token_check(args: argparse.Namespace, pod: dict[str, Any], issuer: st
     from .oidc import OidcError, TokenRejected
     from .oidc_fetch import FetchError, pod_token, verify_published
 
-    audience = (_token_source(_volumes(pod).get(WEB_IDENTITY_VOLUME_NAME)) or {}).get("audience", "")
+    audience = (token_source(_volumes(pod).get(WEB_IDENTITY_VOLUME_NAME)) or {}).get("audience", "")
     meta = _dict(pod.get("metadata"))
     try:
         token = await pod_token(meta.get("namespace", ""), meta.get("name", ""), args.kubeconfig, args.kube_api)

@@ -263,10 +263,20 @@ def _preset(env: Any, layout: _Layout) -> list[str]:
             and (item.get("value") != ours[item["name"]] or "valueFrom" in item)]
 
 
-def _is_token_volume(volume: Any) -> bool:
-    """A projected volume with a serviceAccountToken source: ours, or one we may use (§volume-collision)."""
+def token_source(volume: Any, path: str | None = None) -> dict[str, Any] | None:
+    """The projected serviceAccountToken of `volume` (at `path`, when given), if it is one: a
+    volume of our name without one is a collision (§volume-collision)."""
     sources = _dict(_dict(volume).get("projected")).get("sources")
-    return isinstance(sources, list) and any(isinstance(_dict(s).get("serviceAccountToken"), dict) for s in sources)
+    for source in sources if isinstance(sources, list) else ():
+        token = _dict(source).get("serviceAccountToken")
+        if isinstance(token, dict) and (path is None or posixpath.normpath(token.get("path", "")) == path):
+            return token
+    return None
+
+
+def volume_kind(volume: Any) -> str:
+    """What a volume is (`emptyDir`, `configMap`, …), for the collision's messages."""
+    return next((key for key in _dict(volume) if key != "name"), "no source")
 
 
 def _volume(layout: _Layout, audience: str, expiration: int) -> dict[str, Any]:
@@ -307,11 +317,11 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     expiration = token_expiration(pod, identity, settings, jitter, notes, warnings)
 
     volumes = spec.get("volumes")
-    taken = next((v for v in volumes if _dict(v).get("name") == layout.volume_name and not _is_token_volume(v)),
+    taken = next((v for v in volumes if _dict(v).get("name") == layout.volume_name and token_source(v) is None),
                  None) if isinstance(volumes, list) else None
     if taken is not None:
         # §volume-collision (ours): env and mount would point the SDK at a file we do not control.
-        kind = next((k for k in _dict(taken) if k != "name"), "no source")
+        kind = volume_kind(taken)
         warnings.append(f"volume {layout.volume_name} ({kind}) already exists; pod left without AWS credentials")
         notes.append(f"the pod's volume {layout.volume_name!r} is {kind}, not a projected serviceAccountToken: "
                      "nothing injected")
