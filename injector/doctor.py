@@ -41,6 +41,7 @@ from .planner import (
     parse_skip_containers,
     plan_mutation,
     token_source,
+    unknown_containers,
     volume_kind,
 )
 from .settings import PARTITIONS, WEB_IDENTITY_VOLUME_NAME, MutationSettings
@@ -380,11 +381,10 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
     skip: frozenset[str] = frozenset()
     if isinstance(raw_skip, str):
         skip, error = parse_skip_containers(raw_skip)
-        names = {c.get("name") for _, c in _containers(pod)}
         if error:
             out.add("skip-containers-invalid", WARN, s, f"{skip_key} {raw_skip!r} is ignored: {error}",
                     "write it as comma-separated container names")
-        for unknown in sorted(skip - names):
+        for unknown in unknown_containers(_dict(pod.get("spec")), skip):
             out.add("skip-containers-unknown", WARN, s, f"{skip_key} names {unknown!r}, which is no container of "
                     "the pod", "fix the name")
     for note in plan.notes:

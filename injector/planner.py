@@ -153,6 +153,12 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def unknown_containers(spec: dict[str, Any], names: frozenset[str]) -> list[str]:
+    """The names in `names` (skip-containers) that are no container or init container of `spec`."""
+    containers = [c for n in ("initContainers", "containers") for c in spec.get(n) or () if isinstance(c, dict)]
+    return sorted(names - _names(containers))
+
+
 def _names(items: Any) -> set[str]:
     if not isinstance(items, list):
         return set()
@@ -307,8 +313,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         skip, error = parse_skip_containers(raw) if isinstance(raw, str) else (frozenset(), "not a string")
         if error:
             notes.append(f"pod annotation {skip_key} ignored: {error}")
-        containers = [c for n in ("initContainers", "containers") for c in spec.get(n) or () if isinstance(c, dict)]
-        for unknown in sorted(skip - _names(containers)):
+        for unknown in unknown_containers(spec, skip):
             warnings.append(f"skip-containers names {unknown}, which is no container of this pod")
 
     node_selector = _dict(spec.get("nodeSelector"))
