@@ -113,15 +113,24 @@ class WebhookFacts:
     notes: list[str] = field(default_factory=list)
 
 
-async def webhook_facts(cluster: Cluster, preferred: str, namespace_labels: dict[str, str] | None) -> WebhookFacts:
-    listed = await cluster.get(cluster.admission.list_mutating_webhook_configuration,
-                               what="MutatingWebhookConfigurations")
+async def webhook_facts(cluster: Cluster, shared: Shared, namespace_labels: dict[str, str] | None) -> WebhookFacts:
+    """The webhook that would see a pod in a namespace with these labels, and what is wrong with
+    it. The configurations are listed once per command and each webhook checked once: every
+    namespace has labels of its own (kubernetes.io/metadata.name), but few webhooks."""
+    listed = await shared.get(cluster, "MutatingWebhookConfigurations",
+                              cluster.admission.list_mutating_webhook_configuration)
     if listed is None:
         return WebhookFacts(None, False)
-    chosen = choose_webhook(listed.get("items") or [], preferred, namespace_labels)
+    chosen = choose_webhook(listed.get("items") or [], shared.preferred, namespace_labels)
     if chosen is None:
         return WebhookFacts(None, True)
-    name, hook = chosen
+    key = f"{chosen[0]}/{chosen[1].get('name')}"
+    if key not in shared.facts:
+        shared.facts[key] = await _checked_webhook(cluster, *chosen)
+    return shared.facts[key]
+
+
+async def _checked_webhook(cluster: Cluster, name: str, hook: dict[str, Any]) -> WebhookFacts:
     client = _dict(hook.get("clientConfig"))
     problems: list[tuple[str, str]] = []
     facts = WebhookFacts(None, True)
@@ -270,16 +279,13 @@ class Shared:
 
 
 async def case_for(cluster: Cluster, shared: Shared, pod: dict[str, Any], namespace: str) -> Case:
-    """One pod's Case; the webhook facts are read once per namespace-label set."""
+    """One pod's Case; the webhook facts are read once per webhook (`webhook_facts`)."""
     sa_name = _dict(pod.get("spec")).get("serviceAccountName") or "default"
     account = await shared.get(cluster, f"serviceaccount {namespace}/{sa_name}",
                                cluster.core.read_namespaced_service_account, sa_name, namespace)
     ns = await shared.get(cluster, f"namespace {namespace}", cluster.core.read_namespace, namespace)
     labels = _dict(_dict((ns or {}).get("metadata")).get("labels")) if ns is not None else None
-    key = repr(sorted((labels or {}).items()))
-    if key not in shared.facts:
-        shared.facts[key] = await webhook_facts(cluster, shared.preferred, labels)
-    facts = shared.facts[key]
+    facts = await webhook_facts(cluster, shared, labels)
     settings = facts.settings or shared.settings
     config_map = None
     if facts.config_map_namespace:
