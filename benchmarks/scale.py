@@ -48,6 +48,7 @@ from tests.e2e.plane import (  # noqa: E402
     ControlPlane,
     find_binary,
     start_control_plane,
+    webhook_audit_entries,
 )
 
 NAMESPACES = 100
@@ -138,9 +139,8 @@ def webhook_requests(audit_log: Path, since: float, until: float) -> list[str]:
     """Verbs of the webhook's ServiceAccount requests (its client's user agent) received in
     [since, until); a watch still open is logged at ResponseStarted, so each audit ID counts once."""
     verbs, seen = [], set()
-    for line in audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        if not entry.get("userAgent", "").startswith("OpenAPI-Generator") or entry["auditID"] in seen:
+    for entry in webhook_audit_entries(audit_log):
+        if entry["auditID"] in seen:
             continue
         seen.add(entry["auditID"])
         when = datetime.fromisoformat(entry["requestReceivedTimestamp"]).timestamp()

@@ -53,6 +53,13 @@ rules:
   resources: [{group: "", resources: [serviceaccounts]}]
 - level: None
 """
+WEBHOOK_USER_AGENT = "OpenAPI-Generator"  # what kubernetes-asyncio, our webhook's client, sends
+
+
+def webhook_audit_entries(audit_log: Path) -> list[dict]:
+    """The entries of an audit log for requests our webhook made (its client's user agent)."""
+    entries = (json.loads(line) for line in audit_log.read_text().splitlines())
+    return [entry for entry in entries if entry.get("userAgent", "").startswith(WEBHOOK_USER_AGENT)]
 
 
 class BinaryUnavailable(RuntimeError):

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .plane import ControlPlane, binary_for_tests, external_kubeconfig, start_control_plane
+from .plane import ControlPlane, binary_for_tests, external_kubeconfig, start_control_plane, webhook_audit_entries
 from .webhooks import spawn_serve
 from serving import Server, pod_review, wait_ready
 
@@ -75,9 +75,8 @@ def create_service_accounts(plane: ControlPlane, count: int) -> None:
 def requests_by_webhook(audit_log: Path) -> list[tuple[str, dict]]:
     """(verb, query) of every ServiceAccount request the webhook made (its client's user agent)."""
     found = []
-    for line in audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("userAgent", "").startswith("OpenAPI-Generator") and entry.get("stage") == "ResponseComplete":
+    for entry in webhook_audit_entries(audit_log):
+        if entry.get("stage") == "ResponseComplete":
             url = urlsplit(entry["requestURI"])
             # kubernetes-asyncio sends booleans as "True"; the server parses them as Go's ParseBool does.
             found.append((entry["verb"], {k: v[0].replace("True", "true") for k, v in parse_qs(url.query).items()}))

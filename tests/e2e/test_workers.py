@@ -32,6 +32,7 @@ from .plane import (
     binary_for_tests,
     external_kubeconfig,
     start_control_plane,
+    webhook_audit_entries,
 )
 from .webhooks import spawn_serve
 from serving import Server, pod_review, wait_ready
@@ -68,10 +69,8 @@ class Replica:
         """The replica's ServiceAccount requests (its client's user agent) by audit ID, each
         with the stages logged so far (ResponseStarted for a watch still open)."""
         found: dict[str, list[dict]] = {}
-        for line in self.audit_log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("userAgent", "").startswith("OpenAPI-Generator"):
-                found.setdefault(entry["auditID"], []).append(entry)
+        for entry in webhook_audit_entries(self.audit_log):
+            found.setdefault(entry["auditID"], []).append(entry)
         return found
 
     def answering_workers(self, service_account: str, uid: str) -> dict[int, bool]:
