@@ -6,12 +6,17 @@ Prints numbers; asserts nothing. Usage: `make bench` or
 or another implementation, e.g. the Go webhook) instead of starting `serve`; it must know the
 ServiceAccount SERVICE_ACCOUNT (bench/bench-app) and answer the review with a JSONPatch.
 wrk comes from Debian's `wrk` package (installed here when missing and running as root).
+
+Each wrk run also gives the server's CPU per admission: utime+stime of its whole process tree
+(from /proc, before and after the run) in µs, divided by requests/s × duration. The tree is the
+spawned `serve`'s; with `--url` it is that of `--pid PID`, and without `--pid` the column says n/a.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -37,6 +42,7 @@ from injector.settings import MutationSettings  # noqa: E402
 from injector.sources import IdentityStore  # noqa: E402
 from injector.sources.static import service_account_entries  # noqa: E402
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE_ACCOUNT = {
     "apiVersion": "v1", "kind": "ServiceAccount",
     "metadata": {"name": "bench-app", "namespace": "bench",
@@ -154,28 +160,64 @@ _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, from the parent PIDs in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process tree of `pid` so far, in seconds."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
 def run_wrk(wrk: str, url: str, body: bytes, workdir: Path, duration: int, connections: int,
-            threads: int) -> tuple[float, float, float, str]:
+            threads: int, pid: int | None = None) -> tuple[float, float, float, str, float]:
+    """(requests/s, p50 ms, p99 ms, errors, CPU µs per admission of `pid`'s tree; NaN without `pid`)."""
     script = workdir / "post.lua"
     script.write_text(
         "wrk.method = 'POST'\n"
         f"wrk.body = {json.dumps(body.decode())}\n"
         "wrk.headers['Content-Type'] = 'application/json'\n")
+    cpu_before = cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid is not None else float("nan")
     rps = float(_RPS.search(out).group(1))
     lat = {m.group(1): float(m.group(2)) * _UNITS[m.group(3)] for m in _LATENCY.finditer(out)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return rps, lat.get("50", float("nan")), lat.get("99", float("nan")), errors.group(0) if errors else ""
+    cpu_us = cpu * 1e6 / (rps * duration) if rps else float("nan")
+    return rps, lat.get("50", float("nan")), lat.get("99", float("nan")), errors.group(0) if errors else "", cpu_us
 
 
 def measure(wrk: str, url: str, ctx: ssl.SSLContext, args: argparse.Namespace, sizes: list[int],
-            work: Path) -> list[tuple]:
+            work: Path, pid: int | None) -> list[tuple]:
     rows = []
     for size in sizes:
         body = orjson.dumps(review(size))
         check_response(url, body, ctx)
-        rows.append((size, *run_wrk(wrk, url, body, work, args.duration, args.connections, args.threads)))
+        rows.append((size, *run_wrk(wrk, url, body, work, args.duration, args.connections, args.threads, pid)))
     return rows
 
 
@@ -184,7 +226,7 @@ def measure_running(args: argparse.Namespace, sizes: list[int]) -> list[tuple]:
     wrk = ensure_wrk()
     ctx = ssl.create_default_context(cafile=args.ca)
     with tempfile.TemporaryDirectory(prefix="injector-bench-") as tmp:
-        return measure(wrk, args.url, ctx, args, sizes, Path(tmp))
+        return measure(wrk, args.url, ctx, args, sizes, Path(tmp), args.pid)
 
 
 def serve_and_measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple]:
@@ -206,7 +248,7 @@ def serve_and_measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple]
         try:
             ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
             wait_ready(f"https://127.0.0.1:{port}/readyz", ctx, server)
-            return measure(wrk, f"https://127.0.0.1:{port}/mutate", ctx, args, sizes, work)
+            return measure(wrk, f"https://127.0.0.1:{port}/mutate", ctx, args, sizes, work, server.pid)
         finally:
             server.terminate()
             server.wait(30)
@@ -244,12 +286,17 @@ def main() -> None:
     parser.add_argument("--only-inprocess", action="store_true")
     parser.add_argument("--url", help="drive this already running webhook's /mutate instead of starting serve")
     parser.add_argument("--ca", help="CA file that verifies --url's certificate (default: the system's)")
+    parser.add_argument("--pid", type=int, help="with --url: the webhook's process, whose tree's CPU is counted")
     parser.add_argument("serve_args", nargs="*", help="extra flags for serve (after --)")
     args = parser.parse_args()
     if args.url and args.serve_args:
         parser.error("flags for serve make no sense with --url")
     if args.ca and not args.url:
         parser.error("--ca goes with --url")
+    if args.pid is not None and not args.url:
+        parser.error("--pid goes with --url (serve's own process is measured without it)")
+    if args.pid is not None and not os.path.exists(f"/proc/{args.pid}/stat"):
+        parser.error(f"--pid {args.pid}: no such process")
     sizes = [int(s) for s in args.sizes.split(",")]
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -265,9 +312,10 @@ def main() -> None:
     else:
         print(f"\nserve over HTTPS (wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
               f"workers={args.workers or 'auto'})")
-    print(f"{'containers':>10} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8}  errors")
-    for size, rps, p50, p99, errors in (measure_running if args.url else serve_and_measure)(args, sizes):
-        print(f"{size:>10} {rps:>12,.0f} {p50:>8.2f} {p99:>8.2f}  {errors or 'none'}")
+    print(f"{'containers':>10} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/admission':>17}  errors")
+    for size, rps, p50, p99, errors, cpu_us in (measure_running if args.url else serve_and_measure)(args, sizes):
+        cpu = "n/a" if math.isnan(cpu_us) else f"{cpu_us:,.0f}"
+        print(f"{size:>10} {rps:>12,.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>17}  {errors or 'none'}")
 
 
 if __name__ == "__main__":
