@@ -121,7 +121,11 @@ async def handle_mutate(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         return _too_large(request.content_length, limit)
     try:
-        body = await asyncio.wait_for(request.read(), state.settings.read_body_timeout or None)
+        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+            body = await request.read()
+        else:
+            async with asyncio.timeout(state.settings.read_body_timeout or None):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _too_large(None, limit)
     except TimeoutError:

@@ -1,14 +1,16 @@
 """The process roles of `serve`: one process, or a supervisor and the workers it forks; signals, drain.
 
 With one worker (the chart's default) everything runs in this process. With `--workers N` > 1
-the supervisor alone talks to the API server: it connects, finishes the initial sync of every
-source and the self-managed certificate, then forks N serving processes that share the TLS
-port (SO_REUSEPORT). They inherit its tables at the fork and from then on receive every change
-over a socketpair each (injector/table_feed.py); they never call the API server. The
-supervisor goes on watching, serves /metrics (the workers' metrics summed) and alone manages
-self-managed certificates, which reach the workers as files they reload. Each role lists the
-jobs it runs beside its app where it builds that app (`app.run_beside`), so a background task
-lives exactly as long as the app it belongs to.
+there are N serving processes sharing the TLS port (SO_REUSEPORT): the supervisor and N-1 that
+it forks. The supervisor alone talks to the API server: it connects, finishes the initial sync
+of every source and the self-managed certificate, then forks the others. They inherit its
+tables at the fork and from then on receive every change over a socketpair each
+(injector/table_feed.py); they never call the API server. The supervisor answers admissions like
+them, goes on watching, serves /metrics (every process's metrics summed) and alone manages
+self-managed certificates, which reach the workers as files they reload. Serving in the
+supervisor too saves a whole process: a forked worker costs about 10 MiB of its own, an idle
+supervisor as much. Each role lists the jobs it runs beside its app where it builds that app
+(`app.run_beside`), so a background task lives exactly as long as the app it belongs to.
 
 Why the fork is safe (`_fork_workers`): the initial sync runs in an event loop of its own
 (`asyncio.run`, not uvloop, whose libuv thread pool would outlive the loop), which is closed,
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -85,7 +87,7 @@ def run(settings: ServeSettings) -> int:
         if cluster is None:
             return 0
         _import_for_workers()
-        workers = _fork_workers(prepared, settings.workers)
+        workers = _fork_workers(prepared, settings.workers - 1)  # the supervisor is the first
         return _run_loop(supervise(prepared, cluster, workers))
 
 
@@ -99,28 +101,36 @@ async def serve_process(prepared: Prepared) -> None:
     cluster = await connect_cluster(settings, prepared.store, watch=True, manage_certificates=True)
     if not tls.loaded:
         tls.load()
-    metrics = Metrics()
-    state = ServerState(settings, prepared.store, tls, metrics)
-    app = webhook_app(state)
-    run_beside(app, [*cluster.jobs(), *_file_watches(prepared), partial(tls.watch, settings.cert_reload_interval),
-                     partial(refresh_gauges, state)], then=cluster.close)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()  # starts the jobs
-
+    state = ServerState(settings, prepared.store, tls, Metrics())
     stop = _stop_on_signals()
-    await _listen(runner, settings, settings.port, ssl_context=tls.server_context())
-    metrics_runner = None
-    if settings.metrics_port:
-        metrics_runner = web.AppRunner(metrics_app(state, Exposition(metrics)), access_log=None)
-        await metrics_runner.setup()
-        await _listen(metrics_runner, settings, settings.metrics_port)
-    log.info("serving", port=settings.port, metrics_port=settings.metrics_port, pid=os.getpid())
-
+    runner, metrics_runner = await _serve(state, [*cluster.jobs(), *_file_watches(prepared)], then=cluster.close,
+                                          exposition=Exposition(state.metrics))
     await stop.wait()
     await _drain(state, runner)
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     log.info("shutdown complete")
+
+
+async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awaitable[Any]] | None = None,
+                 exposition: Any = None, reuse_port: bool = False) -> tuple[web.AppRunner, web.AppRunner | None]:
+    """Start the webhook app with `jobs` beside it (and the TLS reloader and the gauges), listen
+    on the TLS port, and on the metrics port when an `exposition` is given and a port is set."""
+    settings, tls = state.settings, state.tls
+    app = webhook_app(state)
+    run_beside(app, [*jobs, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state)],
+               then=then)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()  # starts the jobs
+    await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=reuse_port)
+    metrics_runner = None
+    if exposition is not None and settings.metrics_port:
+        metrics_runner = web.AppRunner(metrics_app(state, exposition), access_log=None)
+        await metrics_runner.setup()
+        await _listen(metrics_runner, settings, settings.metrics_port)
+    log.info("serving", port=settings.port, metrics_port=settings.metrics_port if metrics_runner else None,
+             pid=os.getpid())
+    return runner, metrics_runner
 
 
 def _file_watches(prepared: Prepared) -> list[Any]:
@@ -139,13 +149,17 @@ async def _wait_until(done: Callable[[], bool], waiting_for: Callable[[], Any], 
         await asyncio.sleep(interval)
 
 
-async def _drain(state: ServerState, runner: web.AppRunner) -> None:
+async def _drain(state: ServerState, runner: web.AppRunner,
+                 before_closing: Callable[[], Awaitable[Any]] | None = None) -> None:
     """Report not-ready, keep serving for --shutdown-delay, then finish in-flight requests
-    (docs/reference.md#shutdown); the app's jobs stop after the last request."""
+    (docs/reference.md#shutdown); the app's jobs stop after the last request. The supervisor
+    passes `before_closing`: its workers' ending, which needs its feed and watch until then."""
     state.draining = True
     if state.settings.shutdown_delay > 0:
         log.info("draining: not ready, still serving", seconds=state.settings.shutdown_delay)
         await asyncio.sleep(state.settings.shutdown_delay)
+    if before_closing is not None:
+        await before_closing()
     await runner.cleanup()  # stops accepting, waits up to shutdown_timeout for handlers
 
 
@@ -223,7 +237,7 @@ def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
         ctypes.CDLL(None).malloc_trim(0)
     gc.freeze()
     workers = []
-    for index, (ours, theirs) in enumerate(pairs):
+    for index, (ours, theirs) in enumerate(pairs, start=1):  # the supervisor serves as worker 0
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - measured through the processes in tests/test_server.py
@@ -279,14 +293,9 @@ async def worker_process(prepared: Prepared, index: int, feed_socket: socket.soc
     if not tls.loaded:
         tls.load()
     state = ServerState(settings, store, tls, Metrics())
-    app = webhook_app(state)
-    run_beside(app, [feed.run, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()  # starts the jobs
-    # A probe reaches one worker of several: each must be ready before it listens.
+    # A probe reaches one process of several: each must be ready before it listens.
     await _wait_until(lambda: state.ready, state.not_ready_because, "not listening yet", 0.1)
-    await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=True)
-    log.info("serving", port=settings.port, metrics_port=None, pid=os.getpid())
+    runner, _ = await _serve(state, [feed.run], reuse_port=True)
 
     await stop.wait()
     await _drain(state, runner)
@@ -296,25 +305,20 @@ async def worker_process(prepared: Prepared, index: int, feed_socket: socket.soc
 
 # -- the supervisor, after the fork ------------------------------------------------------------
 async def supervise(prepared: Prepared, cluster: Cluster, workers: list[Worker]) -> int:
-    """Keep watching for the workers, stream them every change, serve /metrics for all of them,
-    forward shutdown."""
+    """Serve as worker 0, and for every worker keep watching, stream them every change, serve
+    /metrics for all of them and forward shutdown."""
     from .metrics import Exposition, Metrics
     from .table_feed import TableFeed
 
-    settings = prepared.settings
+    structlog.contextvars.bind_contextvars(worker=0)
+    settings, tls = prepared.settings, prepared.tls
     stop = _stop_on_signals()
     await cluster.reconnect(settings)
     feed = TableFeed(prepared.store, [worker.feed for worker in workers])
     await feed.open()  # before any source runs: no change is missed
-    metrics = Metrics()
-    state = ServerState(settings, prepared.store, None, metrics)
-    app = metrics_app(state, Exposition(metrics))
-    run_beside(app, [feed.run, *cluster.jobs(), *_file_watches(prepared), partial(refresh_gauges, state)],
-               then=cluster.close)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()  # starts the jobs, with or without a metrics port
-    if settings.metrics_port:
-        await _listen(runner, settings, settings.metrics_port)
+    state = ServerState(settings, prepared.store, tls, Metrics())
+    runner, metrics_runner = await _serve(state, [feed.run, *cluster.jobs(), *_file_watches(prepared)],
+                                          then=cluster.close, exposition=Exposition(state.metrics), reuse_port=True)
     log.info("supervising", workers=len(workers), pids=[worker.pid for worker in workers], port=settings.port,
              metrics_port=settings.metrics_port)
 
@@ -323,7 +327,16 @@ async def supervise(prepared: Prepared, cluster: Cluster, workers: list[Worker])
         if worker.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
-    deadline = time.monotonic() + settings.shutdown_delay + settings.shutdown_timeout + 5
+    await _drain(state, runner, before_closing=partial(_reap, workers, settings))
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
+    log.info("shutdown complete")
+    return exit_code
+
+
+async def _reap(workers: list[Worker], settings: ServeSettings) -> None:
+    """Wait for the workers to finish their drain (sent SIGTERM with ours); kill what is left."""
+    deadline = time.monotonic() + settings.shutdown_timeout + 5
     while any(worker.poll() is None for worker in workers) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     for worker in workers:
@@ -333,9 +346,6 @@ async def supervise(prepared: Prepared, cluster: Cluster, workers: list[Worker])
                 os.kill(worker.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(worker.pid, 0)
-    await runner.cleanup()
-    log.info("shutdown complete")
-    return exit_code
 
 
 async def _until_stopped_or_a_worker_dies(stop: asyncio.Event, workers: list[Worker]) -> int:

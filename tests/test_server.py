@@ -345,7 +345,7 @@ def test_multiple_workers_share_the_port_and_metrics(tmp_path, certs):
 
 
 def _worker_pids(srv: Server, count: int = 2) -> list[int]:
-    """The PIDs of the serving workers, from their "serving" log lines."""
+    """The PIDs of the serving processes (the supervisor's among them), from their "serving" log lines."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         pids = sorted({json.loads(line)["pid"] for line in srv.logs().splitlines() if '"serving"' in line})
@@ -374,9 +374,13 @@ def _wait_gone(pids: list[int], timeout: float = 15) -> bool:
 
 
 def test_workers_are_forked_and_share_the_supervisors_modules(tmp_path, certs):
-    srv = start_server(tmp_path, certs, workers=2)
+    srv = start_server(tmp_path, certs, workers=3)
     try:
-        for pid in _worker_pids(srv):
+        serving = _worker_pids(srv, 3)
+        assert srv.proc.pid in serving  # the supervisor serves as one of the three
+        forked = [pid for pid in serving if pid != srv.proc.pid]
+        assert len(forked) == 2
+        for pid in forked:
             with open(f"/proc/{pid}/stat") as stat:
                 assert int(stat.read().rsplit(")", 1)[1].split()[1]) == srv.proc.pid  # the supervisor's children
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:  # forked, not spawned: the same command line
@@ -386,8 +390,8 @@ def test_workers_are_forked_and_share_the_supervisors_modules(tmp_path, certs):
 
 
 def test_a_killed_worker_stops_the_supervisor_and_the_other_worker(tmp_path, certs):
-    srv = start_server(tmp_path, certs, workers=2)
-    first, second = _worker_pids(srv)
+    srv = start_server(tmp_path, certs, workers=3)
+    first, second = (pid for pid in _worker_pids(srv, 3) if pid != srv.proc.pid)
     os.kill(first, signal.SIGKILL)
     assert srv.proc.wait(20) == 1
     assert _wait_gone([second])
@@ -409,13 +413,13 @@ def test_sigterm_drains_every_worker(tmp_path, certs):
     body = json.dumps(pod_review()).encode()
     srv.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
-    # During --shutdown-delay both workers still answer, and report not ready.
+    # During --shutdown-delay both serving processes still answer, and report not ready.
     readiness = {srv.request("GET", "/readyz")[0] for _ in range(10)}
     statuses = [srv.request("POST", "/mutate", body, {"Content-Type": "application/json"})[0] for _ in range(20)]
     assert readiness == {503} and statuses == [200] * 20
     assert srv.proc.wait(30) == 0
     logs = srv.logs()
-    assert logs.count('"shutdown complete"') == 3 and "Traceback" not in logs
+    assert logs.count('"shutdown complete"') == 2 and "Traceback" not in logs
 
 
 def test_sigterm_before_the_first_sync_stops_the_supervisor_at_once(tmp_path, certs):

@@ -2,14 +2,15 @@
 
 A control plane of this module's own, with an audit log of every ServiceAccount request, so
 that every request with our client's user agent is the replica's. The supervisor syncs, forks
-two workers and keeps watching for them (injector/server.py, injector/table_feed.py):
+one worker, then serves beside it as worker 0 and keeps watching for both (injector/server.py,
+injector/table_feed.py):
 
 - the API server sees one watch-list sync and the watch resumed once by the supervisor after
-  its fork, one watch open at a time, no LIST, and nothing from the workers;
-- a ServiceAccount annotated after start reaches both workers;
-- a lookup that misses in a worker is fetched by the supervisor, once;
+  its fork, one watch open at a time, no LIST, and nothing from the forked worker;
+- a ServiceAccount annotated after start reaches both serving processes;
+- a lookup that misses in the forked worker is fetched by the supervisor, once;
 - in self-managed mode the supervisor alone issues the certificate and registers the caBundle,
-  and the workers serve that certificate.
+  and both processes serve that certificate.
 """
 
 from __future__ import annotations
@@ -186,13 +187,13 @@ def test_self_managed_certificates_are_the_supervisors_and_every_worker_serves_t
         server.ca_file = tmp_path / "ca.crt"
         server.ca_file.write_bytes(base64.b64decode(data["ca.crt"]))
         wait_ready(server, 60)
-        wait_until(lambda: proc.logs().count('"event":"serving"') == 2, 20, "both workers serving")
+        wait_until(lambda: proc.logs().count('"event":"serving"') == 2, 20, "both processes serving")
         ours = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"])).serial_number
         assert {served_certificate(server).serial_number for _ in range(20)} == {ours}
         entries = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
         issued = [entry for entry in entries if entry["event"] in (
             "serving certificate issued", "caBundle written to the webhook configuration")]
-        assert issued and all("worker" not in entry for entry in issued)  # the supervisor's work alone
+        assert issued and all(entry.get("worker", 0) == 0 for entry in issued)  # the supervisor's work alone
     finally:
         assert proc.stop() == 0
         rest.call("DELETE", f"{CONFIGURATIONS}/{name}")
