@@ -35,7 +35,6 @@ import itertools
 import os
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -49,7 +48,7 @@ from aiohttp import web
 
 from .app import ServerState, metrics_app, refresh_gauges, run_beside, webhook_app
 from .connections import ConnectionLimits, ConnectionStats, GuardedSite
-from .logging import configure_logging
+from .logging import configure_logging, flush_logs
 from .settings import ServeSettings
 from .startup import Cluster, Prepared, connect_cluster, prepare
 
@@ -238,7 +237,7 @@ def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
     gc.freeze()
     workers = []
     for index, (ours, theirs) in enumerate(pairs, start=1):  # the supervisor serves as worker 0
-        sys.stderr.flush()
+        flush_logs()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - measured through the processes in tests/test_server.py
             code = 1
@@ -252,7 +251,7 @@ def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
             except BaseException:
                 log.exception("worker failed", worker=index)
             finally:
-                sys.stderr.flush()
+                flush_logs()
                 os._exit(code)
         theirs.close()
         workers.append(Worker(index, pid, ours))
@@ -373,6 +372,7 @@ def _stop_on_signals() -> asyncio.Event:
     def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("second signal; exiting immediately", signal=signal.Signals(signum).name)
+            flush_logs()
             os._exit(1)
         log.info("shutdown requested", signal=signal.Signals(signum).name)
         stop.set()
