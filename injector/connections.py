@@ -89,7 +89,8 @@ class GuardedHandler(RequestHandler):
                          max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes, **kwargs)
         self._limits = limits
         self._stats = stats
-        self._deadline: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None  # loop time the running header deadline counts from
+        self._timer: asyncio.TimerHandle | None = None  # at most one, re-armed only when it fires
         self._header_bytes = 0
         self._counted = False
         self._last_payload: Any = None
@@ -117,6 +118,9 @@ class GuardedHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.count_out()
         super().connection_lost(exc)
 
@@ -128,27 +132,41 @@ class GuardedHandler(RequestHandler):
         return self._current_request is None and not self._messages and (last is None or last.is_eof())
 
     def _arm(self) -> None:
-        self._disarm()
+        """Start the header deadline. A keep-alive connection arms and disarms it for every
+        request, so that costs a timestamp: the one timer, when it fires, finds the deadline
+        gone or moved and ends or waits again."""
         self._header_bytes = 0
-        if self._limits.read_header_timeout > 0:
-            self._deadline = self._loop.call_later(self._limits.read_header_timeout, self._headers_late)
+        timeout = self._limits.read_header_timeout
+        if timeout > 0:
+            self._armed_at = self._loop.time()
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._armed_at + timeout, self._deadline_reached)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._armed_at = None
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        if self._armed_at is None:
+            return
+        due = self._armed_at + self._limits.read_header_timeout
+        if self._loop.time() < due:  # re-armed since this timer was set
+            self._timer = self._loop.call_at(due, self._deadline_reached)
+            return
+        self._armed_at = None
+        self._headers_late()
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and self._between_requests():
+        if self._armed_at is None and self._between_requests():
             self._arm()  # the first byte of a later request
         before = self._request_count
-        if self._deadline is not None:
+        if self._armed_at is not None:
             self._header_bytes += len(data)
         super().data_received(data)
         if self._request_count != before:
             self._last_payload = self._messages[-1][1] if self._messages else None
             self._disarm()  # headers complete; the body has its own timeout
-        elif self._deadline is not None and self._header_bytes > self._limits.max_header_bytes:
+        elif self._armed_at is not None and self._header_bytes > self._limits.max_header_bytes:
             self._disarm()
             self._stats.closing("headers_too_large")
             if self.transport is not None:
@@ -157,7 +175,6 @@ class GuardedHandler(RequestHandler):
             self.force_close()
 
     def _headers_late(self) -> None:
-        self._deadline = None
         if not self._between_requests():
             return  # a request is being handled: its own deadlines apply
         self._stats.closing("header_timeout")

@@ -125,3 +125,27 @@ def test_headers_over_the_size_cap_get_431_and_an_idle_keep_alive_connection_is_
             assert 0.5 < time.monotonic() - started < 1 + SLACK
     finally:
         assert server.stop() == 0
+
+
+def test_a_later_request_on_a_keep_alive_connection_has_its_own_header_deadline(tmp_path, certs):
+    # The deadline of the second request counts from its first byte, not from the connection's
+    # opening: the connection's one timer, set at the opening, must find it moved and wait again.
+    server = start_server(tmp_path, certs, "--read-header-timeout", "2s", "--idle-timeout", "30s")
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    try:
+        with context.wrap_socket(socket.create_connection((server.host, server.port)),
+                                 server_hostname=server.host) as tls:
+            tls.settimeout(20)
+            opened = time.monotonic()
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
+            assert tls.recv(200).startswith(b"HTTP/1.1 200 ")
+            time.sleep(1.5)  # most of the first deadline gone, but no request in progress
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: web")  # then nothing more
+            second = time.monotonic()
+            assert tls.recv(100) == b""
+            closed = time.monotonic()
+            assert closed - second > 1.5  # not closed at the first deadline (opened + 2 s)
+            assert closed - opened > 3.0 and closed - second < 2 + SLACK
+    finally:
+        assert server.stop() == 0
+    assert '"header_timeout"' in server.logs()
