@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .admission import Decision, decide, precheck
 from .cert_controller import bundle_in_place
+from .logging import hot_line
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .review import (
     AdmissionRequest,
@@ -208,7 +209,7 @@ def _log_decision(envelope: Envelope, request: AdmissionRequest, decision: Decis
         fields["warnings"] = list(decision.warnings)
     if decision.message:
         fields["detail"] = decision.message
-    (log.warning if decision.worrying else log.info)("admission", **fields)
+    hot_line("warning" if decision.worrying else "info", "admission", fields)
 
 
 # -- health, debug, metrics ------------------------------------------------------------------

@@ -66,6 +66,8 @@ class LineWriter:
 
 
 _writer: LineWriter | None = None
+# Set by configure_logging for JSON lines: (lowest level written, the JSON processors).
+_hot: tuple[int, Any, Any] | None = None
 
 
 def flush_logs() -> None:
@@ -105,9 +107,25 @@ def _json_line(clock: _Clock) -> Any:
     return render
 
 
+def hot_line(method: str, event: str, fields: dict[str, Any]) -> None:
+    """`log.<method>(event, **fields)` for a line logged per request: with JSON lines, the same
+    processors and writer without structlog's wrapper around them (its lazy proxy, level
+    wrapper and context copies were half the cost of the admission line); otherwise structlog."""
+    if _hot is None:
+        getattr(structlog.get_logger(), method)(event, **fields)
+        return
+    lowest, merge, render = _hot
+    if _METHOD_LEVELS.get(method, logging.INFO) >= lowest and _writer is not None:
+        _writer.msg(render(_writer, method, merge(_writer, method, {**fields, "event": event})))
+
+
+_METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                  "error": logging.ERROR, "exception": logging.ERROR}
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """`auto` picks the console renderer when stderr is a terminal, JSON otherwise."""
-    global _writer
+    global _writer, _hot
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     if as_json:
         if _writer is None or _writer.stream is not sys.stderr.buffer:  # stderr replaced (tests)
@@ -115,10 +133,12 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             _writer = LineWriter(sys.stderr.buffer)
         writer = _writer
         processors = [structlog.contextvars.merge_contextvars, _json_line(_Clock())]
+        _hot = (_LEVELS.get(level, logging.INFO), *processors)
 
         def factory(*_: Any) -> LineWriter:
             return writer
     else:
+        _hot = None
         processors = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
                       structlog.processors.TimeStamper(fmt="iso", utc=True),
                       structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]

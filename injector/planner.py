@@ -13,7 +13,7 @@ import posixpath
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from .identity import Identity, Mode, parse_expiration
@@ -71,6 +71,7 @@ class _Layout:
     identity_values: tuple[str, str]
 
 
+@lru_cache(maxsize=64)  # a handful of (mount path, token path) pairs, asked for every pod
 def go_path_join(*parts: str) -> str:
     """Go's `filepath.Join` on Unix: join the non-empty parts, then `Clean`."""
     joined = "/".join(p for p in parts if p)

@@ -101,18 +101,33 @@ def _optional(value: Any, kind: type, path: str) -> Any:
 
 
 def _string_map(value: Any, path: str) -> None:
-    for key, item in (_optional(value, dict, path) or {}).items():
-        _optional(item, str, f"{path}[{key!r}]")
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _Malformed(path, value, "an object")
+    for key, item in value.items():
+        if item is not None and not isinstance(item, str):
+            raise _Malformed(f"{path}[{key!r}]", item, "a string")
 
 
-def _named_items(value: Any, path: str) -> list[Any]:
-    """A list of objects whose `name`, if any, is a string."""
-    items = _optional(value, list, path) or []
-    for index, item in enumerate(items):
+def _named_items(value: Any, *path: str | int) -> list[Any]:
+    """A list of objects whose `name`, if any, is a string. `path` is given in parts, joined
+    only to name a problem: this runs for every list of every pod."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Malformed(_joined(path), value, "an array")
+    for index, item in enumerate(value):
         if not isinstance(item, dict):
-            raise _Malformed(f"{path}[{index}]", item, "an object")
-        _optional(item.get("name"), str, f"{path}[{index}].name")
-    return items
+            raise _Malformed(f"{_joined(path)}[{index}]", item, "an object")
+        name = item.get("name")
+        if name is not None and not isinstance(name, str):
+            raise _Malformed(f"{_joined(path)}[{index}].name", name, "a string")
+    return value
+
+
+def _joined(parts: tuple[str | int, ...]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else part for part in parts)
 
 
 def check_pod(pod: dict[str, Any]) -> str:
@@ -133,9 +148,9 @@ def check_pod(pod: dict[str, Any]) -> str:
         _string_map(spec.get("nodeSelector"), "spec.nodeSelector")
         _named_items(spec.get("volumes"), "spec.volumes")
         for list_name in ("initContainers", "containers"):
-            for index, container in enumerate(_named_items(spec.get(list_name), f"spec.{list_name}")):
+            for index, container in enumerate(_named_items(spec.get(list_name), "spec.", list_name)):
                 for member in ("env", "volumeMounts"):
-                    _named_items(container.get(member), f"spec.{list_name}[{index}].{member}")
+                    _named_items(container.get(member), "spec.", list_name, index, ".", member)
     except _Malformed as exc:
         return f"pod {exc}"
     return ""

@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from injector import logging as injector_logging
-from injector.logging import LineWriter, configure_logging, flush_logs
+from injector.logging import LineWriter, configure_logging, flush_logs, hot_line
 
 
 class CountingStream(io.BytesIO):
@@ -48,6 +48,7 @@ def stream(monkeypatch) -> CountingStream:
     """JSON logging into a counting stream, put back as it was afterwards."""
     out = CountingStream()
     monkeypatch.setattr(injector_logging, "_writer", None)
+    monkeypatch.setattr(injector_logging, "_hot", None)
     monkeypatch.setattr(injector_logging.sys, "stderr", Stderr(out))
     configure_logging("json", "info")
     yield out
@@ -128,6 +129,7 @@ def test_a_closed_stream_loses_the_line_without_raising():
 
 
 def test_console_format_is_readable_text(monkeypatch, capsys):
+    monkeypatch.setattr(injector_logging, "_hot", None)
     configure_logging("console", "info")
     try:
         structlog.get_logger().info("admission", namespace="ns")
@@ -135,3 +137,39 @@ def test_console_format_is_readable_text(monkeypatch, capsys):
         structlog.reset_defaults()
     err = capsys.readouterr().err
     assert "admission" in err and "namespace" in err and "ns" in err and not err.lstrip().startswith("{")
+
+
+def test_the_hot_line_is_the_line_structlog_writes_with_the_bound_context(stream):
+    structlog.contextvars.bind_contextvars(worker=1)
+    try:
+        structlog.get_logger().info("admission", namespace="ns", decision="mutated")
+        hot_line("info", "admission", {"namespace": "ns", "decision": "mutated"})
+    finally:
+        structlog.contextvars.clear_contextvars()
+    first, second = stream.lines()
+    assert list(first) == list(second) == ["namespace", "decision", "event", "worker", "level", "timestamp"]
+    assert {k: v for k, v in first.items() if k != "timestamp"} == {k: v for k, v in second.items() if k != "timestamp"}
+
+
+def test_the_hot_line_keeps_the_level_filter(monkeypatch):
+    out = CountingStream()
+    monkeypatch.setattr(injector_logging, "_writer", None)
+    monkeypatch.setattr(injector_logging, "_hot", None)
+    monkeypatch.setattr(injector_logging.sys, "stderr", Stderr(out))
+    configure_logging("json", "warning")
+    try:
+        hot_line("info", "admission", {"decision": "mutated"})
+        hot_line("warning", "admission", {"decision": "volume-collision"})
+    finally:
+        structlog.reset_defaults()
+    assert [line["decision"] for line in out.lines()] == ["volume-collision"]
+
+
+def test_the_hot_line_on_a_terminal_goes_through_structlog(monkeypatch, capsys):
+    monkeypatch.setattr(injector_logging, "_hot", None)
+    configure_logging("console", "info")
+    try:
+        hot_line("info", "admission", {"namespace": "ns"})
+    finally:
+        structlog.reset_defaults()
+    assert "admission" in capsys.readouterr().err
