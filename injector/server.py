@@ -49,6 +49,7 @@ from aiohttp import web
 from .app import ServerState, metrics_app, refresh_gauges, run_beside, webhook_app
 from .connections import ConnectionLimits, ConnectionStats, GuardedSite
 from .logging import configure_logging, flush_logs
+from .memory import trim_heap, trim_heap_every
 from .settings import ServeSettings
 from .startup import Cluster, Prepared, connect_cluster, prepare
 
@@ -117,8 +118,8 @@ async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awai
     on the TLS port, and on the metrics port when an `exposition` is given and a port is set."""
     settings, tls = state.settings, state.tls
     app = webhook_app(state)
-    run_beside(app, [*jobs, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state)],
-               then=then)
+    run_beside(app, [*jobs, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state),
+                     trim_heap_every], then=then)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()  # starts the jobs
     await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=reuse_port)
@@ -232,8 +233,7 @@ def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
     pairs = [socket.socketpair() for _ in range(count)]
     supervisor = os.getpid()
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # glibc: hand the sync's free pages back first
-        ctypes.CDLL(None).malloc_trim(0)
+    trim_heap()  # the sync's free pages back to the system first, not copied into every worker
     gc.freeze()
     workers = []
     for index, (ours, theirs) in enumerate(pairs, start=1):  # the supervisor serves as worker 0
