@@ -4,7 +4,7 @@ holding 1k, 10k, 100k ServiceAccounts (`make bench-scale`). Prints numbers; asse
 One control plane (tests/e2e/plane.py: etcd + kube-apiserver v1.34 on loopback, an audit log of
 ServiceAccount requests) grows to each size in turn, created through the API by 32 keep-alive
 connections (bounded: at most --max-seconds of creation per size; what was reached is printed).
-For each size a fresh `serve` (the chart's flags: --workers 1, --shutdown-delay 5s, JSON logs), or
+For each size a fresh `serve` (the chart's flags: --workers 2, --shutdown-delay 5s, JSON logs), or
 one per --workers count given, is started and measured; with --go-webhook PATH, a fresh Go
 webhook (aws/amazon-eks-pod-identity-webhook, out of cluster, its default flags, the same
 kubeconfig and serving certificate) is measured after them in the same way:
@@ -82,7 +82,7 @@ from tests.e2e.plane import (  # noqa: E402
 )
 
 NAMESPACES = 100
-CHART_FLAGS = ["--workers", "1", "--shutdown-delay", "5s", "--log-format", "json"]
+CHART_FLAGS = ["--workers", "2", "--shutdown-delay", "5s", "--log-format", "json"]
 # A ServiceAccount with a role whose key sorts after every other (bench, default, kube-*,
 # scale-*): the last object of the API server's initial listing at every size.
 SENTINEL_NAMESPACE, SENTINEL_NAME = "zzzz-sentinel", "sentinel"

@@ -447,7 +447,7 @@ def test_default_args(helm):
         "serve", "--port=8443", f"--namespace={NS}", "--cert-mode=self-managed", f"--tls-secret={FULLNAME}-tls",
         f"--service-name={FULLNAME}", f"--webhook-configuration={FULLNAME}", "--cert-validity=2160h",
         "--cert-renew-before=720h", "--cert-check-interval=60s", "--log-format=json", "--shutdown-delay=5s",
-        "--workers=1",
+        "--workers=2",
     ]
 
 
