@@ -1,6 +1,6 @@
 """The process roles of `serve`: one process, or a supervisor and the workers it forks; signals, drain.
 
-With one worker (the chart's default) everything runs in this process. With `--workers N` > 1
+With one worker everything runs in this process. With `--workers N` > 1 (the chart runs two)
 there are N serving processes sharing the TLS port (SO_REUSEPORT): the supervisor and N-1 that
 it forks. The supervisor alone talks to the API server: it connects, finishes the initial sync
 of every source and the self-managed certificate, then forks the others. They inherit its
@@ -114,8 +114,9 @@ async def serve_process(prepared: Prepared) -> None:
 
 async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awaitable[Any]] | None = None,
                  exposition: Any = None, reuse_port: bool = False) -> tuple[web.AppRunner, web.AppRunner | None]:
-    """Start the webhook app with `jobs` beside it (and the TLS reloader and the gauges), listen
-    on the TLS port, and on the metrics port when an `exposition` is given and a port is set."""
+    """Start the webhook app with `jobs` beside it (and the TLS reloader, the gauges and the heap
+    trim), listen on the TLS port, and on the metrics port when an `exposition` is given and a
+    port is set."""
     settings, tls = state.settings, state.tls
     app = webhook_app(state)
     run_beside(app, [*jobs, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state),
