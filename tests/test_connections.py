@@ -106,17 +106,20 @@ def test_connections_over_the_cap_are_closed_at_once_and_held_fds_stay_under_it(
     assert '"over_max_connections"' in server.logs()
 
 
+def tls_connection(server) -> ssl.SSLSocket:
+    """A TLS connection to `server` that trusts its CA (a context manager, like any socket)."""
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    return context.wrap_socket(socket.create_connection((server.host, server.port)), server_hostname=server.host)
+
+
 def test_headers_over_the_size_cap_get_431_and_an_idle_keep_alive_connection_is_closed(tmp_path, certs):
     server = start_server(tmp_path, certs, "--max-header-bytes", "4096", "--idle-timeout", "1s")
-    context = ssl.create_default_context(cafile=str(server.ca_file))
     try:
-        with context.wrap_socket(socket.create_connection((server.host, server.port)),
-                                 server_hostname=server.host) as tls:
+        with tls_connection(server) as tls:
             headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 200) for i in range(30))  # ~6 KiB
             tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: webhook\r\n" + headers)
             assert tls.recv(100).startswith(b"HTTP/1.1 431 ")
-        with context.wrap_socket(socket.create_connection((server.host, server.port)),
-                                 server_hostname=server.host) as tls:
+        with tls_connection(server) as tls:
             tls.settimeout(10)
             tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
             assert tls.recv(200).startswith(b"HTTP/1.1 200 ")
@@ -131,10 +134,8 @@ def test_a_later_request_on_a_keep_alive_connection_has_its_own_header_deadline(
     # The deadline of the second request counts from its first byte, not from the connection's
     # opening: the connection's one timer, set at the opening, must find it moved and wait again.
     server = start_server(tmp_path, certs, "--read-header-timeout", "2s", "--idle-timeout", "30s")
-    context = ssl.create_default_context(cafile=str(server.ca_file))
     try:
-        with context.wrap_socket(socket.create_connection((server.host, server.port)),
-                                 server_hostname=server.host) as tls:
+        with tls_connection(server) as tls:
             tls.settimeout(20)
             opened = time.monotonic()
             tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
