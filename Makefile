@@ -13,6 +13,7 @@ help:
 	@echo "make test   - lint and run the whole test suite"
 	@echo "make bench  - throughput/latency benchmark of serve (wrk) and of the planner"
 	@echo "make bench-scale - memory, ready time, API requests, admissions at 1k/10k/100k ServiceAccounts"
+	@echo "make bench-side-by-side GO_WEBHOOK=... - the Go webhook and serve in alternating rounds"
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
 	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
 	@echo "make cluster-down - stop it and remove everything it made"
@@ -127,7 +128,15 @@ fuzz: $(STAMP)
 # Memory, readiness, API requests and admissions with the chart's defaults against a real
 # kube-apiserver holding 1k, 10k and 100k ServiceAccounts (benchmarks/scale.py; prints numbers).
 # Creating 100k ServiceAccounts through the API takes minutes: BENCH_SCALE_SIZES=1000,10000 skips it.
-.PHONY: bench-scale
+# GO_WEBHOOK=path/to/amazon-eks-pod-identity-webhook measures the Go webhook beside ours at every
+# size, and bench-side-by-side drives both in alternating rounds (docs/performance.md).
+GO_WEBHOOK ?=
+.PHONY: bench-scale bench-side-by-side
 bench-scale: $(STAMP)
-	$(BIN)/python benchmarks/scale.py --sizes $${BENCH_SCALE_SIZES:-1000,10000,100000}
+	$(BIN)/python benchmarks/scale.py --sizes $${BENCH_SCALE_SIZES:-1000,10000,100000} \
+		$(if $(GO_WEBHOOK),--go-webhook $(GO_WEBHOOK))
 	$(BIN)/python benchmarks/table_bytes.py 100000
+
+bench-side-by-side: $(STAMP)
+	@test -n "$(GO_WEBHOOK)" || { echo "GO_WEBHOOK=path/to/the/Go/webhook/binary is required"; exit 2; }
+	$(BIN)/python benchmarks/side_by_side.py --go-webhook $(GO_WEBHOOK)
