@@ -32,7 +32,7 @@ class LineWriter:
         self.stream = stream
         self._pending: list[bytes] = []
         self._lock = threading.Lock()
-        self._scheduled = False
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
 
     def msg(self, message: bytes) -> None:
         try:
@@ -43,8 +43,8 @@ class LineWriter:
             self._pending.append(message + b"\n")
             if loop is None:
                 self._write_pending()
-            elif not self._scheduled:
-                self._scheduled = True
+            elif self._flush_on is not loop:  # none yet, or on a loop that ended before its turn
+                self._flush_on = loop
                 loop.call_soon(self.flush)
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
@@ -54,7 +54,7 @@ class LineWriter:
             self._write_pending()
 
     def _write_pending(self) -> None:
-        self._scheduled = False
+        self._flush_on = None
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()

@@ -173,3 +173,21 @@ def test_the_hot_line_on_a_terminal_goes_through_structlog(monkeypatch, capsys):
     finally:
         structlog.reset_defaults()
     assert "admission" in capsys.readouterr().err
+
+
+def test_lines_left_by_a_loop_that_ended_before_its_turn_go_out_with_the_next_loop(stream):
+    log = structlog.get_logger()
+
+    loop = asyncio.new_event_loop()
+    loop.call_soon(log.info, "from the first loop")  # schedules its flush for the next turn...
+    loop.call_soon(loop.stop)  # ...which never comes
+    loop.run_forever()
+    loop.close()
+    assert stream.lines() == []
+
+    async def next_loop() -> list[str]:
+        log.info("from the second loop")
+        await asyncio.sleep(0)
+        return [line["event"] for line in stream.lines()]
+
+    assert asyncio.run(next_loop()) == ["from the first loop", "from the second loop"]
