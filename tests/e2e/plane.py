@@ -352,6 +352,30 @@ class ControlPlane:
         """A GET as the admin (client certificate), e.g. /metrics or the OIDC discovery document."""
         return _http_get(self.port, path, self.admin_context(), timeout=10)
 
+    def call(self, method: str, path: str, body: dict | None = None, timeout: float = 10,
+             port: int | None = None) -> tuple[int, dict]:
+        """One request as the admin with a JSON body and answer (PATCH as a merge patch), to this
+        API server or, by `port`, to another of the plane's."""
+        conn = http.client.HTTPSConnection("127.0.0.1", port or self.port, context=self.admin_context(),
+                                           timeout=timeout)
+        try:
+            headers = {"Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"}
+            conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, json.loads(data) if data else {}
+        finally:
+            conn.close()
+
+    def requests_served(self, verb: str, resource: str = "serviceaccounts") -> float:
+        """`verb` (LIST, WATCH, GET, …) requests for `resource` the API server has answered so
+        far, anyone's, from its apiserver_request_total metric."""
+        status, body = self.get("/metrics")
+        assert status == 200
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                   if line.startswith("apiserver_request_total{") and f'verb="{verb}"' in line
+                   and f'resource="{resource}"' in line)
+
     def stop(self) -> None:
         self.apiserver.stop()
         self.etcd.stop()

@@ -12,7 +12,6 @@ its debug cache dump.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import signal
@@ -41,15 +40,7 @@ class Rest:
         self.plane, self.port = plane, port or plane.port
 
     def call(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.plane.admin_context(), timeout=timeout)
-        try:
-            headers = {"Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"}
-            conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            return response.status, json.loads(data) if data else {}
-        finally:
-            conn.close()
+        return self.plane.call(method, path, body, timeout, port=self.port)
 
     def service_account(self, name: str, role: str | None) -> None:
         annotations = {ANNOTATION: role} if role else {}
@@ -121,24 +112,12 @@ def hook(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
         proc.stop()
 
 
-def watch_requests(plane: ControlPlane) -> float:
-    """WATCH requests for ServiceAccounts the API server has answered so far."""
-    status, body = plane.get("/metrics")
-    assert status == 200
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith("apiserver_request_total{") and 'verb="WATCH"' in line and \
-                'resource="serviceaccounts"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_watches_ended_by_the_api_server_are_resumed_without_losing_an_event(plane, hook):
     """--min-request-timeout=5: over 25 s the server ends the webhook's watch several times while
     ServiceAccounts are created, re-annotated and deleted; the webhook ends with exactly the
     final state, without a relist."""
     rest = Rest(plane)
-    before = watch_requests(plane)
+    before = plane.requests_served("WATCH")
     expected: dict[str, str] = {f"{NAMESPACE}/steady": ROLE.format("steady")}
     deadline = time.monotonic() + 25
     index = 0
@@ -155,7 +134,7 @@ def test_watches_ended_by_the_api_server_are_resumed_without_losing_an_event(pla
         index += 1
         time.sleep(0.2)
     wait_until(lambda: cache(hook) == expected, 10, "the webhook's cache equals the API's final state")
-    resumed = watch_requests(plane) - before
+    resumed = plane.requests_served("WATCH") - before
     assert resumed >= 2, f"only {resumed} watch requests: the server did not end the watch"
     assert log_events(hook, "watch expired; relisting") == [] and log_events(hook, "list/watch failed; retrying") \
         == [], "a relist would hide lost events"

@@ -83,15 +83,6 @@ def requests_by_webhook(audit_log: Path) -> list[tuple[str, dict]]:
     return found
 
 
-def list_requests(plane: ControlPlane) -> float:
-    """LIST requests for ServiceAccounts the API server has answered so far, anyone's."""
-    status, body = plane.get("/metrics")
-    assert status == 200
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
-               if line.startswith("apiserver_request_total{") and 'verb="LIST"' in line
-               and 'resource="serviceaccounts"' in line)
-
-
 def start_plane(tmp: Path, *flags: str) -> ControlPlane:
     policy = tmp / "audit-policy.yaml"
     policy.write_text(AUDIT_POLICY)
@@ -107,7 +98,7 @@ def run_webhook(plane: ControlPlane, tmp: Path, count: int) -> tuple[list[tuple[
                                "--resync-period=2s", "--enable-debugging-handlers")
     try:
         wait_ready(server, 120)
-        lists_at_ready = list_requests(plane)
+        lists_at_ready = plane.requests_served("LIST")
         status, answer = server.review(pod_review(service_account="sa-0", namespace="wl-0"))
         assert status == 200 and answer["response"].get("patch"), answer
         time.sleep(SECONDS)
@@ -115,7 +106,7 @@ def run_webhook(plane: ControlPlane, tmp: Path, count: int) -> tuple[list[tuple[
         cache = json.loads(server.metrics("/debug/alpha/cache"))
         assert sum(1 for key in cache if key.startswith("wl-")) == count
         return requests_by_webhook(Path(str(plane.workdir.parent / "audit.log"))), \
-            list_requests(plane) - lists_at_ready, server
+            plane.requests_served("LIST") - lists_at_ready, server
     finally:
         proc.stop()
 

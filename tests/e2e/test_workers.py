@@ -16,7 +16,6 @@ injector/table_feed.py):
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -52,14 +51,8 @@ class Replica:
     audit_log: Path
 
     def post(self, path: str, body: dict) -> None:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.plane.port, context=self.plane.admin_context(),
-                                           timeout=30)
-        try:
-            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            assert response.status in (201, 409), response.read()[:300]
-        finally:
-            conn.close()
+        status, answer = self.plane.call("POST", path, body, timeout=30)
+        assert status in (201, 409), answer
 
     def service_account(self, name: str, role: str | None = None) -> None:
         annotations = {"eks.amazonaws.com/role-arn": role} if role else {}
@@ -93,11 +86,7 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
         f"--audit-policy-file={tmp / 'audit-policy.yaml'}", f"--audit-log-path={tmp / 'audit.log'}",
         "--audit-log-maxsize=0"))
     try:
-        body = {"metadata": {"name": NAMESPACE}}
-        conn = http.client.HTTPSConnection("127.0.0.1", plane.port, context=plane.admin_context(), timeout=30)
-        conn.request("POST", "/api/v1/namespaces", json.dumps(body), {"Content-Type": "application/json"})
-        assert conn.getresponse().status in (201, 409)
-        conn.close()
+        assert plane.call("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}}, timeout=30)[0] in (201, 409)
         proc, server = spawn_serve(plane, tmp, "workers-webhook", plane.kubeconfig, "--workers", "2",
                                    "--enable-debugging-handlers")
         replica = Replica(plane, proc, server, tmp / "audit.log")
