@@ -31,6 +31,7 @@ _GO_COMPAT = {
     "pod_identity_webhook_pod_count": "Pods for which a patch was built, per mode (Go webhook name).",
     "pod_identity_webhook_missing_sa_count": "Lookups that ended without the ServiceAccount (Go webhook name).",
 }
+UNPUBLISHED_LIMIT = 50_000  # admissions counted before the serving path publishes them itself
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Counted by the ServiceAccount Events job (injector/events.py), which `startup` builds before the
 # process has a `Metrics`: so this one counter belongs to the module, and every `Metrics` registers it.
@@ -112,6 +113,8 @@ class Metrics:
     def count_admission(self, mode: str, decision: str, seconds: float) -> None:
         self._admission_counts[mode, decision] += 1
         self._durations.append(seconds)
+        if len(self._durations) >= UNPUBLISHED_LIMIT:  # nothing published them for a long while
+            self.publish()
 
     def count_request(self, method: str, path: str, status: int) -> None:
         self._request_counts[method, path, status] += 1

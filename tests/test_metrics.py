@@ -42,3 +42,15 @@ def test_a_scrape_publishes_first_and_shows_the_go_webhook_names():
     text = Exposition(metrics).render().decode()
     assert 'pod_identity_injector_admissions_total{decision="mutated",mode="sts_web_identity"} 1.0' in text
     assert 'pod_identity_webhook_pod_count{method="sts_web_identity"} 1.0' in text
+
+
+def test_counts_nothing_publishes_are_published_before_they_pile_up(monkeypatch):
+    from injector import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "UNPUBLISHED_LIMIT", 10)
+    metrics = Metrics()
+    for _ in range(25):
+        metrics.count_admission("sts_web_identity", "mutated", 0.001)
+    assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 20
+    metrics.publish()
+    assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 25
