@@ -115,12 +115,8 @@ def hot_line(method: str, event: str, fields: dict[str, Any]) -> None:
         getattr(structlog.get_logger(), method)(event, **fields)
         return
     lowest, merge, render = _hot
-    if _METHOD_LEVELS.get(method, logging.INFO) >= lowest and _writer is not None:
+    if _LEVELS.get(_LEVEL_NAMES.get(method, method), logging.INFO) >= lowest and _writer is not None:
         _writer.msg(render(_writer, method, merge(_writer, method, {**fields, "event": event})))
-
-
-_METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-                  "error": logging.ERROR, "exception": logging.ERROR}
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
