@@ -104,10 +104,10 @@ def _string_map(value: Any, path: str) -> None:
     if value is None:
         return
     if not isinstance(value, dict):
-        raise _Malformed(path, value, "an object")
+        raise _Malformed(path, value, _JSON_TYPES[dict])
     for key, item in value.items():
         if item is not None and not isinstance(item, str):
-            raise _Malformed(f"{path}[{key!r}]", item, "a string")
+            raise _Malformed(f"{path}[{key!r}]", item, _JSON_TYPES[str])
 
 
 def _named_items(value: Any, *path: str | int) -> list[Any]:
@@ -116,13 +116,13 @@ def _named_items(value: Any, *path: str | int) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _Malformed(_joined(path), value, "an array")
+        raise _Malformed(_joined(path), value, _JSON_TYPES[list])
     for index, item in enumerate(value):
         if not isinstance(item, dict):
-            raise _Malformed(f"{_joined(path)}[{index}]", item, "an object")
+            raise _Malformed(f"{_joined(path)}[{index}]", item, _JSON_TYPES[dict])
         name = item.get("name")
         if name is not None and not isinstance(name, str):
-            raise _Malformed(f"{_joined(path)}[{index}].name", name, "a string")
+            raise _Malformed(f"{_joined(path)}[{index}].name", name, _JSON_TYPES[str])
     return value
 
 
