@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 import orjson  # noqa: E402
 from bench import check_response, cpu_seconds, ensure_wrk, free_port, review, run_wrk  # noqa: E402
-from scale import Creator, Probe, go_webhook, patched, pss_mib, serve_webhook  # noqa: E402
+from scale import Creator, Probe, go_webhook, patched, pss_mib, serve_webhook, wait_for  # noqa: E402
 
 from tests.e2e.plane import find_binary, start_control_plane  # noqa: E402
 
@@ -67,16 +67,12 @@ def main() -> None:
             hooks.append(go_webhook(args.go_webhook, args.go_label, work, plane))
             for hook in hooks:
                 port, metrics_port = free_port(), free_port()
-                log = open(work / f"{hook.log_name}.log", "wb")  # noqa: SIM115 - closed with the process
+                log_path = work / f"{hook.log_name}.log"
+                log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
                 proc = subprocess.Popen(hook.command(port, metrics_port), stdout=subprocess.DEVNULL, stderr=log)
                 running.append((hook.label, proc, port))
-                probe = Probe(port, ctx, "POST", "/mutate", orjson.dumps(review(1)), patched)
-                deadline = time.monotonic() + 60
-                while not probe():
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"{hook.label} never answered with a patch")
-                    time.sleep(0.05)
-                probe.close()
+                wait_for(proc, {"patched": Probe(port, ctx, "POST", "/mutate", orjson.dumps(review(1)), patched)},
+                         time.monotonic(), log_path, {})
             rows = []
             for containers in (int(c) for c in args.containers.split(",")):
                 body = orjson.dumps(review(containers))
