@@ -43,15 +43,20 @@ class Stderr:
         pass
 
 
-@pytest.fixture
-def stream(monkeypatch) -> CountingStream:
-    """JSON logging into a counting stream, put back as it was afterwards."""
+def json_logging(monkeypatch, level: str) -> CountingStream:
+    """JSON logging at `level` into a counting stream; monkeypatch puts the module back."""
     out = CountingStream()
     monkeypatch.setattr(injector_logging, "_writer", None)
     monkeypatch.setattr(injector_logging, "_hot", None)
     monkeypatch.setattr(injector_logging.sys, "stderr", Stderr(out))
-    configure_logging("json", "info")
-    yield out
+    configure_logging("json", level)
+    return out
+
+
+@pytest.fixture
+def stream(monkeypatch) -> CountingStream:
+    """JSON logging at info into a counting stream, put back as it was afterwards."""
+    yield json_logging(monkeypatch, "info")
     structlog.reset_defaults()
 
 
@@ -152,11 +157,7 @@ def test_the_hot_line_is_the_line_structlog_writes_with_the_bound_context(stream
 
 
 def test_the_hot_line_keeps_the_level_filter(monkeypatch):
-    out = CountingStream()
-    monkeypatch.setattr(injector_logging, "_writer", None)
-    monkeypatch.setattr(injector_logging, "_hot", None)
-    monkeypatch.setattr(injector_logging.sys, "stderr", Stderr(out))
-    configure_logging("json", "warning")
+    out = json_logging(monkeypatch, "warning")
     try:
         hot_line("info", "admission", {"decision": "mutated"})
         hot_line("warning", "admission", {"decision": "volume-collision"})
