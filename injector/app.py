@@ -1,9 +1,13 @@
-"""The HTTP applications: the webhook port's routes and handlers, and the metrics port's.
+"""The HTTP side of each port: its routes and handlers, served by aiohttp's low-level server.
 
 Request path of /mutate: body → `review.parse_review` → `IdentityStore.resolve_waiting` →
 `admission.decide` → `review.encode_response`. The handlers only translate between HTTP and
 that pure path; how each kind of bad input is answered is in docs/mutation.md#answers.
 Building the store and the sources is `startup`'s job, running processes is `server`'s.
+
+Each port has a handful of fixed paths, so a `Routes` table (a dict) stands in for
+`web.Application`: its router, middleware chain and response signals were about 20 µs of each
+admission, a twentieth of its CPU (docs/performance.md#where-the-time-goes).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ JSON = "application/json"
 _UNSUPPORTED_MEDIA = "Invalid Content-Type, expected `application/json`\n"
 
 Job = Callable[[], Awaitable[None]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -70,29 +76,26 @@ class ServerState:
         return reasons
 
 
-STATE = web.AppKey("state", ServerState)
-EXPOSITION = web.AppKey("exposition", object)
+class Background:
+    """Jobs that run exactly as long as a server: started before it listens, cancelled after its
+    last request has finished (`stop`); `then` runs last, to close what the jobs used (the API
+    client)."""
 
+    def __init__(self, jobs: Iterable[Job], then: Job | None = None) -> None:
+        self._jobs = list(jobs)
+        self._then = then
+        self._tasks: list[asyncio.Task[None]] = []
 
-def run_beside(app: web.Application, jobs: Iterable[Job], then: Job | None = None) -> None:
-    """Run each job as a task for exactly as long as `app` runs.
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(job()) for job in self._jobs]
 
-    The tasks start when the app starts (before any site listens) and are cancelled when it
-    is cleaned up, after in-flight requests have finished; `then` runs last, to close what
-    the jobs used (the API client).
-    """
-    jobs = list(jobs)
-
-    async def lifetime(_: web.Application):
-        tasks = [asyncio.create_task(job()) for job in jobs]
-        yield
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if then is not None:
-            await then()
-
-    app.cleanup_ctx.append(lifetime)
+        if self._then is not None:
+            await self._then()
 
 
 async def refresh_gauges(state: ServerState, interval: float = 1.0) -> None:
@@ -116,8 +119,7 @@ def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text if text.endswith("\n") else text + "\n")
 
 
-async def handle_mutate(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+async def handle_mutate(state: ServerState, request: web.BaseRequest) -> web.StreamResponse:
     started = time.perf_counter()
     content_type = request.headers.get("Content-Type", "")
     if content_type.split(";", 1)[0].strip().lower() != JSON:
@@ -213,84 +215,110 @@ def _log_decision(envelope: Envelope, request: AdmissionRequest, decision: Decis
 
 
 # -- health, debug, metrics ------------------------------------------------------------------
-async def handle_healthz(request: web.Request) -> web.Response:
+async def handle_healthz(request: web.BaseRequest) -> web.Response:
     return web.Response(text="ok")
 
 
-async def handle_readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def handle_readyz(state: ServerState, request: web.BaseRequest) -> web.Response:
     if state.ready:
         return web.Response(text="ok")
     return _plain(503, "not ready: " + "; ".join(state.not_ready_because()))
 
 
-async def handle_debug_deny(request: web.Request) -> web.Response:
+async def handle_debug_deny(request: web.BaseRequest) -> web.Response:
     body = {"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview",
             "response": {"uid": "", "allowed": False, "status": {"message": "Test deny message"}}}
     return web.json_response(body)
 
 
-async def handle_debug_500(request: web.Request) -> web.Response:
+async def handle_debug_500(request: web.BaseRequest) -> web.Response:
     return web.Response(status=500, text="test error")
 
 
-async def handle_metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[EXPOSITION].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+async def handle_metrics(exposition: Any, request: web.BaseRequest) -> web.Response:
+    return web.Response(body=exposition.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-async def handle_debug_cache(request: web.Request) -> web.Response:
+async def handle_debug_cache(state: ServerState, request: web.BaseRequest) -> web.Response:
     import orjson
 
-    dump = request.app[STATE].store.dump()
-    return web.Response(body=orjson.dumps(dump, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
+    return web.Response(body=orjson.dumps(state.store.dump(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
                         content_type=JSON)
 
 
-async def handle_debug_cache_clear(request: web.Request) -> web.Response:
-    request.app[STATE].store.clear()
+async def handle_debug_cache_clear(state: ServerState, request: web.BaseRequest) -> web.Response:
+    state.store.clear()
     log.warning("identity cache cleared by debug handler")
     return web.Response()
 
 
-def counted(handler: Any, path: str) -> Any:
-    """Count requests to the route `path` per method and status. A plain wrapper: aiohttp
-    middlewares cost about 40 µs a request, a sixth of the whole /mutate budget."""
+# -- the ports -------------------------------------------------------------------------------
+GET = frozenset({"GET", "HEAD"})
 
-    async def wrapper(request: web.Request) -> web.StreamResponse:
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Handler
+    methods: frozenset[str] | None = None  # None: any method
+    counted: bool = False  # in http_requests_total, per method and status
+
+
+class Routes:
+    """One port's paths and the handler of each: the request handler of aiohttp's low-level
+    `web.Server` (see the module's docstring). An unknown path is 404 and a method a route does
+    not take is 405 with `Allow`, as aiohttp's router answers them."""
+
+    def __init__(self, routes: dict[str, Route], metrics: Any, max_body: int = 1024**2) -> None:
+        self.routes = routes
+        self._metrics = metrics
+        self._max_body = max_body
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        route = self.routes.get(request.path)
+        if route is None:
+            return web.Response(status=404, text="404: Not Found")
+        if route.methods is not None and request.method not in route.methods:
+            return web.Response(status=405, text="405: Method Not Allowed",
+                                headers={"Allow": ",".join(sorted(route.methods))})
+        if not route.counted:
+            return await route.handler(request)
         status = 500
         try:
-            response = await handler(request)
+            response = await route.handler(request)
             status = response.status
             return response
         except web.HTTPException as exc:
             status = exc.status
             raise
         finally:
-            request.app[STATE].metrics.count_request(request.method, path, status)
+            self._metrics.count_request(request.method, request.path, status)
 
-    return wrapper
+    def make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        """The server's request factory: a plain request whose body may be `max_body` bytes."""
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=self._max_body)
+
+    def server(self, **kwargs: Any) -> web.Server:
+        return web.Server(self, request_factory=self.make_request, **kwargs)
 
 
-def webhook_app(state: ServerState) -> web.Application:
-    """The TLS port: /mutate, the probes and, on request, the Go webhook's debug routes."""
-    app = web.Application(client_max_size=state.settings.max_request_bytes)
-    app[STATE] = state
-    app.router.add_route("*", "/mutate", counted(handle_mutate, "/mutate"))
-    app.router.add_get("/healthz", handle_healthz)  # probes stay out of the request counts
-    app.router.add_get("/readyz", handle_readyz)
+def webhook_routes(state: ServerState) -> Routes:
+    """The TLS port: /mutate, the probes (not counted) and, on request, the Go webhook's debug routes."""
+    routes = {
+        "/mutate": Route(partial(handle_mutate, state), counted=True),
+        "/healthz": Route(handle_healthz, GET),
+        "/readyz": Route(partial(handle_readyz, state), GET),
+    }
     if state.settings.enable_debugging_handlers:
-        for path, handler in (("/debug/alpha/deny", handle_debug_deny), ("/debug/alpha/500", handle_debug_500)):
-            app.router.add_route("*", path, counted(handler, path))
-    return app
+        routes["/debug/alpha/deny"] = Route(handle_debug_deny, counted=True)
+        routes["/debug/alpha/500"] = Route(handle_debug_500, counted=True)
+    return Routes(routes, state.metrics, state.settings.max_request_bytes)
 
 
-def metrics_app(state: ServerState, exposition: Any) -> web.Application:
+def metrics_routes(state: ServerState, exposition: Any) -> Routes:
     """The plain-HTTP port: /metrics and, on request, the identity cache debug routes."""
-    app = web.Application()
-    app[STATE] = state
-    app[EXPOSITION] = exposition
-    app.router.add_get("/metrics", handle_metrics)
+    routes = {"/metrics": Route(partial(handle_metrics, exposition), GET)}
     if state.settings.enable_debugging_handlers:
-        app.router.add_get("/debug/alpha/cache", handle_debug_cache)
-        app.router.add_route("*", "/debug/alpha/cache/clear", handle_debug_cache_clear)
-    return app
+        routes["/debug/alpha/cache"] = Route(partial(handle_debug_cache, state), GET)
+        routes["/debug/alpha/cache/clear"] = Route(partial(handle_debug_cache_clear, state))
+    return Routes(routes, state.metrics)

@@ -9,8 +9,9 @@ tables at the fork and from then on receive every change over a socketpair each
 them, goes on watching, serves /metrics (every process's metrics summed) and alone manages
 self-managed certificates, which reach the workers as files they reload. Serving in the
 supervisor too saves a whole process: a forked worker costs about 10 MiB of its own, an idle
-supervisor as much. Each role lists the jobs it runs beside its app where it builds that app
-(`app.run_beside`), so a background task lives exactly as long as the app it belongs to.
+supervisor as much. Each role lists the jobs it runs beside its server where it starts that
+server (`_serve`, `app.Background`), so a background task lives exactly as long as the server it
+belongs to.
 
 Why the fork is safe (`_fork_workers`): the initial sync runs in an event loop of its own
 (`asyncio.run`, not uvloop, whose libuv thread pool would outlive the loop), which is closed,
@@ -46,7 +47,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from .app import ServerState, metrics_app, refresh_gauges, run_beside, webhook_app
+from .app import Background, ServerState, metrics_routes, refresh_gauges, webhook_routes
 from .connections import ConnectionLimits, ConnectionStats, GuardedSite
 from .logging import configure_logging, flush_logs
 from .memory import trim_heap, trim_heap_every
@@ -103,35 +104,49 @@ async def serve_process(prepared: Prepared) -> None:
         tls.load()
     state = ServerState(settings, prepared.store, tls, Metrics())
     stop = _stop_on_signals()
-    runner, metrics_runner = await _serve(state, [*cluster.jobs(), *_file_watches(prepared)], then=cluster.close,
-                                          exposition=Exposition(state.metrics))
+    serving = await _serve(state, [*cluster.jobs(), *_file_watches(prepared)], then=cluster.close,
+                           exposition=Exposition(state.metrics))
     await stop.wait()
-    await _drain(state, runner)
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
+    await _drain(state, serving)
     log.info("shutdown complete")
 
 
+@dataclass
+class Serving:
+    """What `_serve` started: the TLS port, the jobs beside it and the metrics port, if any."""
+
+    runner: web.ServerRunner
+    jobs: Background
+    metrics_runner: web.ServerRunner | None = None
+
+    async def close(self) -> None:
+        """Stop accepting and let in-flight requests finish (up to --shutdown-timeout), then stop
+        the jobs, which those requests may still have needed, then the metrics port."""
+        await self.runner.cleanup()
+        await self.jobs.stop()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+
+
 async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awaitable[Any]] | None = None,
-                 exposition: Any = None, reuse_port: bool = False) -> tuple[web.AppRunner, web.AppRunner | None]:
-    """Start the webhook app with `jobs` beside it (and the TLS reloader, the gauges and the heap
-    trim), listen on the TLS port, and on the metrics port when an `exposition` is given and a
-    port is set."""
+                 exposition: Any = None, reuse_port: bool = False) -> Serving:
+    """Start `jobs` (and the TLS reloader, the gauges and the heap trim), listen on the TLS
+    port, and on the metrics port when an `exposition` is given and a port is set."""
     settings, tls = state.settings, state.tls
-    app = webhook_app(state)
-    run_beside(app, [*jobs, partial(tls.watch, settings.cert_reload_interval), partial(refresh_gauges, state),
-                     trim_heap_every], then=then)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()  # starts the jobs
+    background = Background([*jobs, partial(tls.watch, settings.cert_reload_interval),
+                             partial(refresh_gauges, state), trim_heap_every], then=then)
+    background.start()
+    runner = web.ServerRunner(webhook_routes(state).server(access_log=None), shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
     await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=reuse_port)
-    metrics_runner = None
+    serving = Serving(runner, background)
     if exposition is not None and settings.metrics_port:
-        metrics_runner = web.AppRunner(metrics_app(state, exposition), access_log=None)
-        await metrics_runner.setup()
-        await _listen(metrics_runner, settings, settings.metrics_port)
-    log.info("serving", port=settings.port, metrics_port=settings.metrics_port if metrics_runner else None,
+        serving.metrics_runner = web.ServerRunner(metrics_routes(state, exposition).server(access_log=None))
+        await serving.metrics_runner.setup()
+        await _listen(serving.metrics_runner, settings, settings.metrics_port)
+    log.info("serving", port=settings.port, metrics_port=settings.metrics_port if serving.metrics_runner else None,
              pid=os.getpid())
-    return runner, metrics_runner
+    return serving
 
 
 def _file_watches(prepared: Prepared) -> list[Any]:
@@ -150,18 +165,18 @@ async def _wait_until(done: Callable[[], bool], waiting_for: Callable[[], Any], 
         await asyncio.sleep(interval)
 
 
-async def _drain(state: ServerState, runner: web.AppRunner,
+async def _drain(state: ServerState, serving: Serving,
                  before_closing: Callable[[], Awaitable[Any]] | None = None) -> None:
     """Report not-ready, keep serving for --shutdown-delay, then finish in-flight requests
-    (docs/reference.md#shutdown); the app's jobs stop after the last request. The supervisor
-    passes `before_closing`: its workers' ending, which needs its feed and watch until then."""
+    (docs/reference.md#shutdown); the jobs stop after the last request. The supervisor passes
+    `before_closing`: its workers' ending, which needs its feed and watch until then."""
     state.draining = True
     if state.settings.shutdown_delay > 0:
         log.info("draining: not ready, still serving", seconds=state.settings.shutdown_delay)
         await asyncio.sleep(state.settings.shutdown_delay)
     if before_closing is not None:
         await before_closing()
-    await runner.cleanup()  # stops accepting, waits up to shutdown_timeout for handlers
+    await serving.close()
 
 
 # -- the supervisor, before the fork -----------------------------------------------------------
@@ -295,10 +310,10 @@ async def worker_process(prepared: Prepared, index: int, feed_socket: socket.soc
     state = ServerState(settings, store, tls, Metrics())
     # A probe reaches one process of several: each must be ready before it listens.
     await _wait_until(lambda: state.ready, state.not_ready_because, "not listening yet", 0.1)
-    runner, _ = await _serve(state, [feed.run], reuse_port=True)
+    serving = await _serve(state, [feed.run], reuse_port=True)
 
     await stop.wait()
-    await _drain(state, runner)
+    await _drain(state, serving)
     log.info("shutdown complete")
     return 1 if lost else 0
 
@@ -317,8 +332,8 @@ async def supervise(prepared: Prepared, cluster: Cluster, workers: list[Worker])
     feed = TableFeed(prepared.store, [worker.feed for worker in workers])
     await feed.open()  # before any source runs: no change is missed
     state = ServerState(settings, prepared.store, tls, Metrics())
-    runner, metrics_runner = await _serve(state, [feed.run, *cluster.jobs(), *_file_watches(prepared)],
-                                          then=cluster.close, exposition=Exposition(state.metrics), reuse_port=True)
+    serving = await _serve(state, [feed.run, *cluster.jobs(), *_file_watches(prepared)], then=cluster.close,
+                           exposition=Exposition(state.metrics), reuse_port=True)
     log.info("supervising", workers=len(workers), pids=[worker.pid for worker in workers], port=settings.port,
              metrics_port=settings.metrics_port)
 
@@ -327,9 +342,7 @@ async def supervise(prepared: Prepared, cluster: Cluster, workers: list[Worker])
         if worker.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
-    await _drain(state, runner, before_closing=partial(_reap, workers, settings))
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
+    await _drain(state, serving, before_closing=partial(_reap, workers, settings))
     log.info("shutdown complete")
     return exit_code
 
@@ -383,7 +396,7 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _listen(runner: web.AppRunner, settings: ServeSettings, port: int, **kwargs: Any) -> web.TCPSite:
+async def _listen(runner: web.BaseRunner, settings: ServeSettings, port: int, **kwargs: Any) -> web.TCPSite:
     """Listen on `port` with the slow-client limits (docs/reference.md#connections)."""
     site = GuardedSite(runner, settings.bind_address or None, port, limits=connection_limits(settings),
                        stats=ConnectionStats(), backlog=1024, **kwargs)

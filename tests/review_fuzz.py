@@ -251,8 +251,8 @@ class _Tracebacks(logging.Handler):
 BATCH = 32  # bodies per hypothesis example, sent concurrently
 
 
-def make_app() -> Any:
-    from injector.app import ServerState, webhook_app
+def make_routes() -> Any:
+    from injector.app import ServerState, webhook_routes
     from injector.identity import service_account_entry
     from injector.metrics import Metrics
     from injector.settings import ServeSettings
@@ -264,15 +264,17 @@ def make_app() -> Any:
         "default/my-app": service_account_entry({"eks.amazonaws.com/role-arn": ROLE}, serve.mutation),
         "default/default": service_account_entry({}, serve.mutation)})
     store.replace_pod_identities(frozenset({("default", "cc")}))
-    return webhook_app(ServerState(serve, store, None, Metrics()))
+    return webhook_routes(ServerState(serve, store, None, Metrics()))
 
 
 def run(total: int, *, seed: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Send `total` fuzzed bodies (rounded up to a whole batch) through the app in process;
     returns the counts. A broken contract raises (after hypothesis has shrunk the case)."""
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestClient
 
     import injector.app
+
+    from serving import RoutesTestServer
 
     recorder = LogRecorder()
     handler = _Tracebacks(recorder.bad)
@@ -281,7 +283,7 @@ def run(total: int, *, seed: int | None = None, progress: bool = False) -> dict[
     loop = asyncio.new_event_loop()
 
     async def start() -> TestClient:
-        test_client = TestClient(TestServer(make_app()))
+        test_client = TestClient(RoutesTestServer(make_routes()))
         await test_client.start_server()
         return test_client
 

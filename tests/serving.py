@@ -1,4 +1,5 @@
-"""Test helpers: certificates on disk and a real `pod-identity-injector serve` process."""
+"""Test helpers: certificates on disk, a real `pod-identity-injector serve` process, and a port's
+`Routes` in process (`RoutesTestServer`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import BaseTestServer
+from aiohttp.web import ServerRunner
+
 from injector.certs import generate_ca, generate_serving_cert, write_bundle
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class RoutesTestServer(BaseTestServer):
+    """aiohttp's test server for `app.Routes`, built by `Routes.server` as `serve` builds it
+    (aiohttp's RawTestServer would drop its request factory, and with it the body limit)."""
+
+    def __init__(self, routes: Any, **kwargs: Any) -> None:
+        self._routes = routes
+        super().__init__(**kwargs)
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> ServerRunner:
+        kwargs.pop("handler_cancellation", None)  # serve keeps aiohttp's default
+        return ServerRunner(self._routes.server(debug=debug, **kwargs), debug=debug, **kwargs)
 
 
 def make_certs(directory: Path, ca: tuple | None = None) -> tuple:

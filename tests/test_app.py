@@ -1,7 +1,8 @@
-"""The HTTP applications in process (aiohttp's test client): every class of input gets its
+"""The ports' routes in process (aiohttp's test client): every class of input gets its
 documented answer (docs/mutation.md#answers), the probes say why they fail
-(docs/reference.md#readiness), and the debug and metrics routes exist only when asked for.
-The same app over real TLS, as a process, is tests/test_server.py."""
+(docs/reference.md#readiness), the debug and metrics routes exist only when asked for, and
+unknown paths and methods are answered as aiohttp's router answers them. The same routes over
+real TLS, as a process, are tests/test_server.py."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import base64
 import json
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from injector.app import ServerState, metrics_app, webhook_app
+from injector.app import Routes, ServerState, metrics_routes, webhook_routes
 from injector.identity import service_account_entry
 from injector.metrics import Exposition, Metrics
 from injector.settings import MutationSettings, ServeSettings
 from injector.sources import IdentityStore
 
-from serving import pod_review
+from serving import RoutesTestServer, pod_review
 
 ROLE = "arn:aws:iam::111122223333:role/my-app"
 LIMIT = 64 * 1024
@@ -35,9 +36,14 @@ def make_state(**settings) -> ServerState:
     return ServerState(serve, store, None, Metrics())
 
 
+def client_of(routes: Routes) -> TestClient:
+    """A test client of `routes` served as `serve` serves them (`Routes.server`)."""
+    return TestClient(RoutesTestServer(routes))
+
+
 @pytest.fixture
 async def client():
-    async with TestClient(TestServer(webhook_app(make_state()))) as test_client:
+    async with client_of(webhook_routes(make_state())) as test_client:
         yield test_client
 
 
@@ -105,7 +111,7 @@ async def test_an_error_of_ours_allows_the_pod_unchanged_and_says_so():
 
     state = make_state()
     state.store = BrokenStore(MutationSettings())
-    async with TestClient(TestServer(webhook_app(state))) as test_client:
+    async with client_of(webhook_routes(state)) as test_client:
         status, answer = await review(test_client, pod_review(uid="u"))
     assert status == 200
     assert answer["response"] == {"uid": "u", "allowed": True,
@@ -178,7 +184,7 @@ async def test_a_chunked_body_that_grows_too_large_is_413(client):
 
 async def test_bad_input_is_counted_and_the_server_keeps_answering():
     state = make_state()
-    async with TestClient(TestServer(webhook_app(state))) as test_client:
+    async with client_of(webhook_routes(state)) as test_client:
         await test_client.post("/mutate", data=b"{", headers={"Content-Type": "application/json"})
         status, answer = await review(test_client, pod_review())
     assert status == 200 and answer["response"]["allowed"] is True
@@ -199,7 +205,7 @@ async def test_readyz_lists_every_reason_it_is_not_ready():
     state = make_state()
     state.store.expect("serviceaccounts")
     state.draining = True
-    async with TestClient(TestServer(webhook_app(state))) as test_client:
+    async with client_of(webhook_routes(state)) as test_client:
         response = await test_client.get("/readyz")
         assert response.status == 503
         assert await response.text() == "not ready: shutting down; waiting for serviceaccounts\n"
@@ -209,11 +215,33 @@ async def test_readyz_lists_every_reason_it_is_not_ready():
         assert response.status == 200 and await response.text() == "ok"
 
 
+# -- paths and methods ----------------------------------------------------------------------
+async def test_an_unknown_path_is_404_and_not_counted():
+    state = make_state()
+    async with client_of(webhook_routes(state)) as test_client:
+        response = await test_client.post("/mutate/", data=b"{}", headers={"Content-Type": "application/json"})
+        assert response.status == 404 and await response.text() == "404: Not Found"
+    state.metrics.publish()
+    assert "/mutate/" not in Exposition(state.metrics).render().decode()
+
+
+async def test_a_probe_takes_get_and_head_and_answers_another_method_with_405_and_allow(client):
+    assert (await client.head("/healthz")).status == 200
+    response = await client.post("/readyz")
+    assert response.status == 405 and response.headers["Allow"] == "GET,HEAD"
+
+
+async def test_mutate_takes_any_method_as_the_go_webhook_does(client):
+    response = await client.put("/mutate?timeout=10s", data=json.dumps(pod_review()),
+                                headers={"Content-Type": "application/json"})
+    assert response.status == 200 and (await response.json())["response"]["allowed"] is True
+
+
 # -- debug and metrics routes ----------------------------------------------------------------
 async def test_debug_routes_exist_only_when_enabled():
-    async with TestClient(TestServer(webhook_app(make_state()))) as test_client:
+    async with client_of(webhook_routes(make_state())) as test_client:
         assert (await test_client.get("/debug/alpha/deny")).status == 404
-    async with TestClient(TestServer(webhook_app(make_state(enable_debugging_handlers=True)))) as test_client:
+    async with client_of(webhook_routes(make_state(enable_debugging_handlers=True))) as test_client:
         deny = await (await test_client.get("/debug/alpha/deny")).json()
         assert deny["response"] == {"uid": "", "allowed": False, "status": {"message": "Test deny message"}}
         response = await test_client.get("/debug/alpha/500")
@@ -222,10 +250,10 @@ async def test_debug_routes_exist_only_when_enabled():
 
 async def test_the_metrics_port_renders_the_go_names_and_dumps_the_cache_on_request():
     state = make_state(enable_debugging_handlers=True)
-    async with TestClient(TestServer(webhook_app(state))) as webhook:
+    async with client_of(webhook_routes(state)) as webhook:
         await review(webhook, pod_review())
         await review(webhook, pod_review(service_account="unknown"))
-    async with TestClient(TestServer(metrics_app(state, Exposition(state.metrics)))) as metrics:
+    async with client_of(metrics_routes(state, Exposition(state.metrics))) as metrics:
         response = await metrics.get("/metrics")
         assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         text = await response.text()
@@ -253,7 +281,7 @@ async def test_a_preset_env_var_is_answered_with_a_warning_and_logged(client, ap
 
 async def test_a_volume_collision_is_allowed_unchanged_warned_logged_at_warning_and_counted():
     state = make_state()
-    async with TestClient(TestServer(webhook_app(state))) as webhook:
+    async with client_of(webhook_routes(state)) as webhook:
         with capture_logs() as logs:
             _, answer = await review(webhook, pod_review(uid="u", volumes=[{"name": "aws-iam-token", "emptyDir": {}}]))
     assert answer["response"] == {"uid": "u", "allowed": True, "warnings": [
@@ -269,7 +297,7 @@ async def test_a_near_miss_key_on_the_service_account_warns_every_pod_that_uses_
     state = make_state()
     state.store.put_service_account("default", "half-done", service_account_entry(
         {"eks.amazon.com/role-arn": ROLE}, state.settings.mutation))
-    async with TestClient(TestServer(webhook_app(state))) as webhook:
+    async with client_of(webhook_routes(state)) as webhook:
         _, answer = await review(webhook, pod_review(uid="u", service_account="half-done"))
     assert answer["response"] == {"uid": "u", "allowed": True, "warnings": [
         "pod-identity-injector: ServiceAccount key eks.amazon.com/role-arn is ignored; use eks.amazonaws.com/role-arn"]}
