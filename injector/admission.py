@@ -17,7 +17,7 @@ from .review import AdmissionRequest
 from .settings import MutationSettings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
 class Decision:
     """What we answer and why; `reason` is a stable word for logs and metrics."""
 

@@ -30,7 +30,7 @@ class Mode(enum.StrEnum):
     CONTAINER_CREDENTIALS = "container_credentials"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
 class Identity:
     """The resolved identity of one pod: all the planner needs besides settings."""
 
@@ -296,7 +296,7 @@ def parse_pod_identities(document: Any) -> frozenset[tuple[str, str]]:
     return frozenset(pairs)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
 class Resolution:
     """The outcome of identity resolution, with enough context for the decision log."""
 

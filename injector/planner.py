@@ -40,7 +40,7 @@ STS_REGIONAL_ENDPOINTS = "AWS_STS_REGIONAL_ENDPOINTS"
 _WINDOWS_SELECTORS = ("beta.kubernetes.io/os", "kubernetes.io/os")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
 class Plan:
     """The operations plus what the decision log wants to say about them."""
 
@@ -59,7 +59,7 @@ class Plan:
         return bool(self.operations)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
 class _Layout:
     """Names and paths of the active mode, derived once per plan."""
 

@@ -31,7 +31,7 @@ class BadReview(ValueError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
 class AdmissionRequest:
     """The parts of one AdmissionReview request that the decision depends on.
 
@@ -65,7 +65,7 @@ class AdmissionRequest:
         return name if isinstance(name, str) else ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
 class Envelope:
     """What the response must echo even when the request part is unusable."""
 
