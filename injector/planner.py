@@ -69,6 +69,7 @@ class _Layout:
     token_file: str
     identity_keys: tuple[str, str]
     identity_values: tuple[str, str]
+    identity_env: dict[str, str]  # the same pair as a mapping, name → value
 
 
 @lru_cache(maxsize=64)  # a handful of (mount path, token path) pairs, asked for every pod
@@ -147,7 +148,8 @@ def _layout(identity: Identity, settings: MutationSettings, windows: bool) -> _L
     token_file = go_path_join(mount, token)
     if windows:
         token_file = windows_path(token_file)
-    return _Layout(volume, mount, token, token_file, keys, (first_value, token_file))
+    values = (first_value, token_file)
+    return _Layout(volume, mount, token, token_file, keys, values, dict(zip(keys, values, strict=True)))
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -166,11 +168,11 @@ def _names(items: Any) -> set[str]:
     return {item.get("name") for item in items if isinstance(item, dict)}
 
 
-def token_expiration(pod: dict[str, Any], identity: Identity, settings: MutationSettings,
+def token_expiration(annotations: dict[str, Any], identity: Identity, settings: MutationSettings,
                      jitter: Jitter, notes: list[str], warnings: list[str]) -> int:
-    """Pod annotation > identity value; the container-credentials default gets jitter."""
+    """Pod annotation (of the pod's `annotations`) > identity value; the container-credentials
+    default gets jitter."""
     seconds = identity.token_expiration
-    annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
     key = settings.annotation("token-expiration")
     raw = annotations.get(key)
     if raw is not None:
@@ -200,8 +202,7 @@ def _container_env(identity: Identity, settings: MutationSettings, layout: _Layo
         env.append({"name": DEFAULT_REGION, "value": settings.aws_default_region})
         env.append({"name": REGION, "value": settings.aws_default_region})
     if not identity_defined:
-        for name, value in zip(layout.identity_keys, layout.identity_values, strict=True):
-            env.append({"name": name, "value": value})
+        env.extend({"name": name, "value": value} for name, value in layout.identity_env.items())
     return env
 
 
@@ -255,9 +256,10 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
             continue  # already complete: untouched, not even a mount (Go's early exit)
         base = f"/spec/{list_name}/{index}"
         _append(ops, base, "env", env, new_env)
-        if layout.volume_name not in _names(mounts):
+        mount_missing = layout.volume_name not in _names(mounts)
+        if mount_missing:
             _append(ops, base, "volumeMounts", mounts, [dict(mount)])
-        if new_env or layout.volume_name not in _names(mounts):
+        if new_env or mount_missing:
             draft.injected.append(str(name))
 
 
@@ -265,7 +267,7 @@ def _preset(env: Any, layout: _Layout) -> list[str]:
     """The mode's env pair as set by someone else (another value, or valueFrom): it blocks ours (§env).
 
     Our own values, as a reinvocation sees them, are not a preset."""
-    ours = dict(zip(layout.identity_keys, layout.identity_values, strict=True))
+    ours = layout.identity_env
     return [item["name"] for item in env or () if isinstance(item, dict) and item.get("name") in ours
             and (item.get("value") != ours[item["name"]] or "valueFrom" in item)]
 
@@ -320,7 +322,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     node_selector = _dict(spec.get("nodeSelector"))
     windows = any(node_selector.get(key) == "windows" for key in _WINDOWS_SELECTORS)
     layout = _layout(identity, settings, windows)
-    expiration = token_expiration(pod, identity, settings, jitter, notes, warnings)
+    expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)
 
     volumes = spec.get("volumes")
     taken = next((v for v in volumes if _dict(v).get("name") == layout.volume_name and token_source(v) is None),
