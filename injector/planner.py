@@ -13,7 +13,7 @@ import posixpath
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 from .identity import Identity, Mode, parse_expiration
@@ -190,7 +190,7 @@ def token_expiration(annotations: dict[str, Any], identity: Identity, settings: 
 def _container_env(identity: Identity, settings: MutationSettings, layout: _Layout,
                    present: set[str]) -> list[dict[str, str]] | None:
     """The env entries to append, or None when the container is already complete (§env)."""
-    identity_defined = any(k in present for k in layout.identity_keys)
+    identity_defined = not present.isdisjoint(layout.identity_keys)
     region_defined = REGION in present or DEFAULT_REGION in present
     sts_defined = STS_REGIONAL_ENDPOINTS in present
     if identity_defined and region_defined and sts_defined:
@@ -213,7 +213,8 @@ def _append(ops: list[Operation], base: str, member: str, current: Any, items: l
     if current is None:
         ops.append({"op": "add", "path": f"{base}/{member}", "value": items})
     else:
-        ops.extend({"op": "add", "path": f"{base}/{member}/-", "value": item} for item in items)
+        path = f"{base}/{member}/-"
+        ops.extend([{"op": "add", "path": path, "value": item} for item in items])
 
 
 @dataclass(slots=True)
@@ -227,9 +228,9 @@ class _Draft:
     warnings: list[str] = field(default_factory=list)
 
 
-def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: frozenset[str], layout: _Layout,
-                     env_for: Callable[[set[str]], list[dict[str, str]] | None]) -> None:
-    """Env and mount operations for one container list; `env_for(present names)` is `_container_env`."""
+def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: frozenset[str], identity: Identity,
+                     settings: MutationSettings, layout: _Layout) -> None:
+    """Env and mount operations for one container list."""
     ops, notes = draft.ops, draft.notes
     if not isinstance(containers, list):
         return
@@ -251,7 +252,7 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
         preset = _preset(env, layout)
         if preset:
             draft.warnings.append(f"container {name} presets {', '.join(preset)}; no credentials injected into it")
-        new_env = env_for(_names(env))
+        new_env = _container_env(identity, settings, layout, _names(env))
         if new_env is None:
             continue  # already complete: untouched, not even a mount (Go's early exit)
         base = f"/spec/{list_name}/{index}"
@@ -280,6 +281,14 @@ def token_source(volume: Any, path: str | None = None) -> dict[str, Any] | None:
         token = _dict(source).get("serviceAccountToken")
         if isinstance(token, dict) and (path is None or posixpath.normpath(token.get("path", "")) == path):
             return token
+    return None
+
+
+def _taken(volumes: Any, name: str) -> dict[str, Any] | None:
+    """The pod's volume called `name` if it is not a projected token (§volume-collision), else None."""
+    for volume in volumes if isinstance(volumes, list) else ():
+        if isinstance(volume, dict) and volume.get("name") == name and token_source(volume) is None:
+            return volume
     return None
 
 
@@ -320,13 +329,12 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
             warnings.append(f"skip-containers names {unknown}, which is no container of this pod")
 
     node_selector = _dict(spec.get("nodeSelector"))
-    windows = any(node_selector.get(key) == "windows" for key in _WINDOWS_SELECTORS)
+    windows = bool(node_selector) and any(node_selector.get(key) == "windows" for key in _WINDOWS_SELECTORS)
     layout = _layout(identity, settings, windows)
     expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)
 
     volumes = spec.get("volumes")
-    taken = next((v for v in volumes if _dict(v).get("name") == layout.volume_name and token_source(v) is None),
-                 None) if isinstance(volumes, list) else None
+    taken = _taken(volumes, layout.volume_name)
     if taken is not None:
         # §volume-collision (ours): env and mount would point the SDK at a file we do not control.
         kind = volume_kind(taken)
@@ -355,8 +363,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         ops.append({"op": "add", "path": "/spec/volumes/0", "value": _volume(layout, identity.audience, expiration)})
 
     draft = _Draft(ops, notes=notes, warnings=warnings)
-    env_for = partial(_container_env, identity, settings, layout)
     for list_name in ("initContainers", "containers"):
-        _plan_containers(draft, list_name, spec.get(list_name), skip, layout, env_for)
+        _plan_containers(draft, list_name, spec.get(list_name), skip, identity, settings, layout)
     return Plan(ops, expiration, tuple(draft.injected), tuple(draft.skipped), tuple(notes), tuple(warnings))
 
