@@ -141,18 +141,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_wrk() -> str:
-    path = shutil.which("wrk")
+def ensure_tool(command: str, package: str) -> str:
+    """The path of `command`, installing Debian's `package` first when it is missing and we are root."""
+    path = shutil.which(command)
     if path:
         return path
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing wrk (Debian package)…", file=sys.stderr)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, stdout=subprocess.DEVNULL)
-        if not shutil.which("wrk"):
+        print(f"installing {command} (Debian package {package})…", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, stdout=subprocess.DEVNULL)
+        if not shutil.which(command):
             subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
-        return shutil.which("wrk") or sys.exit("wrk did not install")
-    sys.exit("wrk is not installed: apt-get install wrk")
+            subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL)
+        return shutil.which(command) or sys.exit(f"{command} did not install")
+    sys.exit(f"{command} is not installed: apt-get install {package}")
+
+
+def ensure_wrk() -> str:
+    return ensure_tool("wrk", "wrk")
 
 
 _LATENCY = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)

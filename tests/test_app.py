@@ -1,11 +1,12 @@
 """The ports' routes in process (aiohttp's test client): every class of input gets its
 documented answer (docs/mutation.md#answers), the probes say why they fail
 (docs/reference.md#readiness), the debug and metrics routes exist only when asked for, and
-unknown paths and methods are answered as aiohttp's router answers them. The same routes over
-real TLS, as a process, are tests/test_server.py."""
+unknown paths and methods are answered as aiohttp's router answers them. Also the jobs that
+run beside a server. The same routes over real TLS, as a process, are tests/test_server.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -13,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from injector.app import Routes, ServerState, metrics_routes, webhook_routes
+from injector.app import Background, Routes, ServerState, metrics_routes, webhook_routes
 from injector.identity import service_account_entry
 from injector.metrics import Exposition, Metrics
 from injector.settings import MutationSettings, ServeSettings
@@ -265,6 +266,31 @@ async def test_the_metrics_port_renders_the_go_names_and_dumps_the_cache_on_requ
                                            "UseRegionalSTS": False, "TokenExpiration": 86400}
         assert (await metrics.post("/debug/alpha/cache/clear")).status == 200
         assert await (await metrics.get("/debug/alpha/cache")).json() == {}
+
+
+# -- jobs beside the server -----------------------------------------------------------------
+async def test_background_jobs_run_until_stopped_and_then_runs_after_they_have_ended():
+    events = []
+
+    async def job(name: str) -> None:
+        events.append(f"{name} started")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            events.append(f"{name} stopped")
+
+    async def crashing() -> None:
+        raise RuntimeError("a job that fails does not keep the others from stopping")
+
+    async def then() -> None:
+        events.append("then")
+
+    background = Background([lambda: job("watch"), crashing, lambda: job("feed")], then=then)
+    background.start()
+    await asyncio.sleep(0)
+    assert events == ["watch started", "feed started"]
+    await background.stop()
+    assert events[2:] == ["watch stopped", "feed stopped", "then"]
 
 
 # -- admission warnings (docs/mutation.md#warnings) ------------------------------------------
