@@ -272,6 +272,7 @@ class Routes:
         self.routes = routes
         self._metrics = metrics
         self._max_body = max_body
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by `server`
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         route = self.routes.get(request.path)
@@ -295,11 +296,13 @@ class Routes:
 
     def make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
         """The server's request factory: a plain request whose body may be `max_body` bytes."""
-        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
-                               client_max_size=self._max_body)
+        return web.BaseRequest(message, payload, protocol, writer, task, self._loop, client_max_size=self._max_body)
 
     def server(self, **kwargs: Any) -> web.Server:
-        return web.Server(self, request_factory=self.make_request, **kwargs)
+        """The low-level server of these routes, on the running loop (asked once here: each
+        `asyncio.get_running_loop()` is a getpid(2))."""
+        self._loop = asyncio.get_running_loop()
+        return web.Server(self, request_factory=self.make_request, loop=self._loop, **kwargs)
 
 
 def webhook_routes(state: ServerState) -> Routes:
