@@ -14,6 +14,7 @@ help:
 	@echo "make bench  - throughput/latency benchmark of serve (wrk) and of the planner"
 	@echo "make bench-scale - memory, ready time, API requests, admissions at 1k/10k/100k ServiceAccounts"
 	@echo "make bench-side-by-side GO_WEBHOOK=... - the Go webhook and serve in alternating rounds"
+	@echo "make bench-instructions - instructions per admission, per step (valgrind; does not drift)"
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
 	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
 	@echo "make cluster-down - stop it and remove everything it made"
@@ -140,3 +141,9 @@ bench-scale: $(STAMP)
 bench-side-by-side: $(STAMP)
 	@test -n "$(GO_WEBHOOK)" || { echo "GO_WEBHOOK=path/to/the/Go/webhook/binary is required"; exit 2; }
 	$(BIN)/python benchmarks/side_by_side.py --go-webhook $(GO_WEBHOOK)
+
+# Instructions per admission of the in-process path, under callgrind (benchmarks/instructions.py):
+# exact where timings drift; about ten minutes for the three sizes with --parts.
+.PHONY: bench-instructions
+bench-instructions: $(STAMP)
+	$(BIN)/python benchmarks/instructions.py --parts
