@@ -6,8 +6,8 @@ that pure path; how each kind of bad input is answered is in docs/mutation.md#an
 Building the store and the sources is `startup`'s job, running processes is `server`'s.
 
 Each port has a handful of fixed paths, so a `Routes` table (a dict) stands in for
-`web.Application`: its router, middleware chain and response signals were about 20 µs of each
-admission, a twentieth of its CPU (docs/performance.md#where-the-time-goes).
+`web.Application`: its router, middleware chain and response signals were 20-40 µs of each
+admission, up to a tenth of its CPU (docs/performance.md#where-the-time-goes).
 """
 
 from __future__ import annotations

@@ -67,9 +67,7 @@ class _Layout:
     mount_path: str
     token_path: str
     token_file: str
-    identity_keys: tuple[str, str]
-    identity_values: tuple[str, str]
-    identity_env: dict[str, str]  # the same pair as a mapping, name → value
+    identity_env: dict[str, str]  # the mode's env pair, name → value, in the order they are added
 
 
 @lru_cache(maxsize=64)  # a handful of (mount path, token path) pairs, asked for every pod
@@ -148,8 +146,7 @@ def _layout(identity: Identity, settings: MutationSettings, windows: bool) -> _L
     token_file = go_path_join(mount, token)
     if windows:
         token_file = windows_path(token_file)
-    values = (first_value, token_file)
-    return _Layout(volume, mount, token, token_file, keys, values, dict(zip(keys, values, strict=True)))
+    return _Layout(volume, mount, token, token_file, dict(zip(keys, (first_value, token_file), strict=True)))
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -190,7 +187,7 @@ def token_expiration(annotations: dict[str, Any], identity: Identity, settings: 
 def _container_env(identity: Identity, settings: MutationSettings, layout: _Layout,
                    present: set[str]) -> list[dict[str, str]] | None:
     """The env entries to append, or None when the container is already complete (§env)."""
-    identity_defined = not present.isdisjoint(layout.identity_keys)
+    identity_defined = not present.isdisjoint(layout.identity_env)
     region_defined = REGION in present or DEFAULT_REGION in present
     sts_defined = STS_REGIONAL_ENDPOINTS in present
     if identity_defined and region_defined and sts_defined:
@@ -202,7 +199,7 @@ def _container_env(identity: Identity, settings: MutationSettings, layout: _Layo
         env.append({"name": DEFAULT_REGION, "value": settings.aws_default_region})
         env.append({"name": REGION, "value": settings.aws_default_region})
     if not identity_defined:
-        env.extend({"name": name, "value": value} for name, value in layout.identity_env.items())
+        env += [{"name": name, "value": value} for name, value in layout.identity_env.items()]
     return env
 
 
