@@ -102,11 +102,17 @@ def review(containers: int) -> dict:
         "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}}}
 
 
-def inprocess(sizes: list[int], seconds: float) -> list[tuple[int, float, float]]:
-    """Calls/s of the planner alone and of the whole decode→decide→encode path."""
+def bench_store() -> tuple[MutationSettings, IdentityStore]:
+    """Default settings and a store that knows SERVICE_ACCOUNT, as the in-process benchmarks use them."""
     settings = MutationSettings()
     store = IdentityStore(settings)
     store.replace_service_accounts(service_account_entries([SERVICE_ACCOUNT], settings, "default", "bench"))
+    return settings, store
+
+
+def inprocess(sizes: list[int], seconds: float) -> list[tuple[int, float, float]]:
+    """Calls/s of the planner alone and of the whole decode→decide→encode path."""
+    settings, store = bench_store()
     rows = []
     for size in sizes:
         body = orjson.dumps(review(size))

@@ -39,22 +39,17 @@ def admission_steps(tree: str | None, containers: int) -> dict[str, object]:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import orjson
-    from bench import SERVICE_ACCOUNT, review
+    from bench import bench_store, review
 
     from injector import app, logging
     from injector.admission import decide
     from injector.planner import plan_mutation
     from injector.review import check_pod, decode_json, encode_response, parse_review
-    from injector.settings import MutationSettings
-    from injector.sources import IdentityStore
-    from injector.sources.static import service_account_entries
 
     assert Path(injector.__file__).is_relative_to(tree or ROOT), injector.__file__
     sys.stderr = io.TextIOWrapper(open(os.devnull, "wb"))  # noqa: SIM115 - the log lines go nowhere, until exit
     logging.configure_logging("json")
-    settings = MutationSettings()
-    store = IdentityStore(settings)
-    store.replace_service_accounts(service_account_entries([SERVICE_ACCOUNT], settings, "default", "bench"))
+    settings, store = bench_store()
     body = orjson.dumps(review(containers))
     document = decode_json(body)
     envelope, request = parse_review(document)
