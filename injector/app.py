@@ -266,15 +266,24 @@ class Route:
 class Routes:
     """One port's paths and the handler of each: the request handler of aiohttp's low-level
     `web.Server` (see the module's docstring). An unknown path is 404 and a method a route does
-    not take is 405 with `Allow`, as aiohttp's router answers them."""
+    not take is 405 with `Allow`, as aiohttp's router answers them. While `closing()` is true
+    (the drain), every answer ends its connection (docs/reference.md#shutdown)."""
 
-    def __init__(self, routes: dict[str, Route], metrics: Any, max_body: int = 1024**2) -> None:
+    def __init__(self, routes: dict[str, Route], metrics: Any, max_body: int = 1024**2,
+                 closing: Callable[[], bool] = lambda: False) -> None:
         self.routes = routes
         self._metrics = metrics
         self._max_body = max_body
+        self._closing = closing
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `server`
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self._answer(request)
+        if self._closing():
+            response.force_close()
+        return response
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         route = self.routes.get(request.path)
         if route is None:
             return web.Response(status=404, text="404: Not Found")
@@ -315,7 +324,9 @@ def webhook_routes(state: ServerState) -> Routes:
     if state.settings.enable_debugging_handlers:
         routes["/debug/alpha/deny"] = Route(handle_debug_deny, counted=True)
         routes["/debug/alpha/500"] = Route(handle_debug_500, counted=True)
-    return Routes(routes, state.metrics, state.settings.max_request_bytes)
+    # Draining, an answer ends its keep-alive connection: the API server's next call opens one to a
+    # replica that stays, instead of reusing this one until the moment it is closed under it.
+    return Routes(routes, state.metrics, state.settings.max_request_bytes, closing=lambda: state.draining)
 
 
 def metrics_routes(state: ServerState, exposition: Any) -> Routes:

@@ -202,6 +202,20 @@ async def test_healthz_is_liveness_only(client):
     assert response.status == 200 and await response.text() == "ok"
 
 
+async def test_while_draining_every_answer_ends_its_connection():
+    state = make_state()
+    async with client_of(webhook_routes(state)) as test_client:
+        serving = await test_client.post("/mutate", data=json.dumps(pod_review()),
+                                         headers={"Content-Type": "application/json"})
+        assert "close" not in serving.headers.get("Connection", "").lower()
+        state.draining = True
+        for response in (await test_client.post("/mutate", data=json.dumps(pod_review()),
+                                                headers={"Content-Type": "application/json"}),
+                         await test_client.get("/readyz"), await test_client.get("/nowhere")):
+            assert response.headers["Connection"].lower() == "close"
+        assert (await response.text()) == "404: Not Found"
+
+
 async def test_readyz_lists_every_reason_it_is_not_ready():
     state = make_state()
     state.store.expect("serviceaccounts")
