@@ -34,13 +34,17 @@ class LineWriter:
         self._lock = threading.Lock()
         self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
 
-    def msg(self, message: bytes) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+    def msg(self, line: bytes) -> None:
+        """Take one rendered line, its newline included."""
         with self._lock:
-            self._pending.append(message + b"\n")
+            self._pending.append(line)
+            flush_on = self._flush_on
+            if flush_on is not None and flush_on.is_running():
+                return  # a flush is already due on a running loop (asking for the loop is a getpid(2))
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
             if loop is None:
                 self._write_pending()
             elif self._flush_on is not loop:  # none yet, or on a loop that ended before its turn
@@ -66,8 +70,8 @@ class LineWriter:
 
 
 _writer: LineWriter | None = None
-# Set by configure_logging for JSON lines: (lowest level written, the JSON processors).
-_hot: tuple[int, Any, Any] | None = None
+# Set by configure_logging for JSON lines: (the method names written at its level, the JSON processors).
+_hot: tuple[frozenset[str], Any, Any] | None = None
 
 
 def flush_logs() -> None:
@@ -80,6 +84,9 @@ def flush_logs() -> None:
 atexit.register(flush_logs)
 
 
+_DIGITS = tuple(f"{n:03d}" for n in range(1000))  # a format spec per line costs more than the lookups
+
+
 class _Clock:
     """UTC ISO-8601 timestamps with microseconds; the date and time part is formatted once a second."""
 
@@ -87,11 +94,11 @@ class _Clock:
         self._second, self._prefix = -1, ""
 
     def now(self) -> str:
-        now = time.time()
-        second = int(now)
+        micros = time.time_ns() // 1000
+        second, fraction = divmod(micros, 1_000_000)
         if second != self._second:
-            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return self._prefix + _DIGITS[fraction // 1000] + _DIGITS[fraction % 1000] + "Z"
 
 
 def _json_line(clock: _Clock) -> Any:
@@ -102,7 +109,7 @@ def _json_line(clock: _Clock) -> Any:
         event_dict["timestamp"] = clock.now()
         if "exc_info" in event_dict:
             event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
-        return orjson.dumps(event_dict, default=str)
+        return orjson.dumps(event_dict, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
     return render
 
@@ -110,13 +117,16 @@ def _json_line(clock: _Clock) -> Any:
 def hot_line(method: str, event: str, fields: dict[str, Any]) -> None:
     """`log.<method>(event, **fields)` for a line logged per request: with JSON lines, the same
     processors and writer without structlog's wrapper around them (its lazy proxy, level
-    wrapper and context copies were half the cost of the admission line); otherwise structlog."""
-    if _hot is None:
+    wrapper and context copies were half the cost of the admission line); otherwise structlog.
+    `fields` is the caller's to give away: the event is added to it."""
+    hot, writer = _hot, _writer
+    if hot is None or writer is None:
         getattr(structlog.get_logger(), method)(event, **fields)
         return
-    lowest, merge, render = _hot
-    if _LEVELS.get(_LEVEL_NAMES.get(method, method), logging.INFO) >= lowest and _writer is not None:
-        _writer.msg(render(_writer, method, merge(_writer, method, {**fields, "event": event})))
+    written, merge, render = hot
+    if method in written:
+        fields["event"] = event
+        writer.msg(render(writer, method, merge(writer, method, fields)))
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
@@ -129,7 +139,10 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             _writer = LineWriter(sys.stderr.buffer)
         writer = _writer
         processors = [structlog.contextvars.merge_contextvars, _json_line(_Clock())]
-        _hot = (_LEVELS.get(level, logging.INFO), *processors)
+        lowest = _LEVELS.get(level, logging.INFO)
+        written = frozenset(method for method in (*_LEVELS, *_LEVEL_NAMES)
+                            if _LEVELS[_LEVEL_NAMES.get(method, method)] >= lowest)
+        _hot = (written, *processors)
 
         def factory(*_: Any) -> LineWriter:
             return writer

@@ -137,16 +137,16 @@ def parse_skip_containers(value: str) -> tuple[frozenset[str], str | None]:
 def _layout(identity: Identity, settings: MutationSettings, windows: bool) -> _Layout:
     if identity.mode is Mode.CONTAINER_CREDENTIALS:
         volume, mount, token = settings.cc_volume_name, settings.cc_mount_path, settings.cc_token_path
-        keys = (CREDENTIALS_FULL_URI, AUTHORIZATION_TOKEN_FILE)
-        first_value = settings.cc_full_uri
+        first, first_value = CREDENTIALS_FULL_URI, settings.cc_full_uri
+        second = AUTHORIZATION_TOKEN_FILE
     else:
         volume, mount, token = WEB_IDENTITY_VOLUME_NAME, settings.token_mount_path, WEB_IDENTITY_TOKEN_PATH
-        keys = (ROLE_ARN, WEB_IDENTITY_TOKEN_FILE)
-        first_value = identity.role_arn
+        first, first_value = ROLE_ARN, identity.role_arn
+        second = WEB_IDENTITY_TOKEN_FILE
     token_file = go_path_join(mount, token)
     if windows:
         token_file = windows_path(token_file)
-    return _Layout(volume, mount, token, token_file, dict(zip(keys, (first_value, token_file), strict=True)))
+    return _Layout(volume, mount, token, token_file, {first: first_value, second: token_file})
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -170,8 +170,8 @@ def token_expiration(annotations: dict[str, Any], identity: Identity, settings: 
     """Pod annotation (of the pod's `annotations`) > identity value; the container-credentials
     default gets jitter."""
     seconds = identity.token_expiration
-    key = settings.annotation("token-expiration")
-    raw = annotations.get(key)
+    key = settings.annotation("token-expiration") if annotations else ""  # most pods have none
+    raw = annotations.get(key) if annotations else None
     if raw is not None:
         parsed = parse_expiration(raw)
         if parsed is None:
@@ -246,10 +246,11 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
         ):
             notes.append(f"{list_name}[{index}] has a malformed env or volumeMounts; left alone")
             continue
-        preset = _preset(env, layout)
+        present = _names(env)
+        preset = _preset(env, layout) if not present.isdisjoint(layout.identity_env) else None
         if preset:
             draft.warnings.append(f"container {name} presets {', '.join(preset)}; no credentials injected into it")
-        new_env = _container_env(identity, settings, layout, _names(env))
+        new_env = _container_env(identity, settings, layout, present)
         if new_env is None:
             continue  # already complete: untouched, not even a mount (Go's early exit)
         base = f"/spec/{list_name}/{index}"
@@ -316,8 +317,8 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
 
     warnings: list[str] = []
     skip: frozenset[str] = frozenset()
-    skip_key = settings.annotation("skip-containers")
-    if skip_key in annotations:
+    skip_key = settings.annotation("skip-containers") if annotations else ""
+    if annotations and skip_key in annotations:
         raw = annotations[skip_key]
         skip, error = parse_skip_containers(raw) if isinstance(raw, str) else (frozenset(), "not a string")
         if error:
@@ -325,13 +326,15 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         for unknown in unknown_containers(spec, skip):
             warnings.append(f"skip-containers names {unknown}, which is no container of this pod")
 
-    node_selector = _dict(spec.get("nodeSelector"))
-    windows = bool(node_selector) and any(node_selector.get(key) == "windows" for key in _WINDOWS_SELECTORS)
+    node_selector = spec.get("nodeSelector")
+    windows = isinstance(node_selector, dict) and any(node_selector.get(key) == "windows"
+                                                      for key in _WINDOWS_SELECTORS)
     layout = _layout(identity, settings, windows)
     expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)
 
     volumes = spec.get("volumes")
-    taken = _taken(volumes, layout.volume_name)
+    volume_names = _names(volumes)
+    taken = _taken(volumes, layout.volume_name) if layout.volume_name in volume_names else None
     if taken is not None:
         # §volume-collision (ours): env and mount would point the SDK at a file we do not control.
         kind = volume_kind(taken)
@@ -355,11 +358,11 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         ops.append({"op": "add", "path": "/spec/volumes", "value": [_volume(layout, identity.audience, expiration)]})
     elif not isinstance(volumes, list):
         notes.append("spec.volumes is not a list; no token volume added")
-    elif layout.volume_name not in _names(volumes):
+    elif layout.volume_name not in volume_names:
         # Inserted first, as the Go webhook does.
         ops.append({"op": "add", "path": "/spec/volumes/0", "value": _volume(layout, identity.audience, expiration)})
 
-    draft = _Draft(ops, notes=notes, warnings=warnings)
+    draft = _Draft(ops, [], [], notes, warnings)
     for list_name in ("initContainers", "containers"):
         _plan_containers(draft, list_name, spec.get(list_name), skip, identity, settings, layout)
     return Plan(ops, expiration, tuple(draft.injected), tuple(draft.skipped), tuple(notes), tuple(warnings))
