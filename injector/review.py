@@ -36,7 +36,8 @@ class AdmissionRequest:
     """The parts of one AdmissionReview request that the decision depends on.
 
     `problem` names the first field of the wrong type ("" when there is none); when it is
-    set, `pod` must not be planned.
+    set, `pod` must not be planned. `service_account` and `pod_name` are read from `pod` once,
+    by `parse_review`: the lookup and the log line both want them.
     """
 
     uid: str
@@ -48,21 +49,18 @@ class AdmissionRequest:
     pod: dict[str, Any] | None
     dry_run: bool
     problem: str = ""
+    service_account: str = ""
+    pod_name: str = ""  # the pod's name, or its generateName (pods at CREATE often have only that)
 
-    @property
-    def service_account(self) -> str:
-        spec = (self.pod or {}).get("spec")
-        name = spec.get("serviceAccountName") if isinstance(spec, dict) else None
-        return name if isinstance(name, str) else ""
 
-    @property
-    def pod_name(self) -> str:
-        """The pod's name, or its generateName (pods at CREATE often have only that)."""
-        metadata = (self.pod or {}).get("metadata")
-        if not isinstance(metadata, dict):
-            return ""
-        name = metadata.get("name") or metadata.get("generateName") or ""
-        return name if isinstance(name, str) else ""
+def pod_names(pod: Any) -> tuple[str, str]:
+    """(ServiceAccount name, pod name or generateName) of any object, "" for what is absent or not a string."""
+    if not isinstance(pod, dict):
+        return "", ""
+    spec, metadata = pod.get("spec"), pod.get("metadata")
+    account = spec.get("serviceAccountName") if isinstance(spec, dict) else None
+    name = (metadata.get("name") or metadata.get("generateName")) if isinstance(metadata, dict) else None
+    return account if isinstance(account, str) else "", name if isinstance(name, str) else ""
 
 
 @dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
@@ -100,6 +98,14 @@ def _optional(value: Any, kind: type, path: str) -> Any:
     return value
 
 
+def _strings(mapping: dict[str, Any], members: tuple[str, ...], path: str) -> None:
+    """Each of `members` of `mapping` is absent (None) or a string."""
+    for member in members:
+        value = mapping.get(member)
+        if value is not None and not isinstance(value, str):
+            raise _Malformed(path + member, value, _JSON_TYPES[str])
+
+
 def _string_map(value: Any, path: str) -> None:
     if value is None:
         return
@@ -130,6 +136,10 @@ def _joined(parts: tuple[str | int, ...]) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else part for part in parts)
 
 
+_METADATA_STRINGS = ("name", "generateName", "namespace")
+_SPEC_STRINGS = ("serviceAccountName",)
+
+
 def check_pod(pod: dict[str, Any]) -> str:
     """The first part of `pod` the rules read that has the wrong type, or "" (well typed).
 
@@ -139,12 +149,11 @@ def check_pod(pod: dict[str, Any]) -> str:
     """
     try:
         metadata = _optional(pod.get("metadata"), dict, "metadata") or {}
-        for member in ("name", "generateName", "namespace"):
-            _optional(metadata.get(member), str, f"metadata.{member}")
+        _strings(metadata, _METADATA_STRINGS, "metadata.")
         _string_map(metadata.get("annotations"), "metadata.annotations")
         _string_map(metadata.get("labels"), "metadata.labels")
         spec = _optional(pod.get("spec"), dict, "spec") or {}
-        _optional(spec.get("serviceAccountName"), str, "spec.serviceAccountName")
+        _strings(spec, _SPEC_STRINGS, "spec.")
         _string_map(spec.get("nodeSelector"), "spec.nodeSelector")
         _named_items(spec.get("volumes"), "spec.volumes")
         for list_name in ("initContainers", "containers"):
@@ -154,6 +163,10 @@ def check_pod(pod: dict[str, Any]) -> str:
     except _Malformed as exc:
         return f"pod {exc}"
     return ""
+
+
+_RESOURCE_STRINGS = ("kind",)
+_REQUEST_STRINGS = ("operation", "namespace")
 
 
 def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
@@ -176,9 +189,11 @@ def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
     problem = ""
     try:
         resource = _optional(request.get("kind"), dict, "request.kind") or {}
-        resource_kind = _optional(resource.get("kind"), str, "request.kind.kind") or ""
-        operation = _optional(request.get("operation"), str, "request.operation") or "CREATE"
-        namespace = _optional(request.get("namespace"), str, "request.namespace") or ""
+        _strings(resource, _RESOURCE_STRINGS, "request.kind.")
+        _strings(request, _REQUEST_STRINGS, "request.")
+        resource_kind = resource.get("kind") or ""
+        operation = request.get("operation") or "CREATE"
+        namespace = request.get("namespace") or ""
     except _Malformed as exc:
         problem, resource_kind, operation, namespace = str(exc), "", "", ""
     pod = request.get("object")
@@ -192,17 +207,9 @@ def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
             problem = check_pod(pod)
             if not namespace and not problem:
                 namespace = (pod.get("metadata") or {}).get("namespace") or ""
-    return envelope, AdmissionRequest(
-        uid=uid,
-        api_version=api_version,
-        kind=kind,
-        namespace=namespace,
-        operation=operation,
-        resource_kind=resource_kind,
-        pod=pod,
-        dry_run=request.get("dryRun") is True,
-        problem=problem,
-    )
+    # Positional: keyword arguments to a dataclass's __init__ cost twice as much, per admission.
+    return envelope, AdmissionRequest(uid, api_version, kind, namespace, operation, resource_kind, pod,
+                                      request.get("dryRun") is True, problem, *pod_names(pod))
 
 
 def encode_response(envelope: Envelope, allowed: bool, operations: list[Operation] | None = None,
