@@ -85,5 +85,7 @@ def decide(request: AdmissionRequest, resolution: Resolution, settings: Mutation
     assert request.pod is not None
     plan = plan_mutation(request.pod, identity, settings, jitter)
     reason = plan.blocked or ("mutated" if plan.changes else "already-mutated")
-    warnings = tuple(map(warning, (*resolution.warnings, *plan.warnings)))
+    warnings: tuple[str, ...] = ()
+    if resolution.warnings or plan.warnings:
+        warnings = tuple(map(warning, (*resolution.warnings, *plan.warnings)))
     return Decision(True, reason, plan.operations, identity.mode.value, identity.role_arn, plan, warnings=warnings)

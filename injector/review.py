@@ -13,7 +13,7 @@ an unchanged, logged allow; so the planner only ever sees a well-typed pod.
 
 from __future__ import annotations
 
-import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -223,7 +223,7 @@ def encode_response(envelope: Envelope, allowed: bool, operations: list[Operatio
     if message:
         response["status"] = {"message": message} if allowed else {"message": message, "code": 403}
     if operations:
-        response["patch"] = base64.b64encode(orjson.dumps(operations)).decode("ascii")
+        response["patch"] = binascii.b2a_base64(orjson.dumps(operations), newline=False).decode("ascii")
         response["patchType"] = "JSONPatch"
     if warnings:
         response["warnings"] = list(warnings)
