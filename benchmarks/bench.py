@@ -147,6 +147,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def interpreter() -> str:
+    """Which Python runs serve (it starts from this one's venv): builds differ by a fifth in speed
+    (docs/performance.md#interpreter), so every figure says which it was measured with."""
+    return f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
+
+
 def ensure_tool(command: str, package: str) -> str:
     """The path of `command`, installing Debian's `package` first when it is missing and we are root."""
     path = shutil.which(command)
@@ -310,8 +316,7 @@ def main() -> None:
         parser.error(f"--pid {args.pid}: no such process")
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{platform.platform()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {interpreter()}, {platform.platform()}")
     print("\nin-process (one core), calls/s")
     print(f"{'containers':>10} {'planner':>12} {'decode+decide+encode':>22}")
     for size, plan_rate, full_rate in inprocess(sizes, 2.0):

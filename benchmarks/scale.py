@@ -67,6 +67,7 @@ from bench import (  # noqa: E402
     check_response,
     ensure_wrk,
     free_port,
+    interpreter,
     review,
     run_wrk,
     tree,
@@ -371,7 +372,7 @@ def main() -> None:
     wrk = ensure_wrk()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
-          f"commit {commit.stdout.strip()}")
+          f"commit {commit.stdout.strip()}; {interpreter()}")
     with tempfile.TemporaryDirectory(prefix="injector-scale-") as tmp:
         work = Path(tmp)
         exe = str(Path(sys.executable).parent / "pod-identity-injector")

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 import orjson  # noqa: E402
-from bench import check_response, cpu_seconds, ensure_wrk, free_port, review, run_wrk  # noqa: E402
+from bench import check_response, cpu_seconds, ensure_wrk, free_port, interpreter, review, run_wrk  # noqa: E402
 from scale import Creator, Probe, go_webhook, patched, pss_mib, serve_webhook, wait_for  # noqa: E402
 
 from tests.e2e.plane import find_binary, start_control_plane  # noqa: E402
@@ -51,7 +51,8 @@ def main() -> None:
     wrk = ensure_wrk()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
-          f"commit {commit.stdout.strip()}; {args.rounds} rounds of {args.seconds} s per webhook and size, "
+          f"commit {commit.stdout.strip()}; {interpreter()};\n{args.rounds} rounds of {args.seconds} s per webhook "
+          "and size, "
           f"wrk -t{args.threads} -c{args.connections}", flush=True)
     with tempfile.TemporaryDirectory(prefix="injector-side-by-side-") as tmp:
         work = Path(tmp)
