@@ -271,8 +271,8 @@ def serve_and_measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple]
             server.wait(30)
 
 
-def wait_ready(url: str, ctx: ssl.SSLContext, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
+def wait_ready(url: str, ctx: ssl.SSLContext, server: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             sys.exit(f"serve exited with {server.returncode}")
@@ -282,7 +282,7 @@ def wait_ready(url: str, ctx: ssl.SSLContext, server: subprocess.Popen) -> None:
                     return
         except OSError:
             time.sleep(0.2)
-    sys.exit("serve did not become ready in 30 s")
+    sys.exit(f"serve did not become ready in {timeout:g} s")
 
 
 def check_response(url: str, body: bytes, ctx: ssl.SSLContext) -> None:

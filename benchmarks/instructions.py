@@ -7,10 +7,13 @@ times in a fresh interpreter under callgrind and prints the difference divided b
 whole path and, with --parts, for each step of it. The hash seed is fixed, so a rerun prints
 the same numbers to within a few hundred instructions.
 
-It counts our Python code and the C it calls (orjson, base64), not the HTTP server, TLS or the
-kernel: for those, see side_by_side.py. Prints numbers; asserts nothing.
+It counts our Python code and the C it calls (orjson, base64), not the HTTP server or TLS.
+`--server` counts those too: a whole `serve --workers 1` under callgrind, its instrumentation
+switched on (callgrind_control) only while K keep-alive HTTPS requests are answered, after N
+to warm up; user space only, the kernel's socket work is not in it. Prints numbers; asserts
+nothing.
 
-Usage: `python benchmarks/instructions.py [--sizes 1,3,10] [--parts] [--tree DIR]`.
+Usage: `python benchmarks/instructions.py [--sizes 1,3,10] [--parts] [--server] [--tree DIR]`.
 `--tree DIR` counts the `injector` package in DIR instead, such as an older commit unpacked
 with `git archive REV injector | tar -x -C DIR`. valgrind comes from Debian's `valgrind`
 package (installed here when missing and running as root).
@@ -90,6 +93,66 @@ def count(step: str, containers: int, calls: int, tree: str | None) -> int:
     sys.exit(f"callgrind printed no count for {step}:\n{result.stderr[-2000:]}")
 
 
+def count_server(containers: int, calls: int, warm: int, tree: str | None) -> int:
+    """User-space instructions per admission of a whole serving process (see the docstring)."""
+    import http.client
+    import shutil
+    import ssl
+    import tempfile
+    import time
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import orjson
+    from bench import SERVICE_ACCOUNT, free_port, review, wait_ready
+
+    exe = shutil.which("pod-identity-injector", path=str(Path(sys.executable).parent)) or "pod-identity-injector"
+    with tempfile.TemporaryDirectory(prefix="injector-instructions-") as tmp:
+        work = Path(tmp)
+        subprocess.run([exe, "certs", "--out-dir", str(work / "certs"), "--ip", "127.0.0.1"], check=True,
+                       stdout=subprocess.DEVNULL)
+        (work / "sa.json").write_bytes(orjson.dumps(SERVICE_ACCOUNT))
+        port = free_port()
+        env = {**os.environ, "PYTHONHASHSEED": "0", **({"PYTHONPATH": tree} if tree else {})}
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={work}/callgrind.out",
+             sys.executable, exe, "serve", "--port", str(port), "--metrics-port", str(free_port()),
+             "--bind-address", "127.0.0.1", "--tls-cert", str(work / "certs/tls.crt"),
+             "--tls-key", str(work / "certs/tls.key"), "--service-account", str(work / "sa.json"),
+             "--workers", "1", "--shutdown-delay", "0", "--log-format", "json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
+            wait_ready(f"https://127.0.0.1:{port}/readyz", ctx, server, timeout=300)
+            body = orjson.dumps(review(containers))
+            connections = [http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=120) for _ in range(4)]
+
+            def admissions(count: int) -> None:
+                for n in range(count):
+                    connection = connections[n % len(connections)]
+                    connection.request("POST", "/mutate", body, {"Content-Type": "application/json"})
+                    answer = connection.getresponse()
+                    answer.read()
+                    if answer.status != 200:
+                        sys.exit(f"/mutate answered {answer.status}")
+
+            admissions(warm)
+            subprocess.run(["callgrind_control", "--instr=on", str(server.pid)], check=True,
+                           capture_output=True)
+            admissions(calls)
+            subprocess.run(["callgrind_control", "--instr=off", str(server.pid)], check=True,
+                           capture_output=True)
+        finally:
+            server.terminate()
+            server.wait(60)
+        time.sleep(0.1)
+        total = 0
+        for dump in work.glob("callgrind.out*"):
+            for line in dump.read_text().splitlines():
+                if line.startswith("totals:"):
+                    total += int(line.split()[1])
+        return total // calls
+
+
 def ensure_valgrind() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench import ensure_tool
@@ -103,6 +166,7 @@ def main() -> None:
     parser.add_argument("--parts", action="store_true", help="also count each step on its own")
     parser.add_argument("--tree", help="a directory holding the injector package to count instead")
     parser.add_argument("--calls", type=int, default=1000, help="K: the calls the difference is taken over")
+    parser.add_argument("--server", action="store_true", help="count a whole serving process instead")
     parser.add_argument("--child", nargs=3, metavar=("STEP", "CONTAINERS", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     tree = str(Path(args.tree).resolve()) if args.tree else None
@@ -113,6 +177,12 @@ def main() -> None:
             function()
         return
     ensure_valgrind()
+    if args.server:
+        print(f"user-space instructions per admission of serve --workers 1 (callgrind, {args.calls} requests); "
+              f"code: {tree or ROOT}")
+        for size in (int(s) for s in args.sizes.split(",")):
+            print(f"{size:>10} containers  {count_server(size, args.calls, 100, tree):>11,}", flush=True)
+        return
     steps = [*PARTS, WHOLE] if args.parts else [WHOLE]
     print(f"instructions per call (callgrind, K={args.calls}); code: {tree or ROOT}")
     print(f"{'containers':>10}  " + "  ".join(f"{step:>11}" for step in steps))
