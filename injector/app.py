@@ -191,7 +191,7 @@ def _log_decision(envelope: Envelope, request: AdmissionRequest, decision: Decis
         "pod": request.pod_name,
         "service_account": request.service_account,
         "decision": decision.reason,
-        "mutated": bool(decision.operations),
+        "mutated": decision.mutated,
         "uid": envelope.uid,
         "duration_ms": int(elapsed * 1_000_000) / 1000,  # µs resolution; round() costs more
     }

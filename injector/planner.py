@@ -171,7 +171,7 @@ def token_expiration(annotations: dict[str, Any], identity: Identity, settings: 
     default gets jitter."""
     seconds = identity.token_expiration
     key = settings.annotation("token-expiration") if annotations else ""  # most pods have none
-    raw = annotations.get(key) if annotations else None
+    raw = annotations.get(key)
     if raw is not None:
         parsed = parse_expiration(raw)
         if parsed is None:
@@ -318,7 +318,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     warnings: list[str] = []
     skip: frozenset[str] = frozenset()
     skip_key = settings.annotation("skip-containers") if annotations else ""
-    if annotations and skip_key in annotations:
+    if skip_key in annotations:
         raw = annotations[skip_key]
         skip, error = parse_skip_containers(raw) if isinstance(raw, str) else (frozenset(), "not a string")
         if error:

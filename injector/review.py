@@ -137,7 +137,6 @@ def _joined(parts: tuple[str | int, ...]) -> str:
 
 
 _METADATA_STRINGS = ("name", "generateName", "namespace")
-_SPEC_STRINGS = ("serviceAccountName",)
 
 
 def check_pod(pod: dict[str, Any]) -> str:
@@ -153,7 +152,7 @@ def check_pod(pod: dict[str, Any]) -> str:
         _string_map(metadata.get("annotations"), "metadata.annotations")
         _string_map(metadata.get("labels"), "metadata.labels")
         spec = _optional(pod.get("spec"), dict, "spec") or {}
-        _strings(spec, _SPEC_STRINGS, "spec.")
+        _optional(spec.get("serviceAccountName"), str, "spec.serviceAccountName")
         _string_map(spec.get("nodeSelector"), "spec.nodeSelector")
         _named_items(spec.get("volumes"), "spec.volumes")
         for list_name in ("initContainers", "containers"):
@@ -163,10 +162,6 @@ def check_pod(pod: dict[str, Any]) -> str:
     except _Malformed as exc:
         return f"pod {exc}"
     return ""
-
-
-_RESOURCE_STRINGS = ("kind",)
-_REQUEST_STRINGS = ("operation", "namespace")
 
 
 def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
@@ -189,11 +184,9 @@ def parse_review(document: Any) -> tuple[Envelope, AdmissionRequest | str]:
     problem = ""
     try:
         resource = _optional(request.get("kind"), dict, "request.kind") or {}
-        _strings(resource, _RESOURCE_STRINGS, "request.kind.")
-        _strings(request, _REQUEST_STRINGS, "request.")
-        resource_kind = resource.get("kind") or ""
-        operation = request.get("operation") or "CREATE"
-        namespace = request.get("namespace") or ""
+        resource_kind = _optional(resource.get("kind"), str, "request.kind.kind") or ""
+        operation = _optional(request.get("operation"), str, "request.operation") or "CREATE"
+        namespace = _optional(request.get("namespace"), str, "request.namespace") or ""
     except _Malformed as exc:
         problem, resource_kind, operation, namespace = str(exc), "", "", ""
     pod = request.get("object")
