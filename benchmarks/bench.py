@@ -246,22 +246,31 @@ def measure_running(args: argparse.Namespace, sizes: list[int]) -> list[tuple]:
         return measure(wrk, args.url, ctx, args, sizes, Path(tmp), args.pid)
 
 
+def serve_executable() -> str:
+    """`pod-identity-injector` of this interpreter's venv."""
+    return shutil.which("pod-identity-injector", path=str(Path(sys.executable).parent)) or "pod-identity-injector"
+
+
+def standalone_serve(exe: str, work: Path, *flags: str) -> tuple[list[str], int]:
+    """The command of `serve` on 127.0.0.1 with certificates made in `work` and SERVICE_ACCOUNT
+    from a file there (no API server), then `flags`; and the free port it will listen on."""
+    port = free_port()
+    subprocess.run([exe, "certs", "--out-dir", str(work / "certs"), "--ip", "127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL)
+    (work / "sa.json").write_bytes(orjson.dumps(SERVICE_ACCOUNT))
+    return [exe, "serve", "--port", str(port), "--metrics-port", str(free_port()),
+            "--bind-address", "127.0.0.1", "--tls-cert", str(work / "certs/tls.crt"),
+            "--tls-key", str(work / "certs/tls.key"), "--service-account", str(work / "sa.json"), *flags], port
+
+
 def serve_and_measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple]:
     wrk = ensure_wrk()
-    exe = shutil.which("pod-identity-injector", path=str(Path(sys.executable).parent)) or "pod-identity-injector"
     with tempfile.TemporaryDirectory(prefix="injector-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run([exe, "certs", "--out-dir", str(work / "certs"), "--ip", "127.0.0.1"],
-                       check=True, stdout=subprocess.DEVNULL)
-        (work / "sa.json").write_bytes(orjson.dumps(SERVICE_ACCOUNT))
-        port, metrics_port = free_port(), free_port()
+        command, port = standalone_serve(serve_executable(), work, "--workers", str(args.workers),
+                                         "--log-format", "json", *args.serve_args)
         log = open(work / "server.log", "wb")  # noqa: SIM115 - closed with the directory
-        server = subprocess.Popen(
-            [exe, "serve", "--port", str(port), "--metrics-port", str(metrics_port), "--bind-address", "127.0.0.1",
-             "--tls-cert", str(work / "certs/tls.crt"), "--tls-key", str(work / "certs/tls.key"),
-             "--service-account", str(work / "sa.json"), "--workers", str(args.workers),
-             "--log-format", "json", *args.serve_args],
-            stdout=subprocess.DEVNULL, stderr=log)
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         try:
             ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
             wait_ready(f"https://127.0.0.1:{port}/readyz", ctx, server)

@@ -96,30 +96,22 @@ def count(step: str, containers: int, calls: int, tree: str | None) -> int:
 def count_server(containers: int, calls: int, warm: int, tree: str | None) -> int:
     """User-space instructions per admission of a whole serving process (see the docstring)."""
     import http.client
-    import shutil
     import ssl
     import tempfile
     import time
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import orjson
-    from bench import SERVICE_ACCOUNT, free_port, review, wait_ready
+    from bench import review, serve_executable, standalone_serve, wait_ready
 
-    exe = shutil.which("pod-identity-injector", path=str(Path(sys.executable).parent)) or "pod-identity-injector"
     with tempfile.TemporaryDirectory(prefix="injector-instructions-") as tmp:
         work = Path(tmp)
-        subprocess.run([exe, "certs", "--out-dir", str(work / "certs"), "--ip", "127.0.0.1"], check=True,
-                       stdout=subprocess.DEVNULL)
-        (work / "sa.json").write_bytes(orjson.dumps(SERVICE_ACCOUNT))
-        port = free_port()
+        command, port = standalone_serve(serve_executable(), work, "--workers", "1", "--shutdown-delay", "0",
+                                         "--log-format", "json")
         env = {**os.environ, "PYTHONHASHSEED": "0", **({"PYTHONPATH": tree} if tree else {})}
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={work}/callgrind.out",
-             sys.executable, exe, "serve", "--port", str(port), "--metrics-port", str(free_port()),
-             "--bind-address", "127.0.0.1", "--tls-cert", str(work / "certs/tls.crt"),
-             "--tls-key", str(work / "certs/tls.key"), "--service-account", str(work / "sa.json"),
-             "--workers", "1", "--shutdown-delay", "0", "--log-format", "json"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+             sys.executable, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         try:
             ctx = ssl.create_default_context(cafile=str(work / "certs/ca.crt"))
             wait_ready(f"https://127.0.0.1:{port}/readyz", ctx, server, timeout=300)
