@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from .api import ROLE_ANNOTATION, Kube, env_of, pod, unique, webhook_configuration
+from .api import ROLE_ANNOTATION, Kube, env_of, eventually, pod, unique, webhook_configuration
 from .plane import ControlPlane
 from .webhooks import BackgroundServer, Webhook, serving_context, wait_until_active
 
@@ -82,5 +82,8 @@ async def test_sidecar_added_after_us_gets_credentials_too(admin: Kube, webhook:
     # we were called again and mutated only `sidecar`.
     seen = next(p for p in sidecar_injector.received if p["metadata"].get("name") == name)
     assert "AWS_ROLE_ARN" in env_of(seen, "app")
-    calls = webhook.decisions(namespace=ns, pod=name)
+    # Log lines are written when the webhook's loop next turns, which may be after the API
+    # server has its answer: wait for the second one rather than read once.
+    calls = await eventually(lambda: webhook.decisions(namespace=ns, pod=name), lambda found: len(found) >= 2,
+                             timeout=10, what="two admission log lines")
     assert [c.get("containers") for c in calls] == [["app"], ["sidecar"]]
