@@ -137,6 +137,7 @@ bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --sizes $${BENCH_SCALE_SIZES:-1000,10000,100000} \
 		$(if $(GO_WEBHOOK),--go-webhook $(GO_WEBHOOK))
 	$(BIN)/python benchmarks/table_bytes.py 100000
+	$(BIN)/python benchmarks/sync_path.py --count 100000
 
 bench-side-by-side: $(STAMP)
 	@test -n "$(GO_WEBHOOK)" || { echo "GO_WEBHOOK=path/to/the/Go/webhook/binary is required"; exit 2; }

@@ -1,8 +1,9 @@
 """Bytes per ServiceAccount in the identity table, measured with tracemalloc (prints numbers).
 
-Builds the table the way a sync does (`ServiceAccountSource._entry` on each object, then one
-`_replace`) for N ServiceAccounts over 100 namespaces, one in a hundred with a role-arn
-annotation, and reports what the table holds once the objects are gone.
+Builds the table the way a sync does (`ServiceAccountSource._entry` on each object as it
+arrives, kept by namespace/name, then one `_replace`) for N ServiceAccounts over 100
+namespaces, one in a hundred with a role-arn annotation, and reports what the table holds once
+the objects are gone.
 Usage: `python benchmarks/table_bytes.py [N]`.
 """
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from injector.settings import MutationSettings
 from injector.sources import IdentityStore
+from injector.sources.reflector import object_key
 from injector.sources.serviceaccounts import ServiceAccountSource
 
 
@@ -26,13 +28,13 @@ def main() -> None:
     source.store = store
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    items = []
+    items = {}
     for i in range(count):
         annotations = {"eks.amazonaws.com/role-arn": f"arn:aws:iam::111122223333:role/app-{i}"} if i % 100 == 0 else {}
         obj = {"metadata": {"namespace": f"team-{i % 100}", "name": f"service-account-{i}",
                             "uid": f"{i:08d}-0000-0000-0000-000000000000", "resourceVersion": str(i),
                             "annotations": annotations}}
-        items.append(source._entry(obj))
+        items[object_key(obj)] = source._entry(obj)
     source._replace(items)
     del items
     after = tracemalloc.take_snapshot()

@@ -81,8 +81,9 @@ class Recorder:
         self.events: list[tuple[str, str]] = []
         self.synced = 0
 
-    def on_replace(self, items: list[dict]) -> None:
-        self.replaced.append([item["metadata"]["name"] for item in items])
+    def on_replace(self, items: dict[str, dict]) -> None:
+        assert all(key == f"/{item['metadata']['name']}" for key, item in items.items())  # by namespace/name
+        self.replaced.append([item["metadata"]["name"] for item in items.values()])
 
     def on_event(self, kind: str, obj: dict) -> None:
         self.events.append((kind, obj["metadata"]["name"]))
@@ -117,7 +118,8 @@ async def test_pages_are_joined_into_one_replace_and_the_watch_starts_at_the_lis
     recorder = await run_until(api, lambda api, _: "watch" in api.kinds(), field_selector="metadata.name=x")
     assert recorder.replaced == [["a", "b", "c"]] and recorder.synced == 1
     (_, first), (_, second), (_, watch) = api.calls
-    assert first == {"limit": 500, "field_selector": "metadata.name=x"}
+    # From the API server's watch cache (resourceVersion "0"), in pages where it pages at all.
+    assert first == {"limit": 500, "field_selector": "metadata.name=x", "resource_version": "0"}
     assert second == {"limit": 500, "field_selector": "metadata.name=x", "_continue": "next"}
     assert watch["resource_version"] == "42" and watch["allow_watch_bookmarks"] is True
     assert watch["field_selector"] == "metadata.name=x"
@@ -243,7 +245,7 @@ async def test_410_after_a_watch_list_sync_syncs_again_by_watch_list():
 async def test_each_object_of_a_sync_is_transformed_as_it_arrives():
     kept: list[Any] = []
     api = FakeApi([], [Response(events=[event("ADDED", "a", "2"), end_of_initial_events("2")])])
-    r = Reflector("test", api, on_replace=kept.extend, on_event=lambda *_: None,
+    r = Reflector("test", api, on_replace=lambda items: kept.extend(items.values()), on_event=lambda *_: None,
                   transform=lambda obj: obj["metadata"]["name"].upper())
     task = asyncio.create_task(r.run())
     async with asyncio.timeout(5):
@@ -281,6 +283,8 @@ async def test_a_line_without_a_newline_cannot_grow_past_the_limit():
 async def test_lines_split_across_chunks_are_reassembled_and_blank_lines_skipped():
     events = await _events([b'{"type":"ADDED","object":{}}\n\n{"type":', b'"DELETED","object":{}}\n'])
     assert [e["type"] for e in events] == ["ADDED", "DELETED"]
+    events = await _events([b'{"type":"AD', b'DED","obj', b'ect":{}}\n  \n{"type":"MODIFIED"', b',"object":{}}\n'])
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED"]
 
 
 @pytest.mark.parametrize("line", [b"not json", b"[1]", b'{"type": "ADDED", "object": "x"}'])

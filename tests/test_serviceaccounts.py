@@ -57,8 +57,11 @@ def _source():
 
 
 def sync(source, objects: list) -> None:
-    """What the reflector does with a sync: each object reduced by `_entry`, then one `_replace`."""
-    source._replace([source._entry(obj) for obj in objects])
+    """What the reflector does with a sync: each object reduced by `_entry` under its key, then
+    one `_replace`."""
+    from injector.sources.reflector import object_key
+
+    source._replace({object_key(obj): source._entry(obj) for obj in objects})
 
 
 def test_annotations_that_are_not_a_map_count_as_none_and_the_list_still_completes():

@@ -41,6 +41,21 @@ def test_a_relist_or_an_unchanged_update_repeats_nothing():
     assert problems(logs) == []
 
 
+def test_a_sync_shares_equal_entries_and_reports_every_entry_with_news_however_they_interleave():
+    store = IdentityStore(SETTINGS)
+    plain, also_plain = service_account_entry(None, SETTINGS), service_account_entry(None, SETTINGS)
+    no_role = service_account_entry({"eks.amazonaws.com/audience": "other"}, SETTINGS)
+    told: list[str] = []
+    store.problem_listeners.append(lambda key, entry: told.append(key))
+    with capture_logs() as logs:
+        store.replace_service_accounts({"ns/a": plain, "ns/bad": BAD, "ns/b": plain, "ns/c": also_plain,
+                                        "ns/no-role": no_role, "ns/d": plain, "ns/bad-too": BAD})
+    table = store.tables.service_accounts
+    assert all(table[key] is table["ns/a"] for key in ("ns/b", "ns/c", "ns/d"))
+    assert [key for key, _ in problems(logs)] == ["ns/bad", "ns/bad-too"]
+    assert told == ["ns/bad", "ns/no-role", "ns/bad-too"]
+
+
 def test_the_offline_store_logs_nothing():
     store = IdentityStore(SETTINGS, log_problems=False)
     with capture_logs() as logs:

@@ -73,9 +73,17 @@ class IdentityStore:
     def replace_service_accounts(self, entries: dict[str, RoleMapping]) -> None:
         previous = self.tables.service_accounts
         self._shared = {}
+        # Most ServiceAccounts of a sync bring one entry object with nothing to report (the flag
+        # defaults): after the first, each is its shared object again, without a hash.
+        quiet = quiet_shared = None
         for key, entry in entries.items():
+            if entry is quiet:
+                entries[key] = quiet_shared
+                continue
             self._report(key, entry, previous.get(key))
-            entries[key] = self._share(entry)
+            entries[key] = shared = self._share(entry)
+            if not _newsworthy(entry):
+                quiet, quiet_shared = entry, shared
         self.tables.service_accounts = entries
         if self.update_listeners:
             for key, entry in entries.items():
@@ -118,7 +126,7 @@ class IdentityStore:
             return
         for problem in entry.problems:
             log.warning("service account annotation problem", service_account=key, problem=problem)
-        if entry.problems or entry.warnings or (entry.annotated and not entry.role_arn):
+        if _newsworthy(entry):
             for listener in self.problem_listeners:
                 listener(key, entry)
 
@@ -166,6 +174,11 @@ class IdentityStore:
     def dump(self) -> dict[str, dict]:
         """The ServiceAccount table in the Go webhook's debug format (sorted keys)."""
         return {key: entry.as_json() for key, entry in sorted(self.tables.service_accounts.items())}
+
+
+def _newsworthy(entry: RoleMapping) -> bool:
+    """Something to tell the admin: problems, warnings, or our annotations without role-arn."""
+    return bool(entry.problems or entry.warnings or (entry.annotated and not entry.role_arn))
 
 
 def _unchanged(previous: RoleMapping | None, entry: RoleMapping) -> bool:

@@ -46,9 +46,9 @@ class ConfigMapSource:
         self.store.replace_config_map(mapping)
         log.info("config map mapping loaded", configmap=where, entries=len(mapping))
 
-    def _replace(self, items: list[dict[str, Any]]) -> None:
-        if items:
-            self._apply({"kind": "ConfigMap", **items[0]})
+    def _replace(self, items: dict[str, dict[str, Any]]) -> None:
+        if items:  # one at most: the field selector names it
+            self._apply({"kind": "ConfigMap", **next(iter(items.values()))})
         else:
             self.store.replace_config_map(EMPTY_CONFIG_MAP)
 

@@ -48,18 +48,19 @@ class ServiceAccountSource:
         self.reflector.call = self.core.list_service_account_for_all_namespaces
         self._inflight.clear()
 
-    def _entry(self, obj: Any) -> tuple[str, str, Any]:
-        """(namespace, name, entry); the names are "" when the object does not carry them as strings
-        (such an object is skipped: the API server never sends one)."""
+    def _entry(self, obj: Any) -> Any:
+        """The entry of one ServiceAccount object; None when the object does not carry its namespace
+        and name as strings (such an object is skipped: the API server never sends one)."""
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
-        metadata = metadata if isinstance(metadata, dict) else {}
+        if not isinstance(metadata, dict):
+            return None
         namespace, name = metadata.get("namespace"), metadata.get("name")
         if not (isinstance(namespace, str) and isinstance(name, str) and namespace and name):
-            return "", "", None
+            return None
         annotations = metadata.get("annotations")
         if not annotations or (isinstance(annotations, dict) and not self._ours(annotations)):
-            return namespace, name, self._no_annotations  # most ServiceAccounts: parse nothing
-        return namespace, name, service_account_entry(annotations, self.store.settings)
+            return self._no_annotations  # most ServiceAccounts: parse nothing
+        return service_account_entry(annotations, self.store.settings)
 
     def _ours(self, annotations: dict[str, Any]) -> bool:
         """A key under our prefix, or a near miss of one (another domain, case or spelling), which
@@ -73,28 +74,24 @@ class ServiceAccountSource:
         """The entry of a ServiceAccount with none of our annotations: the flag defaults, built once."""
         return service_account_entry(None, self.store.settings)
 
-    def _replace(self, items: list[tuple[str, str, Any]]) -> None:
-        """The sync's items, already reduced to (namespace, name, entry) by `_entry` as they came."""
-        entries = {}
-        skipped = 0
-        for namespace, name, entry in items:
-            if entry is None:
-                skipped += 1
-                continue
-            entries[f"{namespace}/{name}"] = entry
-        if skipped:
-            log.warning("service accounts without a namespace and name skipped", source=SOURCE, count=skipped)
+    def _replace(self, items: dict[str, Any]) -> None:
+        """The sync's items by namespace/name, already reduced to entries by `_entry` as they came."""
+        entries = {key: entry for key, entry in items.items() if entry is not None}
+        if len(entries) < len(items):
+            log.warning("service accounts without a namespace and name skipped", source=SOURCE,
+                        count=len(items) - len(entries))
         self.store.replace_service_accounts(entries)
 
     def _event(self, kind: str, obj: dict[str, Any]) -> None:
-        namespace, name, entry = self._entry(obj)
+        entry = self._entry(obj)
         if entry is None:
             log.warning("watch event without a service account namespace and name; ignored", type=kind)
             return
+        metadata = obj["metadata"]
         if kind == "DELETED":
-            self.store.remove_service_account(namespace, name)
+            self.store.remove_service_account(metadata["namespace"], metadata["name"])
         else:
-            self.store.put_service_account(namespace, name, entry)
+            self.store.put_service_account(metadata["namespace"], metadata["name"], entry)
 
     async def run(self) -> None:
         await self.reflector.run()
@@ -122,7 +119,7 @@ class ServiceAccountSource:
         if obj is None:
             log.info("service account does not exist", service_account=f"{namespace}/{name}")
             return False
-        _, _, entry = self._entry(obj)
+        entry = self._entry(obj)
         if entry is None:
             return False
         self.store.put_service_account(namespace, name, entry)
