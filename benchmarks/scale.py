@@ -33,8 +33,10 @@ kubeconfig and serving certificate) is measured after them in the same way:
   the lines of one webhook at one size share its ready, sync and steady columns.
 
 Before the webhooks of each size, the same watch-list request is read raw (lines counted,
-nothing decoded) to show how much of the ready time is the API server sending the set, and
-which object comes last.
+nothing decoded) to show how much of the ready time is the API server sending the set, what
+that costs the API server in CPU, and which object comes last; then the same set as LIST
+requests, from the watch cache (resourceVersion=0, what `serve` asks a server without
+watch-list) and consistent (in pages from etcd), for comparison.
 
 Usage: `python benchmarks/scale.py [--sizes 1000,10000,100000] [--steady 60] [--duration 10] [--workers 1,2]
 [--containers 1,3,10] [--go-webhook PATH [--go-label "Go webhook 3bf80a34"]]`.
@@ -43,6 +45,7 @@ Usage: `python benchmarks/scale.py [--sizes 1000,10000,100000] [--steady 60] [--
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
 import json
 import os
@@ -57,6 +60,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
@@ -65,6 +69,7 @@ import orjson  # noqa: E402
 from bench import (  # noqa: E402
     SERVICE_ACCOUNT,
     check_response,
+    cpu_seconds,
     ensure_wrk,
     free_port,
     interpreter,
@@ -297,12 +302,15 @@ def log_phases(path: Path, started_wall: float) -> dict[str, float]:
     return phases
 
 
-def raw_watch_list(plane: ControlPlane) -> tuple[float, int, int, str]:
+def raw_watch_list(plane: ControlPlane) -> tuple[float, int, int, str, float]:
     """The sync `serve` does, read raw: the same watch-list request, its lines counted up to the
     initial-events-end bookmark, nothing decoded but the last event before it. (seconds, events,
-    bytes, namespace/name of that last object): what the API server takes to send the set,
-    without our client or decoding, and whether the sentinel came last."""
+    bytes, namespace/name of that last object, the API server's CPU seconds meanwhile): what the
+    API server takes to send the set, without our client or decoding, and whether the sentinel
+    came last."""
     conn = http.client.HTTPSConnection("127.0.0.1", plane.port, context=plane.admin_context(), timeout=300)
+    apiserver = plane.apiserver.proc.pid
+    cpu = cpu_seconds(apiserver)
     started = time.monotonic()
     conn.request("GET", "/api/v1/serviceaccounts?watch=true&sendInitialEvents=true"
                  "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
@@ -314,11 +322,37 @@ def raw_watch_list(plane: ControlPlane) -> tuple[float, int, int, str]:
             events += 1
             size += len(line)
             if b'"BOOKMARK"' in line and b"k8s.io/initial-events-end" in line:
-                took = time.monotonic() - started
+                took, cpu = time.monotonic() - started, cpu_seconds(apiserver) - cpu
                 metadata = orjson.loads(previous)["object"]["metadata"] if previous else {}
-                return took, events - 1, size, f"{metadata.get('namespace')}/{metadata.get('name')}"
+                return took, events - 1, size, f"{metadata.get('namespace')}/{metadata.get('name')}", cpu
             previous = line
         raise RuntimeError("the watch ended before its initial-events-end bookmark")
+    finally:
+        conn.close()
+
+
+def raw_list(plane: ControlPlane, query: str) -> tuple[float, int, int, float]:
+    """The same set as LIST requests read raw, following continue tokens (gzip accepted, as
+    kubernetes-asyncio's aiohttp asks): (seconds, requests, bytes sent, the API server's CPU
+    seconds meanwhile). `resourceVersion=0` is answered from the watch cache; a LIST with no
+    version is a consistent read from etcd, in pages."""
+    conn = http.client.HTTPSConnection("127.0.0.1", plane.port, context=plane.admin_context(), timeout=300)
+    apiserver = plane.apiserver.proc.pid
+    cpu, started = cpu_seconds(apiserver), time.monotonic()
+    requests = size = 0
+    token = ""
+    try:
+        while True:
+            conn.request("GET", f"/api/v1/serviceaccounts?{query}" + (f"&continue={quote(token)}" if token else ""),
+                         headers={"Accept-Encoding": "gzip"})
+            response = conn.getresponse()
+            body = response.read()
+            requests, size = requests + 1, size + len(body)
+            if response.getheader("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            token = orjson.loads(body)["metadata"].get("continue", "")
+            if not token:
+                return time.monotonic() - started, requests, size, cpu_seconds(apiserver) - cpu
     finally:
         conn.close()
 
@@ -395,10 +429,15 @@ def main() -> None:
                 took = creator.grow_to(size, args.max_seconds)
                 print(f"{creator.created} ServiceAccounts (+1 bench, +1 sentinel) exist; creating took {took:.0f} s",
                       flush=True)
-                raw_s, events, size_bytes, last = raw_watch_list(creator.plane)
+                raw_s, events, size_bytes, last, api_cpu = raw_watch_list(creator.plane)
                 print(f"raw watch-list read (no decoding): {raw_s:.2f} s for {events:,} events, "
-                      f"{size_bytes / 2**20:.1f} MiB, the last {last}; load average {os.getloadavg()[0]:.2f}",
-                      flush=True)
+                      f"{size_bytes / 2**20:.1f} MiB, the last {last}, the API server's CPU {api_cpu:.2f} s; "
+                      f"load average {os.getloadavg()[0]:.2f}", flush=True)
+                for what, query in (("LIST from the watch cache (resourceVersion=0)", "limit=500&resourceVersion=0"),
+                                    ("consistent LIST (no resourceVersion)", "limit=500")):
+                    raw_s, requests, size_bytes, api_cpu = raw_list(creator.plane, query)
+                    print(f"raw {what}: {raw_s:.2f} s, {requests} requests, {size_bytes / 2**20:.1f} MiB sent, "
+                          f"the API server's CPU {api_cpu:.2f} s", flush=True)
                 if last != f"{SENTINEL_NAMESPACE}/{SENTINEL_NAME}":
                     print(f"warning: the sentinel is not the last object listed ({last} is): "
                           "\"serving all\" does not mean the whole set below", flush=True)

@@ -77,6 +77,10 @@ def run(settings: ServeSettings) -> int:
     configure_logging(settings.log_format, settings.log_level)
     settings = replace(settings, workers=settings.workers or available_cpus())
     prepared = prepare(settings)  # fail fast, in the foreground, on bad files or flags
+    # Everything imported and prepared lives as long as the process, and none of it is garbage:
+    # out of the collector's sight, a full collection no longer walks ~80k objects (70-90 ms
+    # each, here, and one before the fork), and no collection writes to their pages.
+    gc.freeze()
     if settings.workers == 1:
         _run_loop(serve_process(prepared))
         return 0
