@@ -52,22 +52,19 @@ def service_account(index: int) -> dict[str, Any]:
     return {"kind": "ServiceAccount", "apiVersion": "v1", "metadata": metadata}
 
 
-class Content:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    async def iter_any(self):
-        for chunk in self.chunks:
-            yield chunk
-
-
 class Response:
-    """What kubernetes-asyncio returns with `_preload_content=False`."""
+    """What kubernetes-asyncio returns with `_preload_content=False`: a body to read, or a stream
+    (`content.iter_any()`) of chunks."""
 
     status = 200
 
     def __init__(self, body: bytes, chunks: list[bytes]) -> None:
-        self.body, self.content = body, Content(chunks)
+        self.body, self.chunks = body, chunks
+        self.content = self
+
+    async def iter_any(self):
+        for chunk in self.chunks:
+            yield chunk
 
     async def read(self) -> bytes:
         return self.body
@@ -127,7 +124,7 @@ def main() -> None:
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # no log output in the timing
     stream, listing = responses(args.count)
     print(f"{args.count:,} ServiceAccounts; {interpreter()}")
-    for name, response, watch_list, size in (("watch-list", stream, True, sum(map(len, stream.content.chunks))),
+    for name, response, watch_list, size in (("watch-list", stream, True, sum(map(len, stream.chunks))),
                                              ("list", listing, False, len(listing.body))):
         best = min(one_sync(response, watch_list, args.count) for _ in range(args.rounds))
         print(f"{name}: {size / 2**20:.1f} MiB; best of {args.rounds}: {best:.3f} s CPU, "
