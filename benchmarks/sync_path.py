@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from injector.settings import MutationSettings
 from injector.sources import IdentityStore
-from injector.sources.reflector import Reflector
 from injector.sources.serviceaccounts import ServiceAccountSource
 
 CHUNK = 4096
@@ -93,12 +92,8 @@ def one_sync(response: Response, watch_list: bool, count: int) -> float:
             await asyncio.Event().wait()  # the watch after the sync: the server keeps it open
         return response
 
-    source = ServiceAccountSource.__new__(ServiceAccountSource)  # the callbacks, no API client
-    source.store, source._inflight = store, {}
-    source.reflector = Reflector("serviceaccounts", call, on_replace=source._replace, on_event=source._event,
-                                 transform=source._entry, on_synced=lambda: store.mark_ready("serviceaccounts"),
-                                 watch_list=watch_list)
-    store.expect("serviceaccounts")
+    source = ServiceAccountSource(object(), store)  # its own wiring; the API call replaced below
+    source.reflector.call, source.reflector.watch_list = call, watch_list
 
     async def main() -> float:
         started = time.process_time()
