@@ -288,7 +288,9 @@ def test_certificate_rotation_while_requests_flow_fails_no_request(tmp_path):
 
 # -- graceful shutdown ----------------------------------------------------------------------
 def test_sigterm_drains_in_flight_requests(tmp_path, certs):
-    srv = start_server(tmp_path, certs, "--shutdown-delay", "1s")
+    # 3 s: the readiness probe and 20 requests must fit in the delay on a loaded CI machine too
+    # (one run at 1 s saw the server close the keep-alive connection after the delay, mid-loop).
+    srv = start_server(tmp_path, certs, "--shutdown-delay", "3s")
     body = json.dumps(pod_review()).encode()
 
     async def scenario() -> tuple[list[int], int, int]:
