@@ -35,12 +35,12 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from injector.admission import decide  # noqa: E402
-from injector.planner import plan_mutation  # noqa: E402
-from injector.review import decode_json, encode_response, parse_review  # noqa: E402
-from injector.settings import MutationSettings  # noqa: E402
-from injector.sources import IdentityStore  # noqa: E402
-from injector.sources.static import service_account_entries  # noqa: E402
+from injector.core.decision import decide  # noqa: E402
+from injector.core.planner import plan_mutation  # noqa: E402
+from injector.core.review import decode_json, encode_response, parse_review  # noqa: E402
+from injector.core.settings import MutationSettings  # noqa: E402
+from injector.sources.manifests import service_account_entries  # noqa: E402
+from injector.sources.store import IdentityStore  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE_ACCOUNT = {

@@ -44,10 +44,11 @@ def admission_steps(tree: str | None, containers: int) -> dict[str, object]:
     import orjson
     from bench import bench_store, review
 
-    from injector import app, logging
-    from injector.admission import decide
-    from injector.planner import plan_mutation
-    from injector.review import check_pod, decode_json, encode_response, parse_review
+    from injector.core.decision import decide
+    from injector.core.planner import plan_mutation
+    from injector.core.review import check_pod, decode_json, encode_response, parse_review
+    from injector.server import logs as logging
+    from injector.server import routes as app
 
     assert Path(injector.__file__).is_relative_to(tree or ROOT), injector.__file__
     sys.stderr = io.TextIOWrapper(open(os.devnull, "wb"))  # noqa: SIM115 - the log lines go nowhere, until exit

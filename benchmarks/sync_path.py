@@ -32,9 +32,9 @@ from bench import interpreter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from injector.settings import MutationSettings
-from injector.sources import IdentityStore
+from injector.core.settings import MutationSettings
 from injector.sources.serviceaccounts import ServiceAccountSource
+from injector.sources.store import IdentityStore
 
 CHUNK = 4096
 ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from injector.settings import MutationSettings
-from injector.sources import IdentityStore
+from injector.core.settings import MutationSettings
 from injector.sources.reflector import object_key
 from injector.sources.serviceaccounts import ServiceAccountSource
+from injector.sources.store import IdentityStore
 
 
 def main() -> None:

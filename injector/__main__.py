@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import main
+from injector.cli.main import main
 
 if __name__ == "__main__":  # not when re-imported by a spawned worker process
     sys.exit(main())

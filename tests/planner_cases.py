@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from injector import cli, identity
-from injector.settings import MutationSettings
-from injector.sources.static import ManifestLoader
+from injector.cli import main as cli
+from injector.core import identity
+from injector.core.settings import MutationSettings
+from injector.sources.manifests import ManifestLoader
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "planner"
 DOCS_DIR = Path(__file__).parent.parent / "docs"

@@ -252,11 +252,11 @@ BATCH = 32  # bodies per hypothesis example, sent concurrently
 
 
 def make_routes() -> Any:
-    from injector.app import ServerState, webhook_routes
-    from injector.identity import service_account_entry
-    from injector.metrics import Metrics
-    from injector.settings import ServeSettings
-    from injector.sources import IdentityStore
+    from injector.core.identity import service_account_entry
+    from injector.core.settings import ServeSettings
+    from injector.server.metrics import Metrics
+    from injector.server.routes import ServerState, webhook_routes
+    from injector.sources.store import IdentityStore
 
     serve = ServeSettings(max_request_bytes=LIMIT)
     store = IdentityStore(serve.mutation)
@@ -272,7 +272,7 @@ def run(total: int, *, seed: int | None = None, progress: bool = False) -> dict[
     returns the counts. A broken contract raises (after hypothesis has shrunk the case)."""
     from aiohttp.test_utils import TestClient
 
-    import injector.app
+    import injector.server.routes
 
     from serving import RoutesTestServer
 
@@ -288,7 +288,7 @@ def run(total: int, *, seed: int | None = None, progress: bool = False) -> dict[
         return test_client
 
     client = loop.run_until_complete(start())
-    saved_log, injector.app.log = injector.app.log, recorder
+    saved_log, injector.server.routes.log = injector.server.routes.log, recorder
     logging.getLogger().addHandler(handler)
     started = time.monotonic()
 
@@ -318,7 +318,7 @@ def run(total: int, *, seed: int | None = None, progress: bool = False) -> dict[
     try:
         fuzz()
     finally:
-        injector.app.log = saved_log
+        injector.server.routes.log = saved_log
         logging.getLogger().removeHandler(handler)
         loop.run_until_complete(client.close())
         loop.close()

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp.test_utils import BaseTestServer
 from aiohttp.web import ServerRunner
 
-from injector.certs import generate_ca, generate_serving_cert, write_bundle
+from injector.certificates.authority import generate_ca, generate_serving_cert, write_bundle
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -12,10 +12,10 @@ from typing import Any
 import structlog
 from kubernetes_asyncio import client
 
-from ..identity import EMPTY_CONFIG_MAP
-from . import IdentityStore
-from .reflector import Reflector
-from .static import CONFIG_MAP_NAME, InputError, config_map_mapping
+from injector.core.identity import EMPTY_CONFIG_MAP
+from injector.sources.manifests import CONFIG_MAP_NAME, InputError, config_map_mapping
+from injector.sources.reflector import Reflector
+from injector.sources.store import IdentityStore
 
 log = structlog.get_logger(__name__)
 SOURCE = "configmap"

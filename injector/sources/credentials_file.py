@@ -13,9 +13,9 @@ from pathlib import Path
 
 import structlog
 
-from ..files import FileSignature, file_signature
-from . import IdentityStore
-from .static import InputError, parse_identities_file
+from injector.sources.file_signature import FileSignature, file_signature
+from injector.sources.manifests import InputError, parse_identities_file
+from injector.sources.store import IdentityStore
 
 log = structlog.get_logger(__name__)
 SOURCE = "container-credentials-file"

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from ..kube import KubeError, ListCall, list_page, watch_events
+from injector.kube.client import KubeError, ListCall, list_page, watch_events
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +94,7 @@ class Reflector:
         self.selectors = selectors
         self.synced = False
         # The last resourceVersion seen; a `run` cancelled after the sync and started again (the
-        # supervisor's, across its fork: injector/server.py) resumes the watch from it.
+        # supervisor's, across its fork: injector/server/processes.py) resumes the watch from it.
         self.version = ""
 
     async def run(self) -> None:

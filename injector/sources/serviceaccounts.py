@@ -16,11 +16,11 @@ from typing import Any
 import structlog
 from kubernetes_asyncio import client
 
-from ..identity import near_misses, service_account_entry
-from ..kube import KubeError, get_object
-from ..rate_limit import TokenBucket
-from . import IdentityStore
-from .reflector import Reflector
+from injector.core.identity import near_misses, service_account_entry
+from injector.kube.client import KubeError, get_object
+from injector.kube.rate_limit import TokenBucket
+from injector.sources.reflector import Reflector
+from injector.sources.store import IdentityStore
 
 log = structlog.get_logger(__name__)
 SOURCE = "serviceaccounts"

@@ -34,7 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from injector.certs import cert_to_pem, generate_ca, generate_private_key, generate_serving_cert, key_to_pem
+from injector.certificates.authority import (
+    cert_to_pem,
+    generate_ca,
+    generate_private_key,
+    generate_serving_cert,
+    key_to_pem,
+)
 
 from serving import free_port
 

@@ -24,14 +24,13 @@ import pytest
 import pytest_asyncio
 import yaml
 from cryptography.hazmat.primitives import serialization
-from test_oidc import Chain, make_chain
-from test_oidc_fetch import StaticSite
 
-from injector.certs import generate_private_key, key_to_pem
-from injector.oidc import key_id
+from injector.certificates.authority import generate_private_key, key_to_pem
+from injector.oidc.documents import key_id
 
 from .api import ROLE_ANNOTATION, Kube, api_client
 from .plane import ControlPlane, Proc, _apiserver_flags, _http_get, wait_until, write_kubeconfig
+from oidc_helpers import Chain, StaticSite, make_chain
 from serving import free_port
 
 ROLE = "arn:aws:iam::111122223333:role/e2e-self-hosted"

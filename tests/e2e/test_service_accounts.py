@@ -8,9 +8,9 @@ import copy
 import pytest
 import pytest_asyncio
 
-from injector.settings import MutationSettings
-from injector.sources import IdentityStore
+from injector.core.settings import MutationSettings
 from injector.sources.serviceaccounts import ServiceAccountSource
+from injector.sources.store import IdentityStore
 
 from .api import (
     ROLE_ANNOTATION,

@@ -2,8 +2,8 @@
 
 A control plane of this module's own, with an audit log of every ServiceAccount request, so
 that every request with our client's user agent is the replica's. The supervisor syncs, forks
-one worker, then serves beside it as worker 0 and keeps watching for both (injector/server.py,
-injector/table_feed.py):
+one worker, then serves beside it as worker 0 and keeps watching for both (injector/server/processes.py,
+injector/server/table_feed.py):
 
 - the API server sees one watch-list sync and the watch resumed once by the supervisor after
   its fork, one watch open at a time, no LIST, and nothing from the forked worker;

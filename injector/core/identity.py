@@ -1,0 +1,352 @@
+"""Who a pod is: the identity rules, from ServiceAccount annotations, the ConfigMap mapping
+and the Pod Identity (container credentials) association list.
+
+Everything here is pure: parsers turn raw inputs into small immutable entries, and
+`resolve` applies the precedence rules of docs/mutation.md#precedence. The sources that feed the
+tables (files, watches) live in `injector.sources`.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from injector.core.settings import DEFAULT_TOKEN_EXPIRATION, MutationSettings, clamp_expiration
+
+_INT64 = re.compile(r"[+-]?[0-9]+\Z")
+_ROLE_ARN = re.compile(r"arn:aws[a-z0-9-]*:iam::\d{12}:role/[\w\-/.@+=,]+\Z")
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+class Mode(enum.StrEnum):
+    """Which credentials a pod gets; the values are the Go webhook's metric labels."""
+
+    WEB_IDENTITY = "sts_web_identity"
+    CONTAINER_CREDENTIALS = "container_credentials"
+
+
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
+class Identity:
+    """The resolved identity of one pod: all the planner needs besides settings."""
+
+    mode: Mode
+    role_arn: str
+    audience: str
+    regional_sts: bool
+    token_expiration: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoleMapping:
+    """One role mapping, from ServiceAccount annotations or a ConfigMap entry (both have this
+    shape); `problems` are for the logs."""
+
+    role_arn: str
+    audience: str
+    regional_sts: bool
+    token_expiration: int
+    problems: tuple[str, ...] = field(default=(), compare=False)
+    # Short texts for admission warnings (docs/mutation.md#warnings). They take part in
+    # equality, so an entry with warnings is never shared with the flag-defaults entry.
+    warnings: tuple[str, ...] = ()
+    annotated: tuple[str, ...] = ()  # which of our other annotations it has (for "no role-arn")
+
+    def as_json(self) -> dict[str, Any]:
+        """The Go webhook's debug dump shape (Go field names)."""
+        return {
+            "RoleARN": self.role_arn,
+            "Audience": self.audience,
+            "UseRegionalSTS": self.regional_sts,
+            "TokenExpiration": self.token_expiration,
+        }
+
+
+def parse_go_int64(text: str) -> int | None:
+    """`strconv.ParseInt(s, 10, 64)`: optional sign, digits only, int64 range."""
+    if not _INT64.match(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def parse_expiration(raw: Any) -> int | None:
+    """A token-expiration annotation: a Go base-10 int64, raised to 600; None when invalid."""
+    parsed = parse_go_int64(raw) if isinstance(raw, str) else None
+    return None if parsed is None else clamp_expiration(parsed)
+
+
+def parse_go_bool(text: str) -> bool | None:
+    """`strconv.ParseBool`: the twelve spellings Go accepts, anything else is None."""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    return None
+
+
+OUR_ANNOTATIONS = ("role-arn", "audience", "sts-regional-endpoints", "token-expiration")
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[-_.]", "", name.lower())
+
+
+def near_misses(annotations: Mapping[str, Any], settings: MutationSettings,
+                names: tuple[str, ...] = OUR_ANNOTATIONS) -> list[tuple[str, str, str]]:
+    """(key found, key meant, why) for keys the webhook does not read but a person meant it to."""
+    found = []
+    wanted = {_squash(n): n for n in names}
+    for key in annotations:
+        prefix, _, name = str(key).rpartition("/")
+        meant = wanted.get(_squash(name))
+        if meant is None or key == settings.annotation(meant):
+            continue
+        expected = settings.annotation(meant)
+        if key.lower() == expected.lower():
+            why = "wrong case (annotation keys are case-sensitive)"
+        elif prefix == settings.annotation_prefix:
+            why = f"{name!r} is not {meant!r}"
+        elif not prefix:
+            why = f"no prefix (the webhook reads {settings.annotation_prefix}/…)"
+        elif _squash(prefix) == _squash(settings.annotation_prefix):
+            why = f"{prefix!r} is not {settings.annotation_prefix!r}"
+        else:
+            why = f"wrong domain {prefix!r} (the webhook reads {settings.annotation_prefix}/…)"
+        found.append((str(key), expected, why))
+    return found
+
+
+def _annotation_warnings(annotations: Mapping[str, Any], settings: MutationSettings) -> list[str]:
+    """Near-miss keys (docs/mutation.md#warnings)."""
+    return [f"ServiceAccount key {key} is ignored; use {meant}"
+            for key, meant, _ in near_misses(annotations, settings)]
+
+
+def compose_role_arn(value: str, settings: MutationSettings) -> str:
+    """With --compose-role-arn, a bare role name or path becomes a full ARN."""
+    if settings.compose_role_arn and "arn:" not in value:
+        return f"arn:{settings.aws_partition}:iam::{settings.aws_account_id}:role/{value}"
+    return value
+
+
+def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleMapping:
+    """Parse a ServiceAccount's annotations (docs/mutation.md#service-account-annotations).
+
+    Invalid values fall back to the flag defaults, as in the Go webhook, and are reported in
+    `problems` so the edge can log them instead of failing silently.
+    """
+    problems: list[str] = []
+    if annotations is not None and not isinstance(annotations, Mapping):
+        problems.append(f"metadata.annotations is {type(annotations).__name__}, not a map; treated as none")
+        annotations = None
+    annotations = annotations or {}
+    key = settings.annotation
+    warnings = _annotation_warnings(annotations, settings)
+
+    role_arn = annotations.get(key("role-arn"), "")
+    if not isinstance(role_arn, str):
+        role_arn = ""
+    if role_arn:
+        role_arn = compose_role_arn(role_arn, settings)
+        if not _ROLE_ARN.match(role_arn):
+            problems.append(f"{key('role-arn')} {role_arn!r} does not look like an IAM role ARN")
+
+    audience = annotations.get(key("audience"), settings.token_audience)
+    if not isinstance(audience, str):
+        audience = settings.token_audience
+
+    regional_sts = settings.sts_regional_endpoint
+    raw = annotations.get(key("sts-regional-endpoints"))
+    if raw is not None:
+        parsed = parse_go_bool(raw) if isinstance(raw, str) else None
+        if parsed is None:
+            problems.append(f"{key('sts-regional-endpoints')} {raw!r} is not a boolean; using the default")
+        else:
+            regional_sts = parsed
+
+    expiration = settings.token_expiration
+    raw = annotations.get(key("token-expiration"))
+    if raw is not None:
+        parsed_expiration = parse_expiration(raw)
+        if parsed_expiration is None:
+            problems.append(f"{key('token-expiration')} {raw!r} is not an integer; using the default")
+            warnings.append(f"ServiceAccount token-expiration {raw!r:.20} is not an integer; using {expiration}")
+        else:
+            expiration = parsed_expiration
+
+    annotated = tuple(name for name in OUR_ANNOTATIONS[1:] if key(name) in annotations)
+    return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems), tuple(warnings), annotated)
+
+
+class ConfigMapError(ValueError):
+    """The `config` document as a whole cannot be used; the previous mapping stays."""
+
+
+_CM_FIELDS = {
+    "rolearn": ("role_arn", str),
+    "audience": ("audience", str),
+    "useregionalsts": ("regional_sts", bool),
+    "tokenexpiration": ("token_expiration", int),
+}
+
+
+def _config_map_entry(key: str, raw: Any, settings: MutationSettings) -> RoleMapping:
+    if not isinstance(raw, dict):
+        raise ConfigMapError(f"entry {key!r} is not an object")
+    values: dict[str, Any] = {"role_arn": "", "audience": "", "regional_sts": False, "token_expiration": 0}
+    for member, value in raw.items():
+        known = _CM_FIELDS.get(member.lower())
+        if known is None:
+            continue  # unknown members are ignored, as Go's decoder does
+        attr, kind = known
+        if value is None:
+            continue
+        # JSON integers only for int: Go's int64 refuses true/false and 1.5.
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise ConfigMapError(f"entry {key!r}: {member} must be a {kind.__name__}, got {value!r}")
+        values[attr] = value
+    expiration = values["token_expiration"] or settings.token_expiration
+    return RoleMapping(
+        role_arn=values["role_arn"],
+        # Improvement over the Go webhook: a missing audience means the default audience,
+        # not a token STS would reject.
+        audience=values["audience"] or settings.token_audience,
+        regional_sts=values["regional_sts"],
+        token_expiration=clamp_expiration(expiration),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapMapping:
+    """The `pod-identity-webhook` ConfigMap's mapping: exact keys, then namespace globs."""
+
+    exact: Mapping[str, RoleMapping] = field(default_factory=dict)
+    # (namespace pattern, service account name, entry), most specific pattern first.
+    patterns: tuple[tuple[str, str, RoleMapping], ...] = ()
+    rejected: tuple[str, ...] = field(default=(), compare=False)
+
+    def lookup(self, namespace: str, name: str) -> RoleMapping | None:
+        """Exact `namespace/name` wins; then the most specific glob (`team-*`, then `*`)."""
+        entry = self.exact.get(f"{namespace}/{name}")
+        if entry is not None:
+            return entry
+        for pattern, sa_name, candidate in self.patterns:
+            if sa_name == name and fnmatch.fnmatchcase(namespace, pattern):
+                return candidate
+        return None
+
+    def lookup_exact(self, namespace: str, name: str) -> RoleMapping | None:
+        return self.exact.get(f"{namespace}/{name}")
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.patterns)
+
+
+EMPTY_CONFIG_MAP = ConfigMapMapping()
+
+
+def parse_config_map(document: Any, settings: MutationSettings) -> ConfigMapMapping:
+    """Parse the decoded `config` value (docs/mutation.md#config-map, with #differences).
+
+    A wrong type anywhere rejects the whole document (as in Go); a malformed key is
+    rejected on its own and reported in `rejected` instead of crashing.
+    """
+    if not isinstance(document, dict):
+        raise ConfigMapError("the config value must be a JSON object of \"namespace/name\" keys")
+    exact: dict[str, RoleMapping] = {}
+    patterns: list[tuple[str, str, RoleMapping]] = []
+    rejected: list[str] = []
+    for key, raw in document.items():
+        entry = _config_map_entry(key, raw, settings)
+        namespace, sep, name = key.partition("/")
+        if not sep or not namespace or not name or "/" in name:
+            rejected.append(f"key {key!r} is not of the form \"namespace/serviceAccountName\"")
+            continue
+        if any(ch in namespace for ch in "*?["):
+            patterns.append((namespace, name, entry))
+        else:
+            exact[key] = entry
+    patterns.sort(key=lambda p: (-len(p[0].replace("*", "").replace("?", "")), p[0], p[1]))
+    return ConfigMapMapping(exact, tuple(patterns), tuple(rejected))
+
+
+def parse_pod_identities(document: Any) -> frozenset[tuple[str, str]]:
+    """The container-credentials identities file: `{"identities":[{namespace, serviceAccount}]}`."""
+    if not isinstance(document, dict):
+        raise ValueError("must be a JSON object with an \"identities\" list")
+    items = document.get("identities")
+    if items is None:
+        return frozenset()
+    if not isinstance(items, list):
+        raise ValueError("\"identities\" must be a list")
+    pairs = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"identities[{index}] must be an object")
+        namespace, name = item.get("namespace"), item.get("serviceAccount")
+        if not isinstance(namespace, str) or not isinstance(name, str):
+            raise ValueError(f"identities[{index}] needs string \"namespace\" and \"serviceAccount\"")
+        pairs.add((namespace, name))
+    return frozenset(pairs)
+
+
+@dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
+class Resolution:
+    """The outcome of identity resolution, with enough context for the decision log."""
+
+    identity: Identity | None
+    reason: str
+    service_account_known: bool
+    warnings: tuple[str, ...] = ()  # about the ServiceAccount's annotations, for the admission answer
+
+
+@dataclass(slots=True)
+class IdentityTables:
+    """The current lookup tables; the sources replace members, `resolve` only reads them."""
+
+    service_accounts: dict[str, RoleMapping] = field(default_factory=dict)
+    config_map: ConfigMapMapping = EMPTY_CONFIG_MAP
+    pod_identities: frozenset[tuple[str, str]] = frozenset()
+
+
+def resolve(
+    namespace: str, name: str, tables: IdentityTables, settings: MutationSettings
+) -> Resolution:
+    """Apply docs/mutation.md#precedence: Pod Identity > annotation > ConfigMap."""
+    key = f"{namespace}/{name}"
+    sa_entry = tables.service_accounts.get(key)
+    known = sa_entry is not None
+
+    if (namespace, name) in tables.pod_identities:
+        # Container credentials: only the common settings come from the SA or ConfigMap;
+        # any role ARN is ignored. The ConfigMap wildcard is not consulted here.
+        common = sa_entry or tables.config_map.lookup_exact(namespace, name)
+        regional_sts, expiration = (
+            (common.regional_sts, common.token_expiration) if common else (False, DEFAULT_TOKEN_EXPIRATION)
+        )
+        identity = Identity(Mode.CONTAINER_CREDENTIALS, "", settings.cc_audience, regional_sts, expiration)
+        return Resolution(identity, "pod-identity-association", known, sa_entry.warnings if sa_entry else ())
+
+    warnings = sa_entry.warnings if sa_entry else ()
+    if sa_entry is not None and not sa_entry.role_arn and sa_entry.annotated:
+        warnings += (f"ServiceAccount has {', '.join(sa_entry.annotated)} but no "
+                     f"{settings.annotation('role-arn')}; they are ignored",)
+    if sa_entry is not None and sa_entry.role_arn:
+        return Resolution(_web_identity(sa_entry), "service-account-annotation", True, warnings)
+
+    cm_entry = tables.config_map.lookup(namespace, name)
+    if cm_entry is not None and cm_entry.role_arn:
+        return Resolution(_web_identity(cm_entry), "config-map", known, warnings)
+
+    reason = "service-account-has-no-role" if known else "service-account-not-found"
+    return Resolution(None, reason, known, warnings)
+
+
+def _web_identity(entry: RoleMapping) -> Identity:
+    return Identity(Mode.WEB_IDENTITY, entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration)

@@ -1,0 +1,131 @@
+"""Self-managed certificates: what the reconciler decides to store (the API calls are
+exercised against a real API server in tests/e2e)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+
+from injector.certificates import authority as certs
+from injector.certificates.controller import (
+    Bundle,
+    CertificateSpec,
+    bundle_in_place,
+    renewed_bundle,
+    set_bundle_in_place,
+    write_pair,
+)
+
+NAMES = tuple(certs.service_names("injector", "infra"))
+
+
+def spec(validity_days: int = 90, renew_before_days: int = 30, dns: tuple[str, ...] = (),
+         ips: tuple[str, ...] = ()) -> CertificateSpec:
+    return CertificateSpec(NAMES + dns, ips, validity_days, timedelta(days=renew_before_days))
+
+
+def sans(bundle: Bundle) -> tuple[set, set]:
+    cert = certs.cert_from_pem(bundle.cert_pem)
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(ext.get_values_for_type(x509.DNSName)), {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)}
+
+
+def test_a_missing_secret_gets_a_new_ca_and_serving_certificate(tmp_path):
+    bundle, reason = renewed_bundle(None, spec(dns=("webhook.local",), ips=("127.0.0.1",)))
+    assert reason == "missing"
+    dns, ips = sans(bundle)
+    assert dns == {*NAMES, "webhook.local"} and ips == {"127.0.0.1"}
+    ca = certs.cert_from_pem(bundle.ca_pem)
+    certs.cert_from_pem(bundle.cert_pem).verify_directly_issued_by(ca)
+
+
+def test_a_valid_secret_is_kept_as_is():
+    bundle, _ = renewed_bundle(None, spec())
+    assert renewed_bundle(bundle, spec()) == (bundle, None)
+
+
+def test_a_certificate_inside_the_renewal_window_is_reissued_by_the_same_ca():
+    bundle, _ = renewed_bundle(None, spec())
+    renewed, reason = renewed_bundle(bundle, spec(renew_before_days=91))
+    assert reason == "expiring"
+    assert renewed.ca_pem == bundle.ca_pem and renewed.ca_key_pem == bundle.ca_key_pem
+    assert renewed.cert_pem != bundle.cert_pem
+
+
+def test_other_service_names_mean_a_new_certificate():
+    bundle, _ = renewed_bundle(None, spec())
+    renewed, reason = renewed_bundle(bundle, spec(ips=("10.0.0.1",)))
+    assert reason == "names changed" and sans(renewed)[1] == {"10.0.0.1"}
+
+
+def test_a_ca_near_its_end_is_rotated_and_the_old_one_stays_trusted():
+    old_ca, old_key = certs.generate_ca(days=200)
+    cert, key = certs.generate_serving_cert(old_ca, old_key, list(NAMES), [], days=30)
+    bundle = Bundle(certs.cert_to_pem(old_ca), certs.key_to_pem(old_key), certs.cert_to_pem(cert),
+                    certs.key_to_pem(key))
+    renewed, reason = renewed_bundle(bundle, spec())
+    assert reason == "CA expiring"
+    cas = x509.load_pem_x509_certificates(renewed.ca_pem)
+    assert len(cas) == 2 and cas[1] == old_ca
+    certs.cert_from_pem(renewed.cert_pem).verify_directly_issued_by(cas[0])
+
+
+@pytest.mark.parametrize("damage", ["ca.key", "tls.crt"])
+def test_a_damaged_secret_is_repaired(damage):
+    bundle, _ = renewed_bundle(None, spec())
+    other_key = certs.key_to_pem(certs.generate_private_key())
+    broken = Bundle(bundle.ca_pem, other_key if damage == "ca.key" else bundle.ca_key_pem,
+                    b"garbage" if damage == "tls.crt" else bundle.cert_pem, bundle.key_pem)
+    renewed, reason = renewed_bundle(broken, spec())
+    assert reason is not None
+    ca = x509.load_pem_x509_certificates(renewed.ca_pem)[0]
+    certs.cert_from_pem(renewed.cert_pem).verify_directly_issued_by(ca)
+
+
+def test_secret_data_round_trips():
+    bundle, _ = renewed_bundle(None, spec())
+    assert Bundle.from_secret({"data": bundle.to_secret_data()}) == bundle
+    assert Bundle.from_secret({"data": {"tls.crt": "eA=="}}) is None
+
+
+def test_files_are_written_once_and_the_marker_reports_the_bundle(tmp_path):
+    bundle, _ = renewed_bundle(None, spec())
+    write_pair(tmp_path, bundle)
+    first = (tmp_path / "tls.crt").stat().st_ino
+    write_pair(tmp_path, bundle)
+    assert (tmp_path / "tls.crt").stat().st_ino == first  # unchanged content is not rewritten
+    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
+    assert not bundle_in_place(tmp_path)
+    set_bundle_in_place(tmp_path, True)
+    assert bundle_in_place(tmp_path)
+    set_bundle_in_place(tmp_path, False)
+    assert not bundle_in_place(tmp_path)
+
+
+def test_the_serving_certificate_lives_as_long_as_asked():
+    bundle, _ = renewed_bundle(None, spec(validity_days=10))
+    not_after = certs.cert_from_pem(bundle.cert_pem).not_valid_after_utc
+    assert abs(not_after - (datetime.now(UTC) + timedelta(days=10))) < timedelta(minutes=10)
+
+
+def test_after_a_ca_change_the_previous_cas_stay_registered_for_the_overlap():
+    """Replicas that still serve the old certificate must stay trusted until they switch."""
+    import base64
+
+    from injector.certificates.controller import registered_bundle
+
+    old, _ = renewed_bundle(None, spec())
+    new, _ = renewed_bundle(None, spec())
+    registered = base64.b64encode(old.ca_pem).decode()
+    now = datetime.now(UTC)
+    overlap = timedelta(minutes=3)
+    during = registered_bundle(new.ca_pem, registered, now - timedelta(seconds=10), now, overlap)
+    assert x509.load_pem_x509_certificates(during) == [
+        *x509.load_pem_x509_certificates(new.ca_pem), *x509.load_pem_x509_certificates(old.ca_pem)]
+    assert registered_bundle(new.ca_pem, registered, now - timedelta(minutes=5), now, overlap) == new.ca_pem
+    assert registered_bundle(new.ca_pem, registered, None, now, overlap) == new.ca_pem
+    assert registered_bundle(new.ca_pem, "not base64 pem", now, now, overlap) == new.ca_pem
+    # the same CA registered again is not duplicated
+    assert registered_bundle(new.ca_pem, base64.b64encode(new.ca_pem).decode(), now, now, overlap) == new.ca_pem

@@ -1,0 +1,75 @@
+"""Settings and the command line: each flag is declared once, on its settings field, and the
+parser is generated from those declarations (docs/reference.md#flags)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from injector.cli.main import build_parser, mutation_settings, serve_settings
+from injector.core.settings import MutationSettings, ServeSettings, SettingsError
+
+NOT_FLAGS = {"mutation", "cert_reload_interval"}
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_serve_without_flags_gives_the_dataclass_defaults():
+    assert serve_settings(parse("serve")) == ServeSettings()
+
+
+def test_mutate_without_flags_gives_the_dataclass_defaults():
+    assert mutation_settings(parse("mutate", "-f", "pod.yaml")) == MutationSettings()
+
+
+def test_every_setting_but_the_internal_ones_is_a_flag():
+    assert {f.name for f in fields(ServeSettings) if "flag" not in f.metadata} == NOT_FLAGS
+    assert all("flag" in f.metadata for f in fields(MutationSettings))
+
+
+def test_workers_default_means_one_per_cpu_in_code_and_on_the_command_line():
+    assert ServeSettings().workers == 0 == serve_settings(parse("serve")).workers
+
+
+@pytest.mark.parametrize("argv, field, value", [
+    (["--workers=3"], "workers", 3),
+    (["--shutdown-delay", "1m30s"], "shutdown_delay", 90.0),
+    (["--watch-config-map"], "watch_config_map", True),
+    (["--watch-config-map=false"], "watch_config_map", False),
+    (["--enable-debugging-handlers", "T"], "enable_debugging_handlers", True),
+    (["--cert-san", "a.example", "--cert-san=10.0.0.1"], "cert_extra_sans", ("a.example", "10.0.0.1")),
+    (["--service-account", "a.yaml", "--service-account", "b.yaml"], "service_account_files", ("a.yaml", "b.yaml")),
+    (["--config-map", "cm.yaml"], "config_map_file", "cm.yaml"),
+    (["--cert-mode=self-managed"], "cert_mode", "self-managed"),
+    (["-v=4"], "log_level", "debug"),
+])
+def test_serve_flags_set_their_field(argv, field, value):
+    assert getattr(serve_settings(parse("serve", *argv)), field) == value
+
+
+@pytest.mark.parametrize("flag, field, value", [
+    ("--container-credentials-audience=aud", "cc_audience", "aud"),
+    ("--container-credentials-token-mount-path=/m", "cc_mount_path", "/m"),
+    ("--container-credentials-token-volume-name=v", "cc_volume_name", "v"),
+    ("--container-credentials-token-path=t", "cc_token_path", "t"),
+    ("--container-credentials-full-uri=http://x", "cc_full_uri", "http://x"),
+    ("--sts-regional-endpoint", "sts_regional_endpoint", True),
+    ("--token-expiration=100", "token_expiration", 600),
+])
+def test_mutation_flags_mean_the_same_for_serve_and_mutate(flag, field, value):
+    assert getattr(serve_settings(parse("serve", flag)).mutation, field) == value
+    assert getattr(mutation_settings(parse("mutate", "-f", "x", flag)), field) == value
+
+
+def test_bad_values_are_refused_by_the_parser(capsys):
+    for argv in (["--cert-mode=csr"], ["--workers=many"], ["--shutdown-delay=5"], ["--watch-config-map=maybe"]):
+        with pytest.raises(SystemExit):
+            parse("serve", *argv)
+
+
+def test_in_cluster_true_is_refused_with_the_way_out():
+    with pytest.raises(SettingsError, match="--in-cluster=false"):
+        serve_settings(parse("serve", "--in-cluster"))

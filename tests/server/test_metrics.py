@@ -1,0 +1,56 @@
+"""injector/server/metrics.py: what the serving path counts, and when it shows in the registry."""
+
+from __future__ import annotations
+
+from injector.server.metrics import Exposition, Metrics
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_counts_reach_the_registry_when_published_and_only_once():
+    metrics = Metrics()
+    metrics.count_admission("sts_web_identity", "mutated", 0.002)
+    metrics.count_admission("sts_web_identity", "mutated", 0.004)
+    metrics.count_request("POST", "/mutate", 200)
+    admissions = {"mode": "sts_web_identity", "decision": "mutated"}
+    assert sample(metrics, "pod_identity_injector_admissions_total", **admissions) is None
+    metrics.publish()
+    metrics.publish()  # nothing new: nothing added twice
+    assert sample(metrics, "pod_identity_injector_admissions_total", **admissions) == 2
+    assert sample(metrics, "pod_identity_webhook_pod_count_total", method="sts_web_identity") == 2
+    assert sample(metrics, "pod_identity_injector_http_requests_total", method="POST", path="/mutate", code="200") == 1
+    assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 2
+    assert abs(sample(metrics, "pod_identity_injector_admission_duration_seconds_sum") - 0.006) < 1e-9
+    assert sample(metrics, "pod_identity_injector_admission_duration_seconds_bucket", le="0.0025") == 1
+
+
+def test_a_skipped_pod_and_a_decision_without_mode_are_counted_as_such():
+    metrics = Metrics()
+    metrics.count_admission("sts_web_identity", "volume-collision", 0.001)
+    metrics.count_admission("", "no-identity", 0.001)
+    metrics.publish()
+    assert sample(metrics, "pod_identity_injector_skipped_total", reason="volume-collision") == 1
+    assert sample(metrics, "pod_identity_injector_admissions_total", mode="none", decision="no-identity") == 1
+    assert sample(metrics, "pod_identity_webhook_pod_count_total", method="sts_web_identity") == 1
+
+
+def test_a_scrape_publishes_first_and_shows_the_go_webhook_names():
+    metrics = Metrics()
+    metrics.count_admission("sts_web_identity", "mutated", 0.001)
+    text = Exposition(metrics).render().decode()
+    assert 'pod_identity_injector_admissions_total{decision="mutated",mode="sts_web_identity"} 1.0' in text
+    assert 'pod_identity_webhook_pod_count{method="sts_web_identity"} 1.0' in text
+
+
+def test_counts_nothing_publishes_are_published_before_they_pile_up(monkeypatch):
+    from injector.server import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "UNPUBLISHED_LIMIT", 10)
+    metrics = Metrics()
+    for _ in range(25):
+        metrics.count_admission("sts_web_identity", "mutated", 0.001)
+    assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 20
+    metrics.publish()
+    assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 25
