@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from injector.cli import main as cli
+from injector.cli import parser as cli
 from injector.core import identity
 from injector.core.settings import MutationSettings
 from injector.sources.manifests import ManifestLoader

@@ -539,7 +539,7 @@ def test_every_value_reaches_its_flag(helm):
 
 def test_every_serve_flag_is_reachable():
     """A flag added to `serve` must be mapped in the chart (or consciously left out here)."""
-    from injector.cli.main import build_parser
+    from injector.cli.parser import build_parser
 
     parser = build_parser()
     serve = parser._subparsers._group_actions[0].choices["serve"]
@@ -911,7 +911,7 @@ def test_notes_tell_how_to_annotate_a_service_account(helm):
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_rendered_args_are_accepted_by_serve(helm, value_set):
     """The container args parse with the real command line, into the intended settings."""
-    from injector.cli.main import build_parser, serve_settings
+    from injector.cli.parser import build_parser, serve_settings
 
     rendered = args(render(helm, value_set))
     assert rendered[0] == "serve"

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from injector.certificates.renewal import CLOCK_SKEW, ca_due, renewal_window, serving_cert_problem
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +39,6 @@ DEFAULT_SERVING_DAYS = 365
 DEFAULT_KEY_SIZE = 2048
 DEFAULT_RENEW_BEFORE_DAYS = 30
 # Certificates start a little in the past so a peer whose clock is behind accepts them.
-CLOCK_SKEW = timedelta(minutes=5)
 # X.509 upper bound for a commonName (RFC 5280 ub-common-name).
 MAX_COMMON_NAME_LENGTH = 64
 
@@ -363,8 +363,7 @@ def ensure_certs(
     `renew_before_days`; unreadable or inconsistent CA files are an error rather than being
     overwritten. The serving certificate is (re)issued when missing, unreadable, not issued by
     the CA, not matching its key, expiring within the renewal window, for other names, or
-    when `force` is set. The window is capped at a third of the lifetime, so a short-lived
-    certificate is not re-issued on every run.
+    when `force` is set. The renewal policy is `renewal`'s.
     """
     _check_days(days)
     if renew_before_days < 0:
@@ -379,7 +378,7 @@ def ensure_certs(
 
     ca_cert = _existing_ca_cert(paths[CA_CERT_FILE], paths[CA_KEY_FILE])
     ca_key: rsa.RSAPrivateKey | None = None
-    if ca_cert is not None and ca_cert.not_valid_after_utc - now <= timedelta(days=renew_before_days):
+    if ca_cert is not None and ca_due(ca_cert, now, timedelta(days=renew_before_days)):
         log.warning("CA certificate expires soon; creating a new CA (the caBundle must be updated)",
                     path=str(paths[CA_CERT_FILE]), not_after=ca_cert.not_valid_after_utc.isoformat())
         ca_cert = None
@@ -387,7 +386,7 @@ def ensure_certs(
     if ca_cert is None:
         ca_cert, ca_key = generate_ca()
 
-    renew_window = timedelta(days=min(renew_before_days, days / 3))
+    renew_window = renewal_window(timedelta(days=days), timedelta(days=renew_before_days))
     reason = _serving_cert_problem(paths, ca_cert, wanted_dns, wanted_ips, now, renew_window)
     if reason is None and force:
         reason = "forced"
@@ -448,35 +447,3 @@ def _serving_cert_problem(
     except CertificateFileError as exc:
         return f"unreadable: {exc}"
     return serving_cert_problem(cert, public_key, ca_cert, wanted_dns, wanted_ips, now, renew_window)
-
-
-def serving_cert_problem(
-    cert: x509.Certificate,
-    public_key: PublicKeyTypes,
-    ca_cert: x509.Certificate,
-    wanted_dns: Sequence[str],
-    wanted_ips: Sequence[IPAddress],
-    now: datetime,
-    renew_window: timedelta,
-) -> str | None:
-    """Why a serving certificate must be replaced (wrong key, other CA, expiring, other
-    names), or None if it is fine."""
-    if cert.public_key() != public_key:
-        return "key does not match certificate"
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return "not issued by the CA"
-    if cert.not_valid_after_utc - now <= renew_window:
-        return "expiring"
-    if cert.not_valid_before_utc > now + CLOCK_SKEW:
-        return "not yet valid"
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return "names changed"
-    if set(sans.get_values_for_type(x509.DNSName)) != set(wanted_dns) or set(
-        sans.get_values_for_type(x509.IPAddress)
-    ) != set(wanted_ips):
-        return "names changed"
-    return None

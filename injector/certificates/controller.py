@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from injector.certificates import authority as certs
+from injector.certificates.renewal import ca_due, renewal_window, serving_cert_problem
 from injector.core.settings import ServeSettings
 from injector.kube.client import KubeError, call_json, get_object
 
@@ -97,7 +98,7 @@ def renewed_bundle(current: Bundle | None, spec: CertificateSpec,
             ca_cert, ca_key = cas[0], certs.key_from_pem(current.ca_key_pem)
             if ca_cert.public_key() != ca_key.public_key():
                 raise ValueError("CA key does not match the CA certificate")
-            if ca_cert.not_valid_after_utc - now <= CA_RENEW_BEFORE:
+            if ca_due(ca_cert, now, CA_RENEW_BEFORE):
                 old_cas = b"".join(certs.cert_to_pem(c) for c in cas if c.not_valid_after_utc > now)
                 ca_cert, ca_key, reason = None, None, "CA expiring"
         except ValueError as exc:
@@ -123,7 +124,8 @@ def _serving_problem(bundle: Bundle, ca_cert: x509.Certificate, spec: Certificat
     except ValueError as exc:
         return f"unreadable: {exc}"
     ips = [ipaddress.ip_address(ip) for ip in spec.ip_addresses]
-    return certs.serving_cert_problem(cert, public_key, ca_cert, spec.dns_names, ips, now, spec.renew_before)
+    window = renewal_window(timedelta(days=spec.validity_days), spec.renew_before)
+    return serving_cert_problem(cert, public_key, ca_cert, spec.dns_names, ips, now, window)
 
 
 def registered_bundle(secret_ca_pem: bytes, registered_b64: str | None, ca_changed_at: datetime | None,

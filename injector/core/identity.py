@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from injector.core.role_arn import compose_role_arn, role_arn_problems
 from injector.core.settings import DEFAULT_TOKEN_EXPIRATION, MutationSettings, clamp_expiration
 
 _INT64 = re.compile(r"[+-]?[0-9]+\Z")
-_ROLE_ARN = re.compile(r"arn:aws[a-z0-9-]*:iam::\d{12}:role/[\w\-/.@+=,]+\Z")
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
@@ -127,13 +127,6 @@ def _annotation_warnings(annotations: Mapping[str, Any], settings: MutationSetti
             for key, meant, _ in near_misses(annotations, settings)]
 
 
-def compose_role_arn(value: str, settings: MutationSettings) -> str:
-    """With --compose-role-arn, a bare role name or path becomes a full ARN."""
-    if settings.compose_role_arn and "arn:" not in value:
-        return f"arn:{settings.aws_partition}:iam::{settings.aws_account_id}:role/{value}"
-    return value
-
-
 def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleMapping:
     """Parse a ServiceAccount's annotations (docs/mutation.md#service-account-annotations).
 
@@ -153,8 +146,9 @@ def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleM
         role_arn = ""
     if role_arn:
         role_arn = compose_role_arn(role_arn, settings)
-        if not _ROLE_ARN.match(role_arn):
-            problems.append(f"{key('role-arn')} {role_arn!r} does not look like an IAM role ARN")
+        arn_problems = role_arn_problems(role_arn)
+        if arn_problems:
+            problems.append(f"{key('role-arn')} {role_arn!r} does not look like an IAM role ARN: {arn_problems[0][1]}")
 
     audience = annotations.get(key("audience"), settings.token_audience)
     if not isinstance(audience, str):

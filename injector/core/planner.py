@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from injector.core.identity import Identity, Mode, parse_expiration
+from injector.core.pod import containers_of, mapping, names_of, token_source, volume_kind
 from injector.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
     JITTER_FLOOR,
@@ -149,20 +150,9 @@ def _layout(identity: Identity, settings: MutationSettings, windows: bool) -> _L
     return _Layout(volume, mount, token, token_file, {first: first_value, second: token_file})
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def unknown_containers(spec: dict[str, Any], names: frozenset[str]) -> list[str]:
-    """The names in `names` (skip-containers) that are no container or init container of `spec`."""
-    containers = [c for n in ("initContainers", "containers") for c in spec.get(n) or () if isinstance(c, dict)]
-    return sorted(names - _names(containers))
-
-
-def _names(items: Any) -> set[str]:
-    if not isinstance(items, list):
-        return set()
-    return {item.get("name") for item in items if isinstance(item, dict)}
+def unknown_containers(spec: dict[str, Any], wanted: frozenset[str]) -> list[str]:
+    """The names in `wanted` (skip-containers) that are no container or init container of `spec`."""
+    return sorted(wanted - {c.get("name") for _, c in containers_of(spec)})
 
 
 def token_expiration(annotations: dict[str, Any], identity: Identity, settings: MutationSettings,
@@ -246,7 +236,7 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
         ):
             notes.append(f"{list_name}[{index}] has a malformed env or volumeMounts; left alone")
             continue
-        present = _names(env)
+        present = names_of(env)
         preset = _preset(env, layout) if not present.isdisjoint(layout.identity_env) else None
         if preset:
             draft.warnings.append(f"container {name} presets {', '.join(preset)}; no credentials injected into it")
@@ -255,7 +245,7 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
             continue  # already complete: untouched, not even a mount (Go's early exit)
         base = f"/spec/{list_name}/{index}"
         _append(ops, base, "env", env, new_env)
-        mount_missing = layout.volume_name not in _names(mounts)
+        mount_missing = layout.volume_name not in names_of(mounts)
         if mount_missing:
             _append(ops, base, "volumeMounts", mounts, [dict(mount)])
         if new_env or mount_missing:
@@ -271,28 +261,12 @@ def _preset(env: Any, layout: _Layout) -> list[str]:
             and (item.get("value") != ours[item["name"]] or "valueFrom" in item)]
 
 
-def token_source(volume: Any, path: str | None = None) -> dict[str, Any] | None:
-    """The projected serviceAccountToken of `volume` (at `path`, when given), if it is one: a
-    volume of our name without one is a collision (§volume-collision)."""
-    sources = _dict(_dict(volume).get("projected")).get("sources")
-    for source in sources if isinstance(sources, list) else ():
-        token = _dict(source).get("serviceAccountToken")
-        if isinstance(token, dict) and (path is None or posixpath.normpath(token.get("path", "")) == path):
-            return token
-    return None
-
-
 def _taken(volumes: Any, name: str) -> dict[str, Any] | None:
     """The pod's volume called `name` if it is not a projected token (§volume-collision), else None."""
     for volume in volumes if isinstance(volumes, list) else ():
         if isinstance(volume, dict) and volume.get("name") == name and token_source(volume) is None:
             return volume
     return None
-
-
-def volume_kind(volume: Any) -> str:
-    """What a volume is (`emptyDir`, `configMap`, …), for the collision's messages."""
-    return next((key for key in _dict(volume) if key != "name"), "no source")
 
 
 def _volume(layout: _Layout, audience: str, expiration: int) -> dict[str, Any]:
@@ -313,7 +287,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     if not isinstance(spec, dict):
         return Plan([], identity.token_expiration, notes=("pod has no spec; nothing to do",))
     metadata = pod.get("metadata")
-    annotations = _dict(_dict(metadata).get("annotations"))
+    annotations = mapping(mapping(metadata).get("annotations"))
 
     warnings: list[str] = []
     skip: frozenset[str] = frozenset()
@@ -333,7 +307,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)
 
     volumes = spec.get("volumes")
-    volume_names = _names(volumes)
+    volume_names = names_of(volumes)
     taken = _taken(volumes, layout.volume_name) if layout.volume_name in volume_names else None
     if taken is not None:
         # §volume-collision (ours): env and mount would point the SDK at a file we do not control.
@@ -345,7 +319,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
 
     ops: list[Operation] = []
     if identity.mode is Mode.CONTAINER_CREDENTIALS:
-        labels = _dict(metadata).get("labels")
+        labels = mapping(metadata).get("labels")
         if not isinstance(metadata, dict):
             ops.append({"op": "add", "path": "/metadata", "value": {"labels": {POD_IDENTITY_LABEL: "enabled"}}})
         elif not isinstance(labels, dict):

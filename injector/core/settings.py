@@ -11,7 +11,7 @@ the Go webhook's flags.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 DEFAULT_ANNOTATION_PREFIX = "eks.amazonaws.com"
@@ -39,13 +39,22 @@ PARTITIONS = ("aws", "aws-cn", "aws-us-gov", "aws-iso", "aws-iso-b", "aws-iso-e"
 
 @dataclass(frozen=True, slots=True)
 class Flag:
-    """How a settings field appears on the command line; `name` defaults to the field's."""
+    """How a settings field appears on the command line; `name` defaults to the field's.
+
+    Numbers are checked when the settings are built (`check_flag_values`): a duration (a
+    float field) is never negative, `positive` refuses 0 too, `least`/`most` bound the rest."""
 
     help: str = ""
     name: str = ""
     group: str = ""
     choices: tuple[str, ...] = ()
     metavar: str = ""
+    positive: bool = False
+    least: float | None = None
+    most: float | None = None
+
+    def flag_name(self, field_name: str) -> str:
+        return self.name or field_name.replace("_", "-")
 
 
 SERVER, SOURCES = "server", "identity sources"
@@ -58,6 +67,37 @@ def flag(default: Any, help: str = "", **spec: Any) -> Any:
 
 class SettingsError(ValueError):
     """A flag value that cannot be used; the message names the flag."""
+
+
+def _shown(value: Any) -> str:
+    """A value as it is written on the command line: durations the way Go prints them."""
+    if not isinstance(value, float):
+        return str(value)
+    sign, seconds = ("-" if value < 0 else ""), abs(value)
+    if 0 < seconds < 1:
+        return f"{sign}{seconds * 1000:g}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{sign}{hours:.0f}h{minutes:.0f}m{seconds:g}s"
+    return f"{sign}{minutes:.0f}m{seconds:g}s" if minutes else f"{sign}{seconds:g}s"
+
+
+def check_flag_values(settings: Any) -> None:
+    """Refuse a number no flag may take (negative durations, zero intervals, ports out of
+    range), naming the flag; checked once, when the settings are built from the flags."""
+    for f in fields(settings):
+        spec, value = f.metadata.get("flag"), getattr(settings, f.name)
+        if spec is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        least = spec.least if spec.least is not None else (0 if isinstance(value, float) else None)
+        reason = ("must be greater than 0" if spec.positive and value <= 0
+                  else ("must not be negative" if least == 0 else f"must be at least {least:g}")
+                  if least is not None and value < least
+                  else f"must be at most {spec.most:g}" if spec.most is not None and value > spec.most
+                  else "")
+        if reason:
+            raise SettingsError(f"--{spec.flag_name(f.name)}={_shown(value)}: {reason}")
 
 
 def clamp_expiration(seconds: int) -> int:
@@ -90,6 +130,7 @@ class MutationSettings:
     cc_full_uri: str = flag(DEFAULT_CC_FULL_URI, name="container-credentials-full-uri")
 
     def __post_init__(self) -> None:
+        check_flag_values(self)
         # The Go webhook raises a too-short flag value at start-up; so do we.
         object.__setattr__(self, "token_expiration", clamp_expiration(self.token_expiration))
         object.__setattr__(self, "aws_partition", self.aws_partition or "aws")
@@ -113,8 +154,8 @@ class ServeSettings:
     """The admission server's own settings; `mutation` is shared with the offline CLI."""
 
     mutation: MutationSettings = field(default_factory=MutationSettings)
-    port: int = flag(443, "TLS port for /mutate, /healthz, /readyz", group=SERVER)
-    metrics_port: int = flag(9999, "plain-HTTP port for /metrics (0 disables)", group=SERVER)
+    port: int = flag(443, "TLS port for /mutate, /healthz, /readyz", group=SERVER, least=1, most=65535)
+    metrics_port: int = flag(9999, "plain-HTTP port for /metrics (0 disables)", group=SERVER, least=0, most=65535)
     bind_address: str = flag("", "address to listen on (default: all interfaces)", group=SERVER)
     tls_cert: str = flag("/etc/webhook/certs/tls.crt", "serving certificate (reloaded on change)", group=SERVER)
     tls_key: str = flag("/etc/webhook/certs/tls.key", "serving key (reloaded on change)", group=SERVER)
@@ -132,11 +173,13 @@ class ServeSettings:
         "pod-identity-webhook", "self-managed: MutatingWebhookConfiguration whose caBundle is kept in step",
         group=SERVER)
     cert_validity: float = flag(90 * 24 * 3600.0, "self-managed: serving certificate lifetime (default 2160h)",
-                                group=SERVER)
-    cert_renew_before: float = flag(30 * 24 * 3600.0, "self-managed: renew this long before expiry (default 720h)",
-                                    group=SERVER)
+                                group=SERVER, positive=True)
+    cert_renew_before: float = flag(
+        30 * 24 * 3600.0, "self-managed: renew this long before expiry (default 720h; at most a third of "
+        "--cert-validity is used)", group=SERVER)
     cert_check_interval: float = flag(
-        60.0, "self-managed: how often to re-check the Secret and the caBundle (repairs a wiped one)", group=SERVER)
+        60.0, "self-managed: how often to re-check the Secret and the caBundle (repairs a wiped one)", group=SERVER,
+        positive=True)
     cert_dir: str = flag("", "self-managed: where to write the serving pair (default: a temp dir)", group=SERVER)
     cert_extra_sans: tuple[str, ...] = flag(
         (), "self-managed: extra DNS name or IP for the certificate (repeatable)", group=SERVER, name="cert-san",
@@ -144,19 +187,21 @@ class ServeSettings:
     namespace: str = flag("eks", "the webhook's namespace: where the pod-identity-webhook ConfigMap and --tls-secret "
                           "live", group=SERVER)
     enable_debugging_handlers: bool = flag(False, "serve /debug/alpha/* routes", group=SERVER)
-    workers: int = flag(0, "serving processes sharing the port (0: one per available CPU)", group=SERVER)
-    max_request_bytes: int = flag(3 * 1024 * 1024, "larger AdmissionReview bodies get HTTP 413", group=SERVER)
+    workers: int = flag(0, "serving processes sharing the port (0: one per available CPU)", group=SERVER, least=0)
+    max_request_bytes: int = flag(3 * 1024 * 1024, "larger AdmissionReview bodies get HTTP 413", group=SERVER,
+                                  positive=True)
     # Slow and abusive clients (docs/reference.md#connections). An API server sends a whole request
     # within milliseconds and gives up after its webhook timeout (30 s at most): nothing slower is legitimate.
     read_header_timeout: float = flag(
-        10.0, "close a connection whose TLS handshake, or whose request headers, take longer than this",
+        10.0, "close a connection whose TLS handshake, or whose request headers, take longer than this (0: never)",
         group=SERVER)
-    read_body_timeout: float = flag(20.0, "answer 408 and close when a request body takes longer than this",
+    read_body_timeout: float = flag(20.0, "answer 408 and close when a request body takes longer than this (0: never)",
                                     group=SERVER)
-    idle_timeout: float = flag(60.0, "close a keep-alive connection idle for this long", group=SERVER)
+    idle_timeout: float = flag(60.0, "close a keep-alive connection idle for this long (0: never)", group=SERVER)
     max_connections: int = flag(1000, "most connections open at once (handshakes included); more are closed at "
-                                "once", group=SERVER)
-    max_header_bytes: int = flag(16384, "largest request line plus headers; larger get HTTP 431", group=SERVER)
+                                "once (0: no limit)", group=SERVER, least=0)
+    max_header_bytes: int = flag(16384, "largest request line plus headers; larger get HTTP 431", group=SERVER,
+                                positive=True)
     shutdown_delay: float = flag(
         0.0, "on SIGTERM, report not-ready and keep serving this long before draining (e.g. 5s)", group=SERVER)
     shutdown_timeout: float = flag(10.0, "longest wait for in-flight requests on shutdown", group=SERVER)
@@ -182,3 +227,9 @@ class ServeSettings:
     service_account_events: bool = flag(
         True, "create a Warning Event on a ServiceAccount whose annotations the webhook cannot use as written "
         "(docs/reference.md#service-account-events)", group=SOURCES)
+
+    def __post_init__(self) -> None:
+        check_flag_values(self)
+        if self.cert_mode == "self-managed" and self.cert_renew_before >= self.cert_validity:
+            raise SettingsError(f"--cert-renew-before={_shown(self.cert_renew_before)}: must be shorter than "
+                                f"--cert-validity={_shown(self.cert_validity)}")

@@ -12,8 +12,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from injector.core.pod import mapping
 from injector.core.settings import MutationSettings
-from injector.diagnostics.doctor import FAIL, _dict, _injected, _resolve, diagnose
+from injector.diagnostics.doctor import FAIL, diagnose, injected, resolve_identity
 from injector.diagnostics.live import Cluster, LiveError, Shared, case_for, connect
 
 # Findings that only restate that the pod was not mutated; the reason is in the others.
@@ -51,7 +52,7 @@ def restart_hint(namespace: str, kind: str, name: str) -> str:
 
 
 def controller_of(obj: dict[str, Any]) -> tuple[str, str] | None:
-    for reference in _dict(obj.get("metadata")).get("ownerReferences") or []:
+    for reference in mapping(obj.get("metadata")).get("ownerReferences") or []:
         if reference.get("controller"):
             return str(reference.get("kind")), str(reference.get("name"))
     return None
@@ -61,7 +62,7 @@ async def owner(cluster: Cluster, shared: Shared, namespace: str, pod: dict[str,
     """The object to restart: the pod's controller, and that one's controller for a ReplicaSet
     (a Deployment) or a Job (a CronJob). Each owner is read once per command (`shared`): the
     pods of one ReplicaSet share it."""
-    current = ("Pod", str(_dict(pod.get("metadata")).get("name")))
+    current = ("Pod", str(mapping(pod.get("metadata")).get("name")))
     parent = controller_of(pod)
     readers = {"ReplicaSet": cluster.apps.read_namespaced_replica_set, "Job": cluster.batch.read_namespaced_job}
     while parent is not None:
@@ -88,13 +89,13 @@ async def run(args: argparse.Namespace, settings: MutationSettings) -> list[Entr
         shared = Shared(settings, {}, args.webhook_configuration)
         entries = []
         for pod in pods.get("items") or []:
-            if _dict(pod.get("status")).get("phase") in ("Succeeded", "Failed"):
+            if mapping(pod.get("status")).get("phase") in ("Succeeded", "Failed"):
                 continue
-            meta = _dict(pod.get("metadata"))
+            meta = mapping(pod.get("metadata"))
             namespace = str(meta.get("namespace"))
             case = await case_for(cluster, shared, pod, namespace)
-            identity, _ = _resolve(case)
-            if identity is None or _injected(pod, identity, case.settings):
+            identity, _ = resolve_identity(case)
+            if identity is None or injected(pod, identity, case.settings):
                 continue
             report = diagnose(case)
             failing = [f for f in report.findings if f.status == FAIL and f.code not in _RESTATING]

@@ -38,11 +38,11 @@ from injector.core.planner import (
     WEB_IDENTITY_TOKEN_FILE,
     parse_skip_containers,
     plan_mutation,
-    token_source,
     unknown_containers,
-    volume_kind,
 )
-from injector.core.settings import PARTITIONS, WEB_IDENTITY_VOLUME_NAME, MutationSettings
+from injector.core.pod import containers_of, env_of, mapping, metadata, spec, token_source, volume_kind, volumes_of
+from injector.core.role_arn import role_arn_problems
+from injector.core.settings import WEB_IDENTITY_VOLUME_NAME, MutationSettings
 from injector.diagnostics import trust_policy
 from injector.diagnostics.webhook_config import SKIP_LABEL, describe_client, selector_matches
 
@@ -50,8 +50,6 @@ OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 SYMBOLS = {OK: "✓", FAIL: "✗", WARN: "!", INFO: "·"}
 SECTIONS = ("serviceaccount", "webhook", "pod", "containers", "token", "trust-policy")
 POD_ANNOTATIONS = ("token-expiration", "skip-containers")
-_ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}\Z")
-_ROLE_PATH = re.compile(r"/(?:[\x21-\x7e]*/)?\Z")
 _EKS_ISSUER = re.compile(r"https://oidc\.eks\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/id/[0-9A-Fa-f]+\Z")
 
 
@@ -111,15 +109,15 @@ class Case:
     @property
     def stored(self) -> bool:
         """Admitted already: the webhook had its chance (live, or a `kubectl get -o yaml` copy)."""
-        return self.live or bool(_meta(self.pod).get("uid"))
+        return self.live or bool(metadata(self.pod).get("uid"))
 
     @property
     def service_account_name(self) -> str:
-        return str(_dict(self.pod.get("spec")).get("serviceAccountName") or "default")
+        return str(mapping(self.pod.get("spec")).get("serviceAccountName") or "default")
 
     @property
     def pod_name(self) -> str:
-        meta = _meta(self.pod)
+        meta = metadata(self.pod)
         return f"{self.namespace}/{meta.get('name') or meta.get('generateName') or '?'}"
 
 
@@ -144,48 +142,11 @@ class Report:
                 "findings": [f.as_json() for f in self.findings]}
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _meta(obj: Mapping[str, Any] | None) -> dict[str, Any]:
-    return _dict((obj or {}).get("metadata"))
-
-
 def _time(value: Any) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
-
-
-# -- the role ARN -----------------------------------------------------------------------------------
-def role_arn_problems(value: str) -> list[tuple[str, str]]:
-    """What keeps `value` from being an IAM role ARN STS accepts, as (code, message)."""
-    if value != value.strip() or any(c.isspace() for c in value):
-        return [("role-arn-whitespace", f"role ARN {value!r} contains whitespace")]
-    parts = value.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn":
-        return [("role-arn-not-an-arn", f"{value!r} is not an ARN (arn:PARTITION:iam::ACCOUNT:role/NAME)")]
-    _, partition, service, region, account, resource = parts
-    problems = []
-    if partition not in PARTITIONS:
-        problems.append(("role-arn-partition", f"partition {partition!r} is not one of {', '.join(PARTITIONS)}"))
-    if service != "iam" or region:
-        problems.append(("role-arn-not-a-role", f"{value!r} is not an IAM ARN (service {service!r}, region "
-                                                f"{region!r}; IAM ARNs have service iam and no region)"))
-    if not re.fullmatch(r"\d{12}", account):
-        problems.append(("role-arn-account", f"account {account!r} is not 12 digits"))
-    if not resource.startswith("role/"):
-        kind = resource.split("/", 1)[0]
-        problems.append(("role-arn-not-a-role", f"{value!r} names a {kind or 'nothing'}, not a role (role/NAME)"))
-    else:
-        path, _, name = resource[len("role"):].rpartition("/")
-        if not _ROLE_NAME.match(name):
-            problems.append(("role-arn-name", f"role name {name!r} must be 1-64 of letters, digits and +=,.@_-"))
-        if len(path) + 1 > 512 or not _ROLE_PATH.match(path + "/"):
-            problems.append(("role-arn-name", f"role path {path + '/'!r} must be /…/ of printable ASCII, ≤ 512"))
-    return problems
 
 
 def _partition_account(role_arn: str) -> tuple[str, str]:
@@ -194,35 +155,18 @@ def _partition_account(role_arn: str) -> tuple[str, str]:
 
 
 # -- the pod's volumes and containers -------------------------------------------------------------
-def _containers(pod: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    spec = _dict(pod.get("spec"))
-    return [(kind, c) for kind in ("initContainers", "containers") for c in spec.get(kind) or [] if isinstance(c, dict)]
-
-
-def _volumes(pod: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {v.get("name"): v for v in _dict(pod.get("spec")).get("volumes") or [] if isinstance(v, dict)}
-
-
-def _env(container: Mapping[str, Any]) -> dict[str, str]:
-    env = {}
-    for entry in container.get("env") or []:
-        if isinstance(entry, dict) and entry.get("name"):
-            env[entry["name"]] = str(entry.get("value", "")) if "valueFrom" not in entry else "<valueFrom>"
-    return env
-
-
 def _token_behind(pod: Mapping[str, Any], container: Mapping[str, Any], path: str) -> tuple[dict | None, str]:
     """The projected token a file path in `container` reads, or why there is none."""
     path = path.removeprefix("C:").replace("\\", "/")
-    volumes = _volumes(pod)
+    by_name = volumes_of(spec(pod))
     for mount in container.get("volumeMounts") or []:
-        base = str(_dict(mount).get("mountPath", "")).rstrip("/")
+        base = str(mapping(mount).get("mountPath", "")).rstrip("/")
         if base and path.startswith(base + "/"):
             name = mount.get("name")
-            token = token_source(volumes.get(name), posixpath.relpath(path, base))
+            token = token_source(by_name.get(name), posixpath.relpath(path, base))
             if token is not None:
                 return token, ""
-            kind = next((k for k in _dict(volumes.get(name)) if k != "name"), "missing")
+            kind = next((k for k in mapping(by_name.get(name)) if k != "name"), "missing")
             return None, f"{path} is on volume {name!r}, which is {kind}, not a projected serviceAccountToken"
     return None, f"no volume is mounted at {posixpath.dirname(path)} in this container"
 
@@ -233,11 +177,11 @@ class _Findings(list[Finding]):
         self.append(Finding(code, status, section, message, fix, details))
 
 
-def _resolve(case: Case) -> tuple[Identity | None, str]:
+def resolve_identity(case: Case) -> tuple[Identity | None, str]:
     tables = IdentityTables(config_map=case.config_map, pod_identities=case.pod_identities)
     if case.service_account is not None:
         tables.service_accounts[f"{case.namespace}/{case.service_account_name}"] = service_account_entry(
-            _meta(case.service_account).get("annotations"), case.settings)
+            metadata(case.service_account).get("annotations"), case.settings)
     resolution = resolve(case.namespace, case.service_account_name, tables, case.settings)
     return resolution.identity, resolution.reason
 
@@ -254,7 +198,7 @@ def _check_service_account(case: Case, out: _Findings, identity: Identity | None
                 "pass its manifest with --service-account FILE")
     else:
         out.add("sa-found", OK, s, f"ServiceAccount {name} exists")
-    annotations = _dict(_meta(case.service_account).get("annotations"))
+    annotations = mapping(metadata(case.service_account).get("annotations"))
     role_key = case.settings.annotation("role-arn")
     misses = near_misses(annotations, case.settings)
     for key, meant, why in misses:
@@ -262,7 +206,7 @@ def _check_service_account(case: Case, out: _Findings, identity: Identity | None
         out.add("near-miss-annotation", status, s, f"annotation {key!r} is not read by the webhook: {why}",
                 f"rename it to {meant!r} (kubectl -n {case.namespace} annotate serviceaccount "
                 f"{case.service_account_name} {key}- {meant}=…), then restart the pod", key=key, expected=meant)
-    pod_annotations = _dict(_meta(case.pod).get("annotations"))
+    pod_annotations = mapping(metadata(case.pod).get("annotations"))
     service_account_only = ("role-arn", "audience", "sts-regional-endpoints")
     on_pod = [(k, "") for k in pod_annotations if k in {case.settings.annotation(n) for n in service_account_only}]
     on_pod += [(k, f" ({why})") for k, _, why in near_misses(pod_annotations, case.settings, service_account_only)]
@@ -295,19 +239,19 @@ def _check_service_account(case: Case, out: _Findings, identity: Identity | None
             out.add("annotation-invalid", WARN, s, problem, "fix the value; the default is used meanwhile")
 
 
-def _injected(pod: Mapping[str, Any], identity: Identity, settings: MutationSettings) -> bool:
+def injected(pod: Mapping[str, Any], identity: Identity, settings: MutationSettings) -> bool:
     name = settings.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS else WEB_IDENTITY_VOLUME_NAME
     keys = (CREDENTIALS_FULL_URI,) if identity.mode is Mode.CONTAINER_CREDENTIALS else (ROLE_ARN,)
     # A volume of that name counts only as a token volume: any other is a collision (§volume-collision).
-    return token_source(_volumes(pod).get(name)) is not None or any(
-        k in _env(c) for _, c in _containers(pod) for k in keys)
+    return token_source(volumes_of(spec(pod)).get(name)) is not None or any(
+        k in env_of(c) for _, c in containers_of(spec(pod)) for k in keys)
 
 
 def _annotation_set_at(service_account: Mapping[str, Any] | None, key: str) -> dt.datetime | None:
     """When the role-arn annotation was last written, from the ServiceAccount's managedFields."""
     times = []
-    for entry in _meta(service_account).get("managedFields") or []:
-        owned = _dict(_dict(_dict(entry).get("fieldsV1")).get("f:metadata")).get("f:annotations") or {}
+    for entry in metadata(service_account).get("managedFields") or []:
+        owned = mapping(mapping(mapping(entry).get("fieldsV1")).get("f:metadata")).get("f:annotations") or {}
         if f"f:{key}" in owned and (when := _time(entry.get("time"))):
             times.append(when)
     return max(times) if times else None
@@ -318,7 +262,7 @@ def _check_webhook(case: Case, out: _Findings, stored_missing: bool) -> list[str
     Returns the codes that explain a pod the webhook did not mutate."""
     s, causes = "webhook", []
     severity = FAIL if stored_missing else WARN
-    labels = _dict(_meta(case.pod).get("labels"))
+    labels = mapping(metadata(case.pod).get("labels"))
     if case.webhook is None:
         if case.webhook_searched:
             out.add("webhook-not-registered", severity, s, "no MutatingWebhookConfiguration sends pod creations to "
@@ -370,21 +314,21 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
     plan = plan_mutation(pod, identity, case.settings, jitter=lambda low, high: high)
     volume_name = case.settings.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS \
         else WEB_IDENTITY_VOLUME_NAME
-    collided = _volumes(pod).get(volume_name)
+    collided = volumes_of(spec(pod)).get(volume_name)
     if collided is not None and token_source(collided) is None:
         kind = volume_kind(collided)
         out.add("volume-name-collision", FAIL, s, f"the pod already has a volume {volume_name!r} ({kind}), not a "
                 "projected serviceAccountToken: the webhook leaves the pod unchanged (§volume-collision)",
                 f"rename the pod's volume {volume_name!r}")
     skip_key = case.settings.annotation("skip-containers")
-    raw_skip = _dict(_meta(pod).get("annotations")).get(skip_key)
+    raw_skip = mapping(metadata(pod).get("annotations")).get(skip_key)
     skip: frozenset[str] = frozenset()
     if isinstance(raw_skip, str):
         skip, error = parse_skip_containers(raw_skip)
         if error:
             out.add("skip-containers-invalid", WARN, s, f"{skip_key} {raw_skip!r} is ignored: {error}",
                     "write it as comma-separated container names")
-        for unknown in unknown_containers(_dict(pod.get("spec")), skip):
+        for unknown in unknown_containers(mapping(pod.get("spec")), skip):
             out.add("skip-containers-unknown", WARN, s, f"{skip_key} names {unknown!r}, which is no container of "
                     "the pod", "fix the name")
     for note in plan.notes:
@@ -404,7 +348,7 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
         return jsonpatch.apply_patch(pod, plan.operations) if plan.operations else pod
     if not plan.operations and not plan.blocked:
         out.add("pod-injected", OK, s, f"the pod was mutated at admission ({identity.mode.value})")
-    elif _injected(pod, identity, case.settings):
+    elif injected(pod, identity, case.settings):
         out.add("pod-partially-injected", WARN, s, f"the pod was mutated, but the webhook would now still add "
                 f"{len(plan.operations)} operations (containers {', '.join(plan.injected) or '-'})",
                 "restart the pod's owner so the webhook sees the whole pod", operations=len(plan.operations))
@@ -413,7 +357,7 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
 
 def _why_not_injected(case: Case, out: _Findings, causes: list[str], identity: Identity) -> None:
     s = "pod"
-    created = _time(_meta(case.pod).get("creationTimestamp"))
+    created = _time(metadata(case.pod).get("creationTimestamp"))
     role_key = case.settings.annotation("role-arn")
     annotated = _annotation_set_at(case.service_account, role_key)
     if identity.mode is Mode.WEB_IDENTITY and created and annotated and annotated > created:
@@ -436,14 +380,14 @@ def _why_not_injected(case: Case, out: _Findings, causes: list[str], identity: I
 
 def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mapping[str, Any]) -> None:
     s = "containers"
-    skip_raw = _dict(_meta(pod).get("annotations")).get(case.settings.annotation("skip-containers"))
+    skip_raw = mapping(metadata(pod).get("annotations")).get(case.settings.annotation("skip-containers"))
     skip = parse_skip_containers(skip_raw)[0] if isinstance(skip_raw, str) else frozenset()
-    for kind, container in _containers(pod):
+    for kind, container in containers_of(spec(pod)):
         name = str(container.get("name"))
         label = f"{'init container' if kind == 'initContainers' else 'container'} {name}"
-        env = _env(container)
-        original = next((c for k, c in _containers(case.pod) if k == kind and c.get("name") == name), {})
-        preset = {k: v for k, v in _env(original).items()
+        env = env_of(container)
+        original = next((c for k, c in containers_of(spec(case.pod)) if k == kind and c.get("name") == name), {})
+        preset = {k: v for k, v in env_of(original).items()
                   if k in (ROLE_ARN, WEB_IDENTITY_TOKEN_FILE, CREDENTIALS_FULL_URI, AUTHORIZATION_TOKEN_FILE)}
         if container.get("envFrom"):
             out.add("env-from", WARN, s, f"{label} has envFrom: AWS_* variables from there are not seen here "
@@ -472,7 +416,7 @@ def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mappi
                     container=name)
             continue
         _region(out, label, name, env)
-    if all(c.get("name") in skip for _, c in _containers(pod)):
+    if all(c.get("name") in skip for _, c in containers_of(spec(pod))):
         out.add("no-container-has-credentials", FAIL, s, "every container is in skip-containers: none gets "
                 "credentials", f"remove names from {case.settings.annotation('skip-containers')}")
 
@@ -560,7 +504,7 @@ def _check_token(case: Case, out: _Findings, identity: Identity, pod: Mapping[st
     """Audience and lifetime as projected; the issuer; the real token (live). Returns the audiences."""
     s = "token"
     name = case.settings.cc_volume_name if identity.mode is Mode.CONTAINER_CREDENTIALS else WEB_IDENTITY_VOLUME_NAME
-    token = token_source(_volumes(pod).get(name))
+    token = token_source(volumes_of(spec(pod)).get(name))
     if token is None:
         return (identity.audience,)
     audience = token.get("audience", "")
@@ -634,12 +578,12 @@ def _check_trust_policy(case: Case, out: _Findings, identity: Identity, audience
 def diagnose(case: Case) -> Report:
     """Every check, in order; `Report.exit_code` is 0 when the pod gets working credentials."""
     out = _Findings()
-    identity, reason = _resolve(case)
+    identity, reason = resolve_identity(case)
     _check_service_account(case, out, identity, reason)
     if identity is None:
         _check_webhook(case, out, stored_missing=False)
         return Report(case, tuple(out), None)
-    missing = case.stored and not _injected(case.pod, identity, case.settings)
+    missing = case.stored and not injected(case.pod, identity, case.settings)
     causes = _check_webhook(case, out, stored_missing=missing)
     if causes and not case.stored:
         return Report(case, tuple(out), identity)  # the webhook will not see it: nothing more to say

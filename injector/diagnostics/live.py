@@ -17,9 +17,10 @@ import urllib.parse
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from injector.core.planner import token_source
+from injector.core.flags import parse_serve_flags, settings_from_args
+from injector.core.pod import mapping, spec, token_source, volumes_of
 from injector.core.settings import WEB_IDENTITY_VOLUME_NAME, MutationSettings
-from injector.diagnostics.doctor import Case, TokenCheck, WebhookView, _dict, _volumes
+from injector.diagnostics.doctor import Case, TokenCheck, WebhookView
 from injector.diagnostics.webhook_config import ca_bundle_problem, intercepts_pod_creation, selector_matches
 
 CONNECT_TIMEOUT = 3.0
@@ -76,9 +77,9 @@ def choose_webhook(configurations: list[dict[str, Any]], preferred: str, namespa
     configuration, webhook or Service is called pod-identity…; the one selecting the namespace first."""
     candidates = []
     for configuration in configurations:
-        name = _dict(configuration.get("metadata")).get("name", "")
+        name = mapping(configuration.get("metadata")).get("name", "")
         for hook in configuration.get("webhooks") or []:
-            service = _dict(_dict(hook.get("clientConfig")).get("service")).get("name", "")
+            service = mapping(mapping(hook.get("clientConfig")).get("service")).get("name", "")
             ours = name == preferred if preferred else any(
                 "pod-identity" in str(n) for n in (name, hook.get("name", ""), service))
             if ours and intercepts_pod_creation(hook):
@@ -96,11 +97,8 @@ def choose_webhook(configurations: list[dict[str, Any]], preferred: str, namespa
 def parse_webhook_args(command: list[str]) -> argparse.Namespace:
     """The webhook's flags from its container's command and args (`serve …`, `/webhook
     --flag=…` or bare flags), parsed exactly as the webhook parses them."""
-    from injector.cli.main import build_parser
-
     first = next((i for i, a in enumerate(command) if a.startswith("-")), len(command))
-    args, _ = build_parser().parse_known_args(["serve", *command[first:]])
-    return args
+    return parse_serve_flags(command[first:])
 
 
 @dataclass
@@ -131,7 +129,7 @@ async def webhook_facts(cluster: Cluster, shared: Shared, namespace_labels: dict
 
 
 async def _checked_webhook(cluster: Cluster, name: str, hook: dict[str, Any]) -> WebhookFacts:
-    client = _dict(hook.get("clientConfig"))
+    client = mapping(hook.get("clientConfig"))
     problems: list[tuple[str, str]] = []
     facts = WebhookFacts(None, True)
     if client.get("url"):
@@ -140,7 +138,7 @@ async def _checked_webhook(cluster: Cluster, name: str, hook: dict[str, Any]) ->
             problems.append(problem)
         facts.notes.append("the webhook is registered by URL: its flags are not readable; the command line's are used")
     elif client.get("service"):
-        service = _dict(client["service"])
+        service = mapping(client["service"])
         problems += await _service_problems(cluster, service, str(client.get("caBundle") or ""), facts)
         if facts.settings is None:
             facts.notes.append("the webhook's Deployment was not found: the command line's flags are used")
@@ -181,22 +179,20 @@ async def _service_problems(cluster: Cluster, service_ref: dict[str, Any], ca_bu
     if ready == 0:
         problems.append(("webhook-no-endpoints", f"the webhook's Service {namespace}/{name} has no ready endpoints: "
                          "the API server cannot call it"))
-    selector = _dict(_dict(service.get("spec")).get("selector"))
+    selector = mapping(mapping(service.get("spec")).get("selector"))
     deployments = await cluster.get(cluster.apps.list_namespaced_deployment, namespace,
                                     what=f"deployments in {namespace}")
     for deployment in (deployments or {}).get("items") or []:
-        template = _dict(_dict(deployment.get("spec")).get("template"))
-        labels = _dict(_dict(template.get("metadata")).get("labels"))
+        template = mapping(mapping(deployment.get("spec")).get("template"))
+        labels = mapping(mapping(template.get("metadata")).get("labels"))
         if not selector or not selector.items() <= labels.items():
             continue
-        pod_spec = _dict(template.get("spec"))
+        pod_spec = mapping(template.get("spec"))
         container = next(iter(pod_spec.get("containers") or []), {})
         command = [*(container.get("command") or [])[1:], *(container.get("args") or [])]
         deployment_name = f"{namespace}/{deployment['metadata']['name']}"
         try:
-            from injector.cli.main import settings_from_args
-
-            # Not cli.mutation_settings: that asks this machine's EC2 instance metadata for an
+            # Not cli.parser.mutation_settings: that asks this machine's EC2 instance metadata for an
             # account the webhook's flags leave out, which says nothing about the webhook's.
             flags = parse_webhook_args([str(a) for a in command])
             facts.settings = settings_from_args(MutationSettings, flags)
@@ -219,7 +215,7 @@ async def _ready_endpoints(cluster: Cluster, namespace: str, name: str) -> int |
     items = (slices or {}).get("items") or []
     if items:
         return sum(1 for s in items for e in s.get("endpoints") or []
-                   if _dict(e.get("conditions")).get("ready") is not False)
+                   if mapping(e.get("conditions")).get("ready") is not False)
     endpoints = await cluster.get(cluster.core.read_namespaced_endpoints, name, namespace,
                                   what=f"endpoints of {namespace}/{name}")
     if endpoints is None and slices is None:
@@ -230,12 +226,12 @@ async def _ready_endpoints(cluster: Cluster, namespace: str, name: str) -> int |
 async def _secret_problem(cluster: Cluster, namespace: str, service: str, pod_spec: dict[str, Any],
                           ca_bundle: str) -> tuple[str, str] | None:
     for volume in pod_spec.get("volumes") or []:
-        secret_name = _dict(volume.get("secret")).get("secretName")
+        secret_name = mapping(volume.get("secret")).get("secretName")
         if not secret_name:
             continue
         secret = await cluster.get(cluster.core.read_namespaced_secret, secret_name, namespace,
                                    what=f"secret {namespace}/{secret_name}")
-        certificate = _dict((secret or {}).get("data")).get("tls.crt")
+        certificate = mapping((secret or {}).get("data")).get("tls.crt")
         if not certificate:
             continue
         names = (f"{service}.{namespace}.svc",)
@@ -280,11 +276,11 @@ class Shared:
 
 async def case_for(cluster: Cluster, shared: Shared, pod: dict[str, Any], namespace: str) -> Case:
     """One pod's Case; the webhook facts are read once per webhook (`webhook_facts`)."""
-    sa_name = _dict(pod.get("spec")).get("serviceAccountName") or "default"
+    sa_name = mapping(pod.get("spec")).get("serviceAccountName") or "default"
     account = await shared.get(cluster, f"serviceaccount {namespace}/{sa_name}",
                                cluster.core.read_namespaced_service_account, sa_name, namespace)
     ns = await shared.get(cluster, f"namespace {namespace}", cluster.core.read_namespace, namespace)
-    labels = _dict(_dict((ns or {}).get("metadata")).get("labels")) if ns is not None else None
+    labels = mapping(mapping((ns or {}).get("metadata")).get("labels")) if ns is not None else None
     facts = await webhook_facts(cluster, shared, labels)
     settings = facts.settings or shared.settings
     config_map = None
@@ -321,7 +317,7 @@ async def _cluster_issuer(cluster: Cluster) -> str:
 
 
 def _has_web_identity(pod: dict[str, Any]) -> bool:
-    return token_source(_volumes(pod).get(WEB_IDENTITY_VOLUME_NAME)) is not None
+    return token_source(volumes_of(spec(pod)).get(WEB_IDENTITY_VOLUME_NAME)) is not None
 
 
 async def _token_check(args: argparse.Namespace, pod: dict[str, Any], issuer: str) -> TokenCheck:
@@ -329,8 +325,8 @@ async def _token_check(args: argparse.Namespace, pod: dict[str, Any], issuer: st
     from injector.oidc.documents import OidcError, TokenRejected
     from injector.oidc.fetch import FetchError, pod_token, verify_published
 
-    audience = (token_source(_volumes(pod).get(WEB_IDENTITY_VOLUME_NAME)) or {}).get("audience", "")
-    meta = _dict(pod.get("metadata"))
+    audience = (token_source(volumes_of(spec(pod)).get(WEB_IDENTITY_VOLUME_NAME)) or {}).get("audience", "")
+    meta = mapping(pod.get("metadata"))
     try:
         token = await pod_token(meta.get("namespace", ""), meta.get("name", ""), args.kubeconfig, args.kube_api)
     except FetchError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from injector.certificates.controller import SelfManagedCertificates
-from injector.core.identity import compose_role_arn
+from injector.core.role_arn import compose_role_arn
 from injector.core.settings import ServeSettings, SettingsError
 from injector.server.routes import Job
 from injector.server.tls import CertificateLoadError, CertificateReloader, parse_cipher_suites, parse_min_version

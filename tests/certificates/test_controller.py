@@ -48,10 +48,19 @@ def test_a_valid_secret_is_kept_as_is():
 
 def test_a_certificate_inside_the_renewal_window_is_reissued_by_the_same_ca():
     bundle, _ = renewed_bundle(None, spec())
-    renewed, reason = renewed_bundle(bundle, spec(renew_before_days=91))
+    sixty_one_days_on = datetime.now(UTC) + timedelta(days=61)
+    renewed, reason = renewed_bundle(bundle, spec(), now=sixty_one_days_on)
     assert reason == "expiring"
     assert renewed.ca_pem == bundle.ca_pem and renewed.ca_key_pem == bundle.ca_key_pem
     assert renewed.cert_pem != bundle.cert_pem
+
+
+def test_a_renewal_window_as_long_as_the_lifetime_does_not_reissue_on_every_pass():
+    # The window is capped at a third of the lifetime, as for `certs` (certificates/renewal.py).
+    bundle, _ = renewed_bundle(None, spec(renew_before_days=91))
+    assert renewed_bundle(bundle, spec(renew_before_days=91)) == (bundle, None)
+    later = datetime.now(UTC) + timedelta(days=61)
+    assert renewed_bundle(bundle, spec(renew_before_days=91), now=later)[1] == "expiring"
 
 
 def test_other_service_names_mean_a_new_certificate():

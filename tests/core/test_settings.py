@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import pytest
 
-from injector.cli.main import build_parser, mutation_settings, serve_settings
+from injector.cli.parser import build_parser, mutation_settings, serve_settings
 from injector.core.settings import MutationSettings, ServeSettings, SettingsError
 
 NOT_FLAGS = {"mutation", "cert_reload_interval"}
@@ -73,3 +73,41 @@ def test_bad_values_are_refused_by_the_parser(capsys):
 def test_in_cluster_true_is_refused_with_the_way_out():
     with pytest.raises(SettingsError, match="--in-cluster=false"):
         serve_settings(parse("serve", "--in-cluster"))
+
+
+# -- values no flag may take: refused once, when the settings are built (docs/reference.md#flags) --
+@pytest.mark.parametrize("argv, says", [
+    (["--read-header-timeout=-1s"], "--read-header-timeout=-1s: must not be negative"),
+    (["--shutdown-delay=-5s"], "--shutdown-delay=-5s: must not be negative"),
+    (["--service-account-lookup-grace-period=-1s"], "--service-account-lookup-grace-period=-1s: must not be negative"),
+    (["--cert-check-interval=0"], "--cert-check-interval=0s: must be greater than 0"),
+    (["--cert-validity=0"], "--cert-validity=0s: must be greater than 0"),
+    (["--port=0"], "--port=0: must be at least 1"),
+    (["--port=65536"], "--port=65536: must be at most 65535"),
+    (["--metrics-port=-1"], "--metrics-port=-1: must not be negative"),
+    (["--workers=-2"], "--workers=-2: must not be negative"),
+    (["--max-connections=-1"], "--max-connections=-1: must not be negative"),
+    (["--max-header-bytes=0"], "--max-header-bytes=0: must be greater than 0"),
+    (["--max-request-bytes=0"], "--max-request-bytes=0: must be greater than 0"),
+    (["--cert-mode=self-managed", "--cert-validity=720h", "--cert-renew-before=720h"],
+     "--cert-renew-before=720h0m0s: must be shorter than --cert-validity=720h0m0s"),
+])
+def test_a_value_no_flag_may_take_is_refused_naming_the_flag(argv, says):
+    with pytest.raises(SettingsError) as refused:
+        serve_settings(parse("serve", *argv))
+    assert str(refused.value) == says
+
+
+@pytest.mark.parametrize("argv", [
+    ["--read-header-timeout=0", "--read-body-timeout=0", "--idle-timeout=0"],  # 0: no timeout
+    ["--max-connections=0", "--metrics-port=0", "--workers=0", "--service-account-lookup-grace-period=0"],
+    ["--cert-validity=720h", "--cert-renew-before=720h"],  # files mode: the renewal flags are unused
+    ["--cert-mode=self-managed", "--cert-validity=24h", "--cert-renew-before=23h"],
+])
+def test_the_documented_zeros_and_unused_flags_are_accepted(argv):
+    serve_settings(parse("serve", *argv))
+
+
+def test_settings_built_in_code_are_checked_the_same_way():
+    with pytest.raises(SettingsError, match="--idle-timeout=-1s: must not be negative"):
+        ServeSettings(idle_timeout=-1.0)

@@ -68,7 +68,7 @@ def test_ours_is_the_one_selecting_the_namespace_then_the_default_name():
     ["/webhook", "--aws-default-region=eu-west-1", "--token-audience=x", "--logtostderr"],
 ])
 def test_the_webhooks_flags_from_its_container(command):
-    from injector.cli.main import mutation_settings
+    from injector.cli.parser import mutation_settings
 
     settings = mutation_settings(parse_webhook_args(command))
     assert (settings.aws_default_region, settings.token_audience) == ("eu-west-1", "x")

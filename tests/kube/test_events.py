@@ -437,7 +437,7 @@ def test_the_counter_is_in_every_metrics_registry():
 
 
 def test_the_flag_is_on_by_default_and_can_be_turned_off():
-    from injector.cli.main import build_parser
+    from injector.cli.parser import build_parser
     from injector.core.settings import ServeSettings
 
     assert ServeSettings().service_account_events is True

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from injector.cli import main as cli
+from injector.cli import parser as cli
 from injector.core.settings import MutationSettings, SettingsError
 from injector.sources.instance_metadata import (
     DOCUMENT_PATH,
