@@ -578,6 +578,26 @@ def test_schema_rejects_bad_values(helm):
     assert "additional" in render_error("default", "config.tokenAudiences=x").lower()
 
 
+@pytest.mark.parametrize("sets, says", [
+    (["certificates.selfManaged.checkInterval=0"], "checkInterval"),  # a tight loop against the API server
+    (["certificates.selfManaged.checkInterval=0m0s"], "checkInterval"),
+    (["certificates.selfManaged.validity=0s"], "validity"),
+    (["config.shutdownDelay=-5s"], "shutdownDelay"),
+    (["certificates.selfManaged.validity=720h", "certificates.selfManaged.renewBefore=720h"],
+     "renewBefore (720h) must be shorter than certificates.selfManaged.validity (720h)"),
+    (["certificates.selfManaged.validity=24h"], "renewBefore (720h) must be shorter"),
+])
+def test_the_chart_refuses_what_serve_refuses(helm, sets, says):
+    """The values that `serve` refuses at start-up (tests/core/test_settings.py) fail the install."""
+    assert says in render_error("default", *sets)
+
+
+def test_a_renewal_window_shorter_than_the_lifetime_installs(helm):
+    docs = render(helm, "default", "certificates.selfManaged.validity=24h", "certificates.selfManaged.renewBefore=8h",
+                  "certificates.selfManaged.checkInterval=0.5s")
+    assert flags(docs)["cert-check-interval"] == "0.5s"
+
+
 # -- the pod -----------------------------------------------------------------------------------
 RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                            "projected", "secret"}

@@ -135,6 +135,12 @@ app.kubernetes.io/part-of: pod-identity-injector
       (printf "--tls-secret=%s" (include "pod-identity-injector.tlsSecretName" .))
       (printf "--service-name=%s" $fullname)
       (printf "--webhook-configuration=%s" $fullname)) -}}
+{{- $sm := .Values.certificates.selfManaged -}}
+{{- $validity := include "pod-identity-injector.seconds" (list $sm.validity "2160h") | float64 -}}
+{{- $renewBefore := include "pod-identity-injector.seconds" (list $sm.renewBefore "720h") | float64 -}}
+{{- if ge $renewBefore $validity -}}
+{{- fail (printf "certificates.selfManaged.renewBefore (%s) must be shorter than certificates.selfManaged.validity (%s)" (default "720h" $sm.renewBefore) (default "2160h" $sm.validity)) -}}
+{{- end -}}
 {{- with .Values.certificates.selfManaged.validity }}{{ $args = append $args (printf "--cert-validity=%s" .) }}{{ end -}}
 {{- with .Values.certificates.selfManaged.renewBefore }}{{ $args = append $args (printf "--cert-renew-before=%s" .) }}{{ end -}}
 {{- with .Values.certificates.selfManaged.checkInterval }}{{ $args = append $args (printf "--cert-check-interval=%s" .) }}{{ end -}}
