@@ -35,8 +35,11 @@ run: certs
 		--bind-address 127.0.0.1 --tls-cert certs/tls.crt --tls-key certs/tls.key \
 		--service-account examples/serviceaccount.yaml --log-format console
 
+# ruff, then the import contracts of pyproject.toml (layers, a pure core, no cycles:
+# docs/architecture.md), then the Dockerfile.
 lint: $(STAMP)
 	$(BIN)/ruff check injector tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint Dockerfile
 
 # The unit, server and chart tiers: everything but tests/e2e and tests/cluster.

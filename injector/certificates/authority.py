@@ -1,4 +1,5 @@
 """A private CA and the webhook's serving certificate, for local runs and self-managed clusters.
+Issues and reads; when to renew is `renewal`'s call, and it never talks to the API server.
 
 The CA is created once and then reused, so the `caBundle` registered with the API server
 keeps working when the serving certificate is re-issued. Files are replaced atomically
@@ -281,11 +282,6 @@ def read_public_key_of_private_key(path: str | Path) -> PublicKeyTypes:
     return key.public_key()
 
 
-def certificate_not_after(path: str | Path) -> datetime:
-    """When the (first) certificate in the file expires, timezone-aware UTC."""
-    return read_certificate(path).not_valid_after_utc
-
-
 # --- files --------------------------------------------------------------------------------
 
 
@@ -341,12 +337,6 @@ class EnsureResult:
     issued: bool
     reason: str
     not_after: datetime
-    ca_not_after: datetime
-
-    @property
-    def renewed(self) -> bool:
-        """An existing serving certificate was replaced (as opposed to created or kept)."""
-        return self.issued and self.reason != "missing"
 
 
 def ensure_certs(
@@ -392,7 +382,7 @@ def ensure_certs(
         reason = "forced"
     if reason is None:
         serving_not_after = read_certificate(paths[SERVING_CERT_FILE]).not_valid_after_utc
-        return EnsureResult(paths, False, False, "valid", serving_not_after, ca_cert.not_valid_after_utc)
+        return EnsureResult(paths, False, False, "valid", serving_not_after)
 
     if ca_key is None:
         ca_key = read_private_key(paths[CA_KEY_FILE])  # fully validated, since it signs
@@ -405,9 +395,7 @@ def ensure_certs(
     log.info("serving certificate issued", directory=str(directory), reason=reason, ca_created=ca_created,
              dns_names=wanted_dns, ip_addresses=[str(ip) for ip in wanted_ips],
              not_after=cert.not_valid_after_utc.isoformat())
-    return EnsureResult(
-        paths, ca_created, True, reason, cert.not_valid_after_utc, ca_cert.not_valid_after_utc
-    )
+    return EnsureResult(paths, ca_created, True, reason, cert.not_valid_after_utc)
 
 
 def _existing_ca_cert(cert_path: Path, key_path: Path) -> x509.Certificate | None:

@@ -1,4 +1,5 @@
 """Self-managed serving certificates (`--cert-mode=self-managed`).
+It decides nothing about renewal itself (`renewal` does) and serves no TLS (`server.tls` does).
 
 The webhook keeps its own CA and serving certificate in one Secret and keeps the `caBundle`
 of its MutatingWebhookConfiguration in step, so installing it needs no cert-manager and no
@@ -27,15 +28,16 @@ from typing import Any
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from kubernetes_asyncio import client
 
 from injector.certificates import authority as certs
+from injector.certificates.bundle_marker import set_bundle_in_place
 from injector.certificates.renewal import ca_due, renewal_window, serving_cert_problem
 from injector.core.settings import ServeSettings
 from injector.kube.client import KubeError, call_json, get_object
 
 log = structlog.get_logger(__name__)
 
-READY_MARKER = "ca-bundle-in-place"
 CA_RENEW_BEFORE = timedelta(days=365)
 MAX_CONFLICT_RETRIES = 5
 # When the CA changes, the previously registered CAs stay in the caBundle this many check
@@ -155,22 +157,12 @@ def write_pair(directory: Path, bundle: Bundle) -> None:
         certs.write_atomic(path, data, mode)
 
 
-def set_bundle_in_place(directory: Path, in_place: bool) -> None:
-    marker = directory / READY_MARKER
-    if in_place:
-        marker.touch()
-    else:
-        marker.unlink(missing_ok=True)
-
-
 class SelfManagedCertificates:
     """Reconciles the Secret, the local files and the webhook configuration's caBundle."""
 
     def __init__(self, api: Any, settings: ServeSettings) -> None:
         """Reads --namespace, --tls-secret, --service-name, --webhook-configuration,
         --cert-dir, --cert-validity, --cert-renew-before, --cert-san, --cert-check-interval."""
-        from kubernetes_asyncio import client
-
         self.core = client.CoreV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
         self.namespace, self.secret = settings.namespace, settings.tls_secret
@@ -190,8 +182,6 @@ class SelfManagedCertificates:
 
     def reconnect(self, api: Any) -> None:
         """Carry on with another client (the first one closed with its event loop)."""
-        from kubernetes_asyncio import client
-
         self.core = client.CoreV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
 
@@ -315,8 +305,3 @@ def _owner(config: dict[str, Any]) -> dict[str, Any]:
     metadata = config.get("metadata") or {}
     return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
             "name": metadata.get("name"), "uid": metadata.get("uid")}
-
-
-def bundle_in_place(directory: Path) -> bool:
-    """Readiness for any serving process: the reconciler has the caBundle registered."""
-    return (directory / READY_MARKER).exists()

@@ -1,5 +1,6 @@
 """`pod-identity-injector audit`: every pod that maps to an identity today but was admitted
-without credentials, live; exit 1 when there is one."""
+without credentials, live; exit 1 when there is one.
+Printing and the exit code only; the listing is `diagnostics.audit`'s."""
 
 from __future__ import annotations
 

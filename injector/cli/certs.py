@@ -1,5 +1,6 @@
 """`pod-identity-injector certs`: a CA and a serving certificate in a directory, for local
-runs and for clusters that bring their own Secret."""
+runs and for clusters that bring their own Secret.
+Printing and the exit code only; issuing is `certificates.authority`'s."""
 
 from __future__ import annotations
 

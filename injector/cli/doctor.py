@@ -1,5 +1,6 @@
 """`pod-identity-injector doctor`: one pod's case, from files or from the live cluster, and
 its findings printed.
+Gathering inputs, printing and the exit code only; every check is `diagnostics.doctor`'s.
 
 Exit codes (docs/doctor.md#exit-codes): 0 the pod gets working credentials, 1 it does not,
 2 the command could not run (bad flags, unreadable input, an unreachable API server, boto3
@@ -41,7 +42,7 @@ def run_doctor(args: argparse.Namespace, settings: MutationSettings) -> int:
             case = offline_case(args, settings)
         elif args.pod:
             # Only a live doctor pays for the API client's import (kubernetes_asyncio, aiohttp).
-            from injector.diagnostics.live import LiveError, live_case
+            from injector.diagnostics.live import LiveError, live_case  # noqa: PLC0415
 
             try:
                 case = asyncio.run(live_case(args, settings))
@@ -124,8 +125,8 @@ def _role_of(case: Case) -> str:
 def fetch_trust_policy(role_arn: str) -> str:
     """The role's trust policy through IAM GetRole, with the caller's AWS credentials."""
     try:  # an optional dependency (the `doctor` extra), needed by this flag alone
-        import boto3
-        import botocore.exceptions
+        import boto3  # noqa: PLC0415
+        import botocore.exceptions  # noqa: PLC0415
     except ImportError:
         raise UsageError("--fetch-trust-policy needs boto3: pip install 'pod-identity-injector[doctor]' "
                          "(or save `aws iam get-role` output and pass --trust-policy FILE)") from None

@@ -1,4 +1,5 @@
 """`pod-identity-injector`: parse the command line, build the settings, run one command.
+It holds no flag and no rule: flags are `parser`'s, rules are the layers'.
 
 Invoked with flags and no subcommand, the command serves, exactly like the Go binary, so a
 Deployment can switch by changing the image. Each command's module is imported only when
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from injector import __version__
-from injector.cli.exits import UNUSABLE, say
+from injector.cli.exits import UNUSABLE
 from injector.cli.parser import build_parser, mutation_settings, serve_settings
 from injector.core.settings import SettingsError
 
@@ -27,38 +28,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Imports below are per command, on purpose: see the module docstring.
         if command == "serve":
-            from injector.server.processes import run
+            from injector.server.processes import run  # noqa: PLC0415
 
             return run(serve_settings(args))
         if command == "mutate":
-            from injector.cli.mutate import run_mutate
+            from injector.cli.mutate import run_mutate  # noqa: PLC0415
 
             return run_mutate(args, mutation_settings(args))
         if command == "certs":
-            from injector.cli.certs import run_certs
+            from injector.cli.certs import run_certs  # noqa: PLC0415
 
             return run_certs(args)
         if command == "oidc":
-            from injector.cli.oidc import run_oidc
+            from injector.cli.oidc import run_oidc  # noqa: PLC0415
 
             return run_oidc(args)
         if command == "doctor":
-            from injector.cli.doctor import run_doctor
+            from injector.cli.doctor import run_doctor  # noqa: PLC0415
 
             return run_doctor(args, mutation_settings(args))
         if command == "trust-policy":
-            from injector.cli.trust_policy import run_trust_policy
+            from injector.cli.trust_policy import run_trust_policy  # noqa: PLC0415
 
             return run_trust_policy(args)
         if command == "audit":
-            from injector.cli.audit import run_audit
+            from injector.cli.audit import run_audit  # noqa: PLC0415
 
             return run_audit(args, mutation_settings(args))
         if command == "version":
             print(__version__)
             return 0
-    except SettingsError as exc:
-        return say(command, str(exc))
+    except SettingsError as exc:  # the message names the flag
+        print(f"pod-identity-injector: {exc}", file=sys.stderr)
+        return UNUSABLE
     parser.print_help()
     return UNUSABLE
 

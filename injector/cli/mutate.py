@@ -1,4 +1,5 @@
 """The offline `mutate` command: the server's decision path, fed from files.
+It must never grow a rule of its own: what it prints is what `serve` would answer.
 
 It uses the same parse → resolve → decide → encode functions as `serve`, so the two can
 never disagree. Bad input exits 2 with one line naming the file and the problem.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import replace
 from typing import Any
 
 import jsonpatch
@@ -69,8 +71,6 @@ def request_from_document(doc: Any, path: str, namespace: str) -> tuple[Envelope
 
 
 def _with_namespace(request: AdmissionRequest, namespace: str) -> AdmissionRequest:
-    from dataclasses import replace
-
     return replace(request, namespace=namespace)
 
 

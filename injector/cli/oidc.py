@@ -1,4 +1,5 @@
 """`pod-identity-injector oidc …`: what each subcommand prints and how it exits.
+Printing and the exit code only; the checks are `injector.oidc`'s.
 
 Exit 0 when everything holds, 1 when a check fails (what STS or IAM would reject), 2 when
 the command could not run (bad flags, unreadable files, an unreachable API server); a
@@ -30,7 +31,15 @@ from injector.oidc.documents import (
     provider_host_path,
     publication_from_cluster,
 )
-from injector.oidc.fetch import FetchError
+from injector.oidc.fetch import (
+    FetchError,
+    client_context,
+    cluster_documents,
+    host_and_port,
+    pod_token,
+    thumbprint,
+    verify_published,
+)
 
 OK, FAILED, UNUSABLE = 0, 1, 2
 
@@ -53,8 +62,6 @@ def run_publish(args: argparse.Namespace) -> int:
     except OidcError as exc:
         return _say("publish", str(exc), UNUSABLE)
     if publication is None:
-        from injector.oidc.fetch import cluster_documents
-
         try:
             discovery, jwks = asyncio.run(cluster_documents(args.kubeconfig, args.kube_api))
         except FetchError as exc:
@@ -111,8 +118,6 @@ def _write(out: Path, publication: Publication) -> list[Path]:
 
 # -- thumbprint ----------------------------------------------------------------------------------
 def run_thumbprint(args: argparse.Namespace) -> int:
-    from injector.oidc.fetch import host_and_port, thumbprint
-
     url = args.url if "://" in args.url else f"https://{args.url}"
     try:
         host_and_port(url)
@@ -128,8 +133,6 @@ def run_thumbprint(args: argparse.Namespace) -> int:
 
 # -- verify --------------------------------------------------------------------------------------
 def run_verify(args: argparse.Namespace) -> int:
-    from injector.oidc.fetch import client_context, pod_token, verify_published
-
     try:
         issuer = check_issuer(args.issuer)
         client_context(args.ca_file)

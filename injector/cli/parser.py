@@ -1,5 +1,6 @@
 """The `pod-identity-injector` command line: every subcommand's flags, and the settings
 they make.
+Flags are declared on the settings (`core.settings`), not here; this module only registers them.
 
 `serve`'s flags and the mutation flags come from the settings declarations (`core.flags`);
 only command options that are not settings (`mutate -f`, `certs --out-dir`) are registered

@@ -1,5 +1,6 @@
 """`pod-identity-injector trust-policy`: a role trust policy that lets these ServiceAccounts
-assume the role with web identity, for the cluster's issuer."""
+assume the role with web identity, for the cluster's issuer.
+Printing and the exit code only; the document is `diagnostics.trust_policy`'s."""
 
 from __future__ import annotations
 

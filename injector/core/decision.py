@@ -1,4 +1,5 @@
 """One admission decision: request + resolved identity → allow, with or without a patch.
+Pure: no I/O, no logging; the server logs and counts what this returns.
 
 Pure like the planner, so the server, the offline CLI and the tests share it. Anything
 this code cannot decide is allowed unchanged with a reason, never denied: a pod that

@@ -1,4 +1,5 @@
 """AdmissionReview on the wire: decode a body into an `AdmissionRequest`, encode answers.
+Pure: bytes in, bytes out; nothing here knows HTTP.
 
 Decoding is lenient where the Go webhook is (apiVersion is echoed, not checked; a missing
 kind is fine) and strict where it matters: a body that is not an AdmissionReview (another

@@ -1,5 +1,6 @@
 """Immutable settings, built once from flags and passed down (no globals); the one place where
 each flag's name, default and help are declared.
+Nothing here reads the environment, a file or the network.
 
 `MutationSettings` is everything the planner and the identity rules read; `ServeSettings`
 adds what only the server edge needs. A field declared with `flag(...)` is a command-line
@@ -154,7 +155,7 @@ class ServeSettings:
     """The admission server's own settings; `mutation` is shared with the offline CLI."""
 
     mutation: MutationSettings = field(default_factory=MutationSettings)
-    port: int = flag(443, "TLS port for /mutate, /healthz, /readyz", group=SERVER, least=1, most=65535)
+    port: int = flag(443, "TLS port for /mutate, /healthz, /readyz", group=SERVER, least=0, most=65535)
     metrics_port: int = flag(9999, "plain-HTTP port for /metrics (0 disables)", group=SERVER, least=0, most=65535)
     bind_address: str = flag("", "address to listen on (default: all interfaces)", group=SERVER)
     tls_cert: str = flag("/etc/webhook/certs/tls.crt", "serving certificate (reloaded on change)", group=SERVER)

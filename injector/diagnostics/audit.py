@@ -1,4 +1,5 @@
 """`pod-identity-injector audit`: the pods that missed out, live.
+Reads only; it changes nothing in the cluster and prints nothing (`cli.audit` does).
 
 Every pod that is not finished, whose ServiceAccount maps to an identity today, but that lacks
 the injected env or volume; per pod the likely reason (the failing findings of `doctor`'s
@@ -15,7 +16,7 @@ from typing import Any
 from injector.core.pod import mapping
 from injector.core.settings import MutationSettings
 from injector.diagnostics.doctor import FAIL, diagnose, injected, resolve_identity
-from injector.diagnostics.live import Cluster, LiveError, Shared, case_for, connect
+from injector.diagnostics.live import LiveCluster, LiveError, SharedReads, case_for, connect
 
 # Findings that only restate that the pod was not mutated; the reason is in the others.
 _RESTATING = frozenset({"pod-not-injected"})
@@ -58,7 +59,7 @@ def controller_of(obj: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-async def owner(cluster: Cluster, shared: Shared, namespace: str, pod: dict[str, Any]) -> tuple[str, str]:
+async def owner(cluster: LiveCluster, shared: SharedReads, namespace: str, pod: dict[str, Any]) -> tuple[str, str]:
     """The object to restart: the pod's controller, and that one's controller for a ReplicaSet
     (a Deployment) or a Job (a CronJob). Each owner is read once per command (`shared`): the
     pods of one ReplicaSet share it."""
@@ -78,7 +79,7 @@ async def owner(cluster: Cluster, shared: Shared, namespace: str, pod: dict[str,
 async def run(args: argparse.Namespace, settings: MutationSettings) -> list[Entry]:
     api = await connect(args.kubeconfig, args.kube_api)
     async with api:
-        cluster = Cluster(api)
+        cluster = LiveCluster(api)
         if args.namespace:
             pods = await cluster.get(cluster.core.list_namespaced_pod, args.namespace,
                                      what=f"pods in {args.namespace}")
@@ -86,7 +87,7 @@ async def run(args: argparse.Namespace, settings: MutationSettings) -> list[Entr
             pods = await cluster.get(cluster.core.list_pod_for_all_namespaces, what="pods")
         if pods is None:
             raise LiveError("cannot list pods: " + "; ".join(cluster.notes))
-        shared = Shared(settings, {}, args.webhook_configuration)
+        shared = SharedReads(settings, {}, args.webhook_configuration)
         entries = []
         for pod in pods.get("items") or []:
             if mapping(pod.get("status")).get("phase") in ("Succeeded", "Failed"):

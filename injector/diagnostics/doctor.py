@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonpatch
+
 from injector.core.identity import (
     OUR_ANNOTATIONS,
     ConfigMapMapping,
@@ -49,7 +51,6 @@ from injector.diagnostics.webhook_config import SKIP_LABEL, describe_client, sel
 OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 SYMBOLS = {OK: "✓", FAIL: "✗", WARN: "!", INFO: "·"}
 SECTIONS = ("serviceaccount", "webhook", "pod", "containers", "token", "trust-policy")
-POD_ANNOTATIONS = ("token-expiration", "skip-containers")
 _EKS_ISSUER = re.compile(r"https://oidc\.eks\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/id/[0-9A-Fa-f]+\Z")
 
 
@@ -343,8 +344,6 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
                     operations=len(plan.operations))
         else:
             out.add("pod-already-injected", OK, s, "the pod already carries everything the webhook would add")
-        import jsonpatch
-
         return jsonpatch.apply_patch(pod, plan.operations) if plan.operations else pod
     if not plan.operations and not plan.blocked:
         out.add("pod-injected", OK, s, f"the pod was mutated at admission ({identity.mode.value})")

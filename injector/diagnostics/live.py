@@ -1,4 +1,5 @@
 """What `doctor` and `audit` read from a live cluster, turned into `doctor.Case`s.
+Reads only: it never writes to the cluster, and a read it may not do is a note, never a guess.
 
 The pod, its ServiceAccount and namespace; the MutatingWebhookConfiguration that should send
 it to us, that webhook's Service endpoints, TLS Secret and flags (from its Deployment's
@@ -12,16 +13,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import socket
 import ssl
 import urllib.parse
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from kubernetes_asyncio import client
 
 from injector.core.flags import parse_serve_flags, settings_from_args
 from injector.core.pod import mapping, spec, token_source, volumes_of
 from injector.core.settings import WEB_IDENTITY_VOLUME_NAME, MutationSettings
 from injector.diagnostics.doctor import Case, TokenCheck, WebhookView
 from injector.diagnostics.webhook_config import ca_bundle_problem, intercepts_pod_creation, selector_matches
+from injector.kube.client import KubeError, api_client, call_json
+from injector.oidc.documents import OidcError, TokenRejected
+from injector.oidc.fetch import FetchError, pod_token, verify_published
+from injector.sources.manifests import InputError, config_map_mapping
 
 CONNECT_TIMEOUT = 3.0
 
@@ -30,12 +38,10 @@ class LiveError(Exception):
     """The cluster cannot be read (unreachable, the pod does not exist): exit 2."""
 
 
-class Cluster:
+class LiveCluster:
     """Raw JSON reads through kubernetes_asyncio; 404 is None, 403 is None plus a note."""
 
     def __init__(self, api: Any) -> None:
-        from kubernetes_asyncio import client
-
         self.api = api
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
@@ -45,8 +51,6 @@ class Cluster:
         self.notes: list[str] = []
 
     async def get(self, call: Any, *args: Any, what: str, **kwargs: Any) -> dict[str, Any] | None:
-        from injector.kube.client import KubeError, call_json
-
         try:
             return await call_json(call, *args, **kwargs)
         except KubeError as exc:
@@ -62,8 +66,6 @@ class Cluster:
 
 
 async def connect(kubeconfig: str, kube_api: str) -> Any:
-    from injector.kube.client import api_client
-
     try:
         return await api_client(kubeconfig, kube_api)
     except Exception as exc:  # kubeconfig loading raises many kinds; all mean "cannot reach"
@@ -111,7 +113,8 @@ class WebhookFacts:
     notes: list[str] = field(default_factory=list)
 
 
-async def webhook_facts(cluster: Cluster, shared: Shared, namespace_labels: dict[str, str] | None) -> WebhookFacts:
+async def webhook_facts(cluster: LiveCluster, shared: SharedReads,
+                        namespace_labels: dict[str, str] | None) -> WebhookFacts:
     """The webhook that would see a pod in a namespace with these labels, and what is wrong with
     it. The configurations are listed once per command and each webhook checked once: every
     namespace has labels of its own (kubernetes.io/metadata.name), but few webhooks."""
@@ -128,7 +131,7 @@ async def webhook_facts(cluster: Cluster, shared: Shared, namespace_labels: dict
     return shared.facts[key]
 
 
-async def _checked_webhook(cluster: Cluster, name: str, hook: dict[str, Any]) -> WebhookFacts:
+async def _checked_webhook(cluster: LiveCluster, name: str, hook: dict[str, Any]) -> WebhookFacts:
     client = mapping(hook.get("clientConfig"))
     problems: list[tuple[str, str]] = []
     facts = WebhookFacts(None, True)
@@ -148,8 +151,6 @@ async def _checked_webhook(cluster: Cluster, name: str, hook: dict[str, Any]) ->
 
 def _url_problem(url: str, ca_bundle: str) -> tuple[str, str] | None:
     """Connect to a URL webhook as the API server would: with the caBundle as the only trust."""
-    import socket
-
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
     context = ssl.create_default_context()
@@ -166,7 +167,7 @@ def _url_problem(url: str, ca_bundle: str) -> tuple[str, str] | None:
         return "webhook-unreachable", f"the webhook at {url} does not answer: {exc}"
 
 
-async def _service_problems(cluster: Cluster, service_ref: dict[str, Any], ca_bundle: str,
+async def _service_problems(cluster: LiveCluster, service_ref: dict[str, Any], ca_bundle: str,
                             facts: WebhookFacts) -> list[tuple[str, str]]:
     namespace, name = str(service_ref.get("namespace", "")), str(service_ref.get("name", ""))
     service = await cluster.get(cluster.core.read_namespaced_service, name, namespace,
@@ -209,7 +210,7 @@ async def _service_problems(cluster: Cluster, service_ref: dict[str, Any], ca_bu
     return problems
 
 
-async def _ready_endpoints(cluster: Cluster, namespace: str, name: str) -> int | None:
+async def _ready_endpoints(cluster: LiveCluster, namespace: str, name: str) -> int | None:
     slices = await cluster.get(cluster.discovery.list_namespaced_endpoint_slice, namespace,
                                label_selector=f"kubernetes.io/service-name={name}", what=f"endpointslices of {name}")
     items = (slices or {}).get("items") or []
@@ -223,7 +224,7 @@ async def _ready_endpoints(cluster: Cluster, namespace: str, name: str) -> int |
     return sum(len(subset.get("addresses") or []) for subset in (endpoints or {}).get("subsets") or [])
 
 
-async def _secret_problem(cluster: Cluster, namespace: str, service: str, pod_spec: dict[str, Any],
+async def _secret_problem(cluster: LiveCluster, namespace: str, service: str, pod_spec: dict[str, Any],
                           ca_bundle: str) -> tuple[str, str] | None:
     for volume in pod_spec.get("volumes") or []:
         secret_name = mapping(volume.get("secret")).get("secretName")
@@ -244,12 +245,12 @@ async def _secret_problem(cluster: Cluster, namespace: str, service: str, pod_sp
 async def live_case(args: argparse.Namespace, settings: MutationSettings) -> Case:
     api = await connect(args.kubeconfig, args.kube_api)
     async with api:
-        cluster = Cluster(api)
+        cluster = LiveCluster(api)
         namespace, name = args.namespace, args.pod
         pod = await cluster.get(cluster.core.read_namespaced_pod, name, namespace, what=f"pod {namespace}/{name}")
         if pod is None:
             raise LiveError(f"pod {namespace}/{name} not found (or not readable)")
-        shared = Shared(settings, {}, args.webhook_configuration or "")
+        shared = SharedReads(settings, {}, args.webhook_configuration or "")
         case = await case_for(cluster, shared, pod, namespace)
         issuer = args.issuer or await _cluster_issuer(cluster)
         case = replace(case, issuer=issuer)
@@ -259,7 +260,7 @@ async def live_case(args: argparse.Namespace, settings: MutationSettings) -> Cas
 
 
 @dataclass
-class Shared:
+class SharedReads:
     """What every pod of one command shares: the webhook, its settings, the ConfigMap."""
 
     settings: MutationSettings
@@ -267,14 +268,14 @@ class Shared:
     preferred: str
     objects: dict[str, Any] = field(default_factory=dict)
 
-    async def get(self, cluster: Cluster, key: str, call: Any, *args: Any) -> Any:
+    async def get(self, cluster: LiveCluster, key: str, call: Any, *args: Any) -> Any:
         """A read shared by every pod of the command (a ServiceAccount, a namespace)."""
         if key not in self.objects:
             self.objects[key] = await cluster.get(call, *args, what=key)
         return self.objects[key]
 
 
-async def case_for(cluster: Cluster, shared: Shared, pod: dict[str, Any], namespace: str) -> Case:
+async def case_for(cluster: LiveCluster, shared: SharedReads, pod: dict[str, Any], namespace: str) -> Case:
     """One pod's Case; the webhook facts are read once per webhook (`webhook_facts`)."""
     sa_name = mapping(pod.get("spec")).get("serviceAccountName") or "default"
     account = await shared.get(cluster, f"serviceaccount {namespace}/{sa_name}",
@@ -294,9 +295,7 @@ async def case_for(cluster: Cluster, shared: Shared, pod: dict[str, Any], namesp
                 webhook_searched=facts.searched, notes=tuple(facts.notes), **kwargs)
 
 
-async def _config_map(cluster: Cluster, namespace: str, settings: MutationSettings) -> Any:
-    from injector.sources.manifests import InputError, config_map_mapping
-
+async def _config_map(cluster: LiveCluster, namespace: str, settings: MutationSettings) -> Any:
     manifest = await cluster.get(cluster.core.read_namespaced_config_map, "pod-identity-webhook", namespace,
                                  what=f"configmap {namespace}/pod-identity-webhook")
     if manifest is None:
@@ -308,9 +307,7 @@ async def _config_map(cluster: Cluster, namespace: str, settings: MutationSettin
         return None
 
 
-async def _cluster_issuer(cluster: Cluster) -> str:
-    from kubernetes_asyncio import client
-
+async def _cluster_issuer(cluster: LiveCluster) -> str:
     discovery = await cluster.get(client.WellKnownApi(cluster.api).get_service_account_issuer_open_id_configuration,
                                   what="/.well-known/openid-configuration")
     return str((discovery or {}).get("issuer") or "")
@@ -322,9 +319,6 @@ def _has_web_identity(pod: dict[str, Any]) -> bool:
 
 async def _token_check(args: argparse.Namespace, pod: dict[str, Any], issuer: str) -> TokenCheck:
     """A token as the kubelet would mint it, checked against what the issuer publishes."""
-    from injector.oidc.documents import OidcError, TokenRejected
-    from injector.oidc.fetch import FetchError, pod_token, verify_published
-
     audience = (token_source(volumes_of(spec(pod)).get(WEB_IDENTITY_VOLUME_NAME)) or {}).get("audience", "")
     meta = mapping(pod.get("metadata"))
     try:

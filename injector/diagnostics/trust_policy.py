@@ -1,4 +1,5 @@
 """A role's trust policy, judged the way IAM judges it for `sts:AssumeRoleWithWebIdentity`.
+Pure: the policy is given, never fetched here.
 
 Pure, no I/O: `doctor` uses it to say which statement lets a pod's token in, or exactly which
 condition keeps it out (the policy's values beside the token's), and `trust-policy` uses
@@ -189,10 +190,6 @@ class StatementResult:
     @property
     def covers(self) -> bool:
         return not self.miss
-
-    @property
-    def failed_conditions(self) -> tuple[ConditionResult, ...]:
-        return tuple(c for c in self.conditions if not c.holds)
 
 
 def _action_covered(statement: Mapping[str, Any]) -> str:

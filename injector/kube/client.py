@@ -1,4 +1,5 @@
 """Talking to the API server: client configuration and raw JSON list/watch/get calls.
+No identity rule and no caching here: callers get plain JSON.
 
 The generated kubernetes-asyncio methods are called with `_preload_content=False` so that
 responses are read as JSON straight into dicts: no model objects for thousands of

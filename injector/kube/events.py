@@ -1,5 +1,6 @@
 """Kubernetes Events on a ServiceAccount whose annotations the webhook cannot use as written
 (the reasons: docs/mutation.md#service-account-events; the limits: docs/reference.md#service-account-events).
+It never blocks admission: Events are queued, paced and dropped when the queue is full.
 
 The store calls `notice` (one of its `problem_listeners`) when an update brings a ServiceAccount
 problems or warnings it did not have. `notice` runs inside the watch's callbacks and only queues
@@ -46,7 +47,6 @@ from injector.core.identity import RoleMapping, near_misses, service_account_ent
 from injector.core.settings import MutationSettings
 from injector.kube.client import KubeError, call_json, get_object
 from injector.kube.rate_limit import TokenBucket
-from injector.server.metrics import SERVICE_ACCOUNT_EVENTS
 
 log = structlog.get_logger(__name__)
 
@@ -168,8 +168,11 @@ class ServiceAccountEvents:
                  queue_size: int = 1000, rate: float = 1.0, burst: int = 25, window: float = 600.0,
                  remember: int = 4096, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 counted: Callable[[str], Any] = lambda outcome: None) -> None:
+        """`counted(outcome)` is told every outcome (the server passes its metric's)."""
         self.core = client.CoreV1Api(api) if api is not None else None
+        self.counted = counted
         self.settings = settings
         self.instance = instance or reporting_instance()
         self.queue_size, self.window, self.remember = queue_size, window, remember
@@ -285,7 +288,7 @@ class ServiceAccountEvents:
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] += 1
-        SERVICE_ACCOUNT_EVENTS.labels(outcome).inc()
+        self.counted(outcome)
 
     def _failed(self, key: str, step: str, exc: BaseException) -> None:
         """Logged, counted, not retried. A 403 is said once at warning with the fix (it is the

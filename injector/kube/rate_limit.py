@@ -1,5 +1,5 @@
 """A token bucket: how the webhook paces its own requests to the API server (direct lookups of
-missing ServiceAccounts, ServiceAccount Events)."""
+missing ServiceAccounts, ServiceAccount Events). Pure arithmetic on a clock it is given."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """The cluster's OIDC identity provider as IAM and STS see it: documents, tokens, thumbprint.
+Pure: documents and tokens are given; fetching them is `oidc.fetch`'s.
 
 For IRSA outside EKS the API server's issuer must be a public https URL that serves a
 discovery document and a JWKS; IAM holds an OIDC provider for that URL (audience
@@ -35,7 +36,6 @@ from cryptography.x509 import verification
 
 DISCOVERY_PATH = ".well-known/openid-configuration"
 # The API server always serves its keys here, whatever --service-account-jwks-uri says.
-CLUSTER_JWKS_PATH = "openid/v1/jwks"
 DEFAULT_JWKS_PATH = "keys.json"
 STS_AUDIENCE = "sts.amazonaws.com"
 # What the API server signs with: RSA keys as RS256, P-256 keys as ES256.

@@ -1,5 +1,5 @@
 """Where the OIDC documents, tokens and certificates come from: the API server, the public
-issuer URL, a host's TLS handshake.
+issuer URL, a host's TLS handshake. It judges nothing: checks are `oidc.documents`'.
 
 Kept apart from `oidc` (pure checks) so that the checks can be tested on values and the
 I/O against real servers. `verify_published` is the one call `oidc verify` and `doctor`
@@ -16,8 +16,11 @@ import ssl
 import urllib.parse
 from typing import Any
 
+import aiohttp
 from cryptography import x509
+from kubernetes_asyncio import client
 
+from injector.kube.client import KubeError, api_client, call_json
 from injector.oidc.documents import (
     STS_AUDIENCE,
     OidcError,
@@ -38,8 +41,6 @@ class FetchError(OidcError):
 
 # -- the API server ----------------------------------------------------------------------------
 async def _kube(kubeconfig: str, kube_api: str) -> Any:
-    from injector.kube.client import api_client
-
     if kubeconfig and not os.path.isfile(kubeconfig):
         raise FetchError(f"--kubeconfig {kubeconfig}: no such file")
     try:
@@ -49,8 +50,6 @@ async def _kube(kubeconfig: str, kube_api: str) -> Any:
 
 
 async def _api_json(api: Any, call: Any, *args: Any, what: str, **kwargs: Any) -> dict[str, Any]:
-    from injector.kube.client import KubeError, call_json
-
     try:
         return await call_json(call, *args, **kwargs)
     except KubeError as exc:
@@ -63,8 +62,6 @@ async def _api_json(api: Any, call: Any, *args: Any, what: str, **kwargs: Any) -
 
 async def cluster_documents(kubeconfig: str = "", kube_api: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
     """The API server's discovery document and the JWKS it serves at /openid/v1/jwks."""
-    from kubernetes_asyncio import client
-
     api = await _kube(kubeconfig, kube_api)
     async with api:
         discovery = await _api_json(api, client.WellKnownApi(api).get_service_account_issuer_open_id_configuration,
@@ -102,8 +99,6 @@ def web_identity_projection(pod: dict[str, Any]) -> dict[str, Any]:
 async def pod_token(namespace: str, name: str, kubeconfig: str = "", kube_api: str = "") -> str:
     """A token as the kubelet would mint it for the pod's web-identity projection
     (same audience and lifetime, bound to the pod) through TokenRequest."""
-    from kubernetes_asyncio import client
-
     api = await _kube(kubeconfig, kube_api)
     async with api:
         core = client.CoreV1Api(api)
@@ -131,8 +126,6 @@ def client_context(ca_file: str = "") -> ssl.SSLContext:
 
 
 async def _get_json(session: Any, url: str, context: ssl.SSLContext) -> Any:
-    import aiohttp
-
     try:
         async with session.get(url, ssl=context, allow_redirects=False) as response:
             body = await response.read()
@@ -153,8 +146,6 @@ async def published_documents(issuer: str, ca_file: str = "",
                               timeout: float = TIMEOUT) -> tuple[dict[str, Any], dict[str, Any]]:
     """The discovery document at the issuer URL and the JWKS its `jwks_uri` names, fetched
     as STS fetches them (https, no redirects followed)."""
-    import aiohttp
-
     context = client_context(ca_file)
     url = discovery_url(issuer)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
@@ -209,7 +200,8 @@ def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
     """DER of every certificate the peer sent; public API from Python 3.13, private before."""
     if hasattr(tls, "get_unverified_chain"):
         return list(tls.get_unverified_chain() or [])
-    import _ssl
+    # Python < 3.13 has no SSLObject.get_unverified_chain; only then is the C module asked.
+    import _ssl  # noqa: PLC0415, PLC2701
 
     return [c.public_bytes(_ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain() or []]  # type: ignore
 

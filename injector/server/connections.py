@@ -1,5 +1,5 @@
 """Connections on the webhook port: how long a client may take and how many it may hold
-(docs/reference.md#connections).
+(docs/reference.md#connections). It reads no request body and decides no admission; routes do.
 
 Any pod on the network can reach the port, so a client that opens connections and then
 stalls must not be able to keep them. aiohttp alone closes a connection only when it has

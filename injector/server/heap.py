@@ -1,4 +1,5 @@
 """Giving freed heap memory back to the system (glibc's malloc_trim).
+It must not run on the request path.
 
 glibc keeps the pages of freed allocations for reuse; after a burst of large reviews a serving
 process holds several MiB it no longer uses, counted in its PSS and against the pod's memory

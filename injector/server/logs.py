@@ -1,4 +1,5 @@
 """structlog set-up: JSON lines in production, readable lines on a terminal.
+Formatting and level only; what to log is the caller's.
 
 JSON lines go through one processor of our own (level, timestamp, exception, orjson) and a
 writer that gathers the lines of one event-loop turn into one write(2): a log line per

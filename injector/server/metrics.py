@@ -1,4 +1,5 @@
 """Prometheus metrics: our own names plus the Go webhook's, so its dashboards keep working.
+Counting only; nothing here decides or logs.
 
 With several serving processes, prometheus-client's multiprocess mode is used (the
 supervisor sets PROMETHEUS_MULTIPROC_DIR before this module is imported) and the
@@ -20,6 +21,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
+    values,
 )
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -33,12 +35,16 @@ _GO_COMPAT = {
 }
 UNPUBLISHED_LIMIT = 50_000  # admissions counted before the serving path publishes them itself
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Counted by the ServiceAccount Events job (injector/kube/events.py), which `startup` builds before the
+# Counted by the ServiceAccount Events job (injector/kube/events.py), which `wiring` builds before the
 # process has a `Metrics`: so this one counter belongs to the module, and every `Metrics` registers it.
 SERVICE_ACCOUNT_EVENTS = Counter(
     "pod_identity_injector_service_account_events",
     "Kubernetes Events about ServiceAccount annotations, by outcome (docs/reference.md#service-account-events).",
     ["outcome"], registry=None)
+
+
+def count_service_account_event(outcome: str) -> None:
+    SERVICE_ACCOUNT_EVENTS.labels(outcome).inc()
 
 
 def multiprocess_dir() -> str | None:
@@ -49,8 +55,6 @@ def use_multiprocess_dir(path: str) -> None:
     """Multiprocess mode for every metric created from now on, in this process and the ones it
     forks. prometheus-client chooses how values are stored when it is imported, which happens
     before `serve` knows how many workers it runs, so the choice is made again here."""
-    from prometheus_client import values
-
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     values.ValueClass = values.get_value_class()
 

@@ -1,4 +1,5 @@
 """The process roles of `serve`: one process, or a supervisor and the workers it forks; signals, drain.
+It decides nothing about pods and holds no identity rule.
 
 With one worker everything runs in this process. With `--workers N` > 1 (the chart runs two)
 there are N serving processes sharing the TLS port (SO_REUSEPORT): the supervisor and N-1 that
@@ -10,7 +11,7 @@ them, goes on watching, serves /metrics (every process's metrics summed) and alo
 self-managed certificates, which reach the workers as files they reload. Serving in the
 supervisor too saves a whole process: a forked worker costs about 10 MiB of its own, an idle
 supervisor as much. Each role lists the jobs it runs beside its server where it starts that
-server (`_serve`, `app.Background`), so a background task lives exactly as long as the server it
+server (`_serve`, `routes.ServerJobs`), so a background task lives exactly as long as the server it
 belongs to.
 
 Why the fork is safe (`_fork_workers`): the initial sync runs in an event loop of its own
@@ -47,12 +48,19 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None
+
 from injector.core.settings import ServeSettings
 from injector.server.connections import ConnectionLimits, ConnectionStats, GuardedSite
 from injector.server.heap import trim_heap, trim_heap_every
 from injector.server.logs import configure_logging, flush_logs
-from injector.server.routes import Background, ServerState, metrics_routes, refresh_gauges, webhook_routes
-from injector.server.wiring import Cluster, Prepared, connect_cluster, prepare
+from injector.server.metrics import Exposition, Metrics, use_multiprocess_dir
+from injector.server.routes import ServerJobs, ServerState, metrics_routes, refresh_gauges, webhook_routes
+from injector.server.table_feed import TableFeed, TableFeedClient
+from injector.server.wiring import ClusterConnection, ServingInputs, connect_cluster, load_inputs
 
 log = structlog.get_logger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -76,39 +84,34 @@ def run(settings: ServeSettings) -> int:
     """`serve`: validate everything up front, then serve until SIGTERM/SIGINT."""
     configure_logging(settings.log_format, settings.log_level)
     settings = replace(settings, workers=settings.workers or available_cpus())
-    prepared = prepare(settings)  # fail fast, in the foreground, on bad files or flags
-    # Everything imported and prepared lives as long as the process, and none of it is garbage:
+    inputs = load_inputs(settings)  # fail fast, in the foreground, on bad files or flags
+    # Everything imported and inputs lives as long as the process, and none of it is garbage:
     # out of the collector's sight, a full collection no longer walks ~80k objects (70-90 ms
     # each, here, and one before the fork), and no collection writes to their pages.
     gc.freeze()
     if settings.workers == 1:
-        _run_loop(serve_process(prepared))
+        _run_loop(serve_process(inputs))
         return 0
-    from injector.server.metrics import use_multiprocess_dir
-
     with tempfile.TemporaryDirectory(prefix="injector-metrics-") as metrics_dir:
         use_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or metrics_dir)
-        cluster = asyncio.run(_sync_before_fork(prepared))  # a plain loop, closed before the fork
+        cluster = asyncio.run(_sync_before_fork(inputs))  # a plain loop, closed before the fork
         if cluster is None:
             return 0
-        _import_for_workers()
-        workers = _fork_workers(prepared, settings.workers - 1)  # the supervisor is the first
-        return _run_loop(supervise(prepared, cluster, workers))
+        workers = _fork_workers(inputs, settings.workers - 1)  # the supervisor is the first
+        return _run_loop(supervise(inputs, cluster, workers))
 
 
 # -- one process alone -------------------------------------------------------------------------
-async def serve_process(prepared: Prepared) -> None:
+async def serve_process(inputs: ServingInputs) -> None:
     """The only process: watches, manages self-managed certificates (finishing that before it
     listens), answers on the TLS port and serves /metrics."""
-    from injector.server.metrics import Exposition, Metrics
-
-    settings, tls = prepared.settings, prepared.tls
-    cluster = await connect_cluster(settings, prepared.store, watch=True, manage_certificates=True)
+    settings, tls = inputs.settings, inputs.tls
+    cluster = await connect_cluster(settings, inputs.store, watch=True, manage_certificates=True)
     if not tls.loaded:
         tls.load()
-    state = ServerState(settings, prepared.store, tls, Metrics())
+    state = ServerState(settings, inputs.store, tls, Metrics())
     stop = _stop_on_signals()
-    serving = await _serve(state, [*cluster.jobs(), *_file_watches(prepared)], then=cluster.close,
+    serving = await _serve(state, [*cluster.jobs(), *_file_watches(inputs)], then=cluster.close,
                            exposition=Exposition(state.metrics))
     await stop.wait()
     await _drain(state, serving)
@@ -120,7 +123,7 @@ class Serving:
     """What `_serve` started: the TLS port, the jobs beside it and the metrics port, if any."""
 
     runner: web.ServerRunner
-    jobs: Background
+    jobs: ServerJobs
     metrics_runner: web.ServerRunner | None = None
 
     async def close(self) -> None:
@@ -137,7 +140,7 @@ async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awai
     """Start `jobs` (and the TLS reloader, the gauges and the heap trim), listen on the TLS
     port, and on the metrics port when an `exposition` is given and a port is set."""
     settings, tls = state.settings, state.tls
-    background = Background([*jobs, partial(tls.watch, settings.cert_reload_interval),
+    background = ServerJobs([*jobs, partial(tls.watch, settings.cert_reload_interval),
                              partial(refresh_gauges, state), trim_heap_every], then=then)
     background.start()
     runner = web.ServerRunner(webhook_routes(state).server(access_log=None), shutdown_timeout=settings.shutdown_timeout)
@@ -153,8 +156,8 @@ async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awai
     return serving
 
 
-def _file_watches(prepared: Prepared) -> list[Any]:
-    return [prepared.credentials.watch] if prepared.credentials is not None else []
+def _file_watches(inputs: ServingInputs) -> list[Any]:
+    return [inputs.credentials.watch] if inputs.credentials is not None else []
 
 
 async def _wait_until(done: Callable[[], bool], waiting_for: Callable[[], Any], message: str,
@@ -184,12 +187,12 @@ async def _drain(state: ServerState, serving: Serving,
 
 
 # -- the supervisor, before the fork -----------------------------------------------------------
-async def _sync_before_fork(prepared: Prepared) -> Cluster | None:
+async def _sync_before_fork(inputs: ServingInputs) -> ClusterConnection | None:
     """Connect, settle the self-managed certificate, run every identity source until its first
     sync is in the store, then stop them and close the client (the loop closes after this).
     None when SIGTERM/SIGINT came first: nothing listens yet, so there is nothing to drain."""
     stop = _stop_on_signals()
-    settings, store = prepared.settings, prepared.store
+    settings, store = inputs.settings, inputs.store
     connecting = asyncio.create_task(connect_cluster(settings, store, watch=True, manage_certificates=True))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([connecting, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -200,7 +203,7 @@ async def _sync_before_fork(prepared: Prepared) -> Cluster | None:
         return None
     stopping.cancel()
     cluster = connecting.result()
-    tasks = [asyncio.create_task(source.run()) for source in cluster.identity_sources]
+    tasks = [asyncio.create_task(job()) for job in cluster.sync_jobs()]
     try:
         await _wait_until(lambda: not store.waiting_for or stop.is_set(), lambda: list(store.waiting_for),
                           "not serving yet", 0.02)
@@ -212,16 +215,9 @@ async def _sync_before_fork(prepared: Prepared) -> Cluster | None:
     if stop.is_set():
         log.info("stopped before serving")
         return None
-    if not prepared.tls.loaded:
-        prepared.tls.load()  # the workers inherit the pair loaded once
+    if not inputs.tls.loaded:
+        inputs.tls.load()  # the workers inherit the pair loaded once
     return cluster
-
-
-def _import_for_workers() -> None:
-    """What the workers import, imported once here so that they share it."""
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: F401
-    from injector.server import metrics, table_feed  # noqa: F401
 
 
 @dataclass
@@ -244,7 +240,7 @@ class Worker:
         return self.exitcode
 
 
-def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
+def _fork_workers(inputs: ServingInputs, count: int) -> list[Worker]:
     """Fork the serving processes from a single-threaded supervisor with no event loop (see the
     module's docstring); each child runs `worker_process` and never returns here."""
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
@@ -267,7 +263,7 @@ def _fork_workers(prepared: Prepared, count: int) -> list[Worker]:
                     if other_theirs is not theirs:
                         other_theirs.close()
                 _die_with(supervisor)
-                code = _run_loop(worker_process(prepared, index, theirs))
+                code = _run_loop(worker_process(inputs, index, theirs))
             except BaseException:
                 log.exception("worker failed", worker=index)
             finally:
@@ -287,14 +283,11 @@ def _die_with(parent: int) -> None:
 
 
 # -- a forked worker ---------------------------------------------------------------------------
-async def worker_process(prepared: Prepared, index: int, feed_socket: socket.socket) -> int:
+async def worker_process(inputs: ServingInputs, index: int, feed_socket: socket.socket) -> int:
     """One of several processes answering on the TLS port, from tables the supervisor keeps
     current (injector/server/table_feed.py); 1 when the supervisor went away, else 0."""
-    from injector.server.metrics import Metrics
-    from injector.server.table_feed import TableFeedClient
-
     structlog.contextvars.bind_contextvars(worker=index)
-    settings, tls, store = prepared.settings, prepared.tls, prepared.store
+    settings, tls, store = inputs.settings, inputs.tls, inputs.store
     store.problem_listeners, store.update_listeners = [], []  # the supervisor reports; it inherited these
     stop = _stop_on_signals()
     lost = []
@@ -323,20 +316,17 @@ async def worker_process(prepared: Prepared, index: int, feed_socket: socket.soc
 
 
 # -- the supervisor, after the fork ------------------------------------------------------------
-async def supervise(prepared: Prepared, cluster: Cluster, workers: list[Worker]) -> int:
+async def supervise(inputs: ServingInputs, cluster: ClusterConnection, workers: list[Worker]) -> int:
     """Serve as worker 0, and for every worker keep watching, stream them every change, serve
     /metrics for all of them and forward shutdown."""
-    from injector.server.metrics import Exposition, Metrics
-    from injector.server.table_feed import TableFeed
-
     structlog.contextvars.bind_contextvars(worker=0)
-    settings, tls = prepared.settings, prepared.tls
+    settings, tls = inputs.settings, inputs.tls
     stop = _stop_on_signals()
     await cluster.reconnect(settings)
-    feed = TableFeed(prepared.store, [worker.feed for worker in workers])
+    feed = TableFeed(inputs.store, [worker.feed for worker in workers])
     await feed.open()  # before any source runs: no change is missed
-    state = ServerState(settings, prepared.store, tls, Metrics())
-    serving = await _serve(state, [feed.run, *cluster.jobs(), *_file_watches(prepared)], then=cluster.close,
+    state = ServerState(settings, inputs.store, tls, Metrics())
+    serving = await _serve(state, [feed.run, *cluster.jobs(), *_file_watches(inputs)], then=cluster.close,
                            exposition=Exposition(state.metrics), reuse_port=True)
     log.info("supervising", workers=len(workers), pids=[worker.pid for worker in workers], port=settings.port,
              metrics_port=settings.metrics_port)
@@ -414,8 +404,4 @@ def connection_limits(settings: ServeSettings) -> ConnectionLimits:
 
 
 def _run_loop(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    return uvloop.run(coro) if uvloop is not None else asyncio.run(coro)

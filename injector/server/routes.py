@@ -1,4 +1,5 @@
 """The HTTP side of each port: its routes and handlers, served by aiohttp's low-level server.
+It decides nothing itself: each review goes to `core.decision`.
 
 Request path of /mutate: body → `review.parse_review` → `IdentityStore.resolve_waiting` →
 `admission.decide` → `review.encode_response`. The handlers only translate between HTTP and
@@ -20,10 +21,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
-from injector.certificates.controller import bundle_in_place
+from injector.certificates.bundle_marker import bundle_in_place
 from injector.core.decision import Decision, decide, precheck
 from injector.core.review import (
     AdmissionRequest,
@@ -76,7 +78,7 @@ class ServerState:
         return reasons
 
 
-class Background:
+class ServerJobs:
     """Jobs that run exactly as long as a server: started before it listens, cancelled after its
     last request has finished (`stop`); `then` runs last, to close what the jobs used (the API
     client)."""
@@ -242,8 +244,6 @@ async def handle_metrics(exposition: Any, request: web.BaseRequest) -> web.Respo
 
 
 async def handle_debug_cache(state: ServerState, request: web.BaseRequest) -> web.Response:
-    import orjson
-
     return web.Response(body=orjson.dumps(state.store.dump(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
                         content_type=JSON)
 

@@ -1,4 +1,5 @@
 """The supervisor's tables, kept current in its serving workers: one stream per worker.
+It never calls the API server; only the supervisor does.
 
 With `--workers N` > 1 the supervisor alone watches the cluster (injector/server/processes.py). Each
 worker is forked with a copy of the tables as they stood after the initial sync; from then on

@@ -1,5 +1,6 @@
 """The webhook's TLS: Go-compatible `--tls-min-version`/`--tls-cipher-suites`, and a serving
 certificate that is reloaded from disk without restarting the listener.
+It issues no certificate (`certificates` does); it only loads and serves them.
 
 The listener gets one `ssl.SSLContext` for its whole life. Its `sni_callback` (which OpenSSL
 runs on every handshake, with or without SNI) points the connection at the most recently
@@ -208,10 +209,6 @@ class CertificateReloader:
     def not_after(self) -> datetime | None:
         """Expiry of the certificate being served, for readiness and the expiry gauge."""
         return self._current.not_after if self._current else None
-
-    @property
-    def serial_number(self) -> int | None:
-        return self._current.serial_number if self._current else None
 
     def load(self) -> None:
         """Load the pair now, raising `CertificateLoadError` if it is unusable (start-up)."""

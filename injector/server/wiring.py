@@ -1,5 +1,6 @@
 """Start-up wiring: the identity store, the TLS reloader, and the cluster connection with its
 identity sources and certificate controller.
+It builds and connects; it serves nothing and decides nothing.
 
 `prepare` does everything that can fail because of a flag or a file, in the foreground,
 before any process listens; `connect_cluster` then connects what needs the API server.
@@ -19,17 +20,22 @@ import structlog
 from injector.certificates.controller import SelfManagedCertificates
 from injector.core.role_arn import compose_role_arn
 from injector.core.settings import ServeSettings, SettingsError
+from injector.kube.client import api_client
+from injector.kube.events import ServiceAccountEvents
+from injector.server.metrics import count_service_account_event
 from injector.server.routes import Job
 from injector.server.tls import CertificateLoadError, CertificateReloader, parse_cipher_suites, parse_min_version
+from injector.sources.configmap import ConfigMapSource
 from injector.sources.credentials_file import CredentialsFileSource
 from injector.sources.manifests import InputError, load_manifests
+from injector.sources.serviceaccounts import ServiceAccountSource
 from injector.sources.store import IdentityStore
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass
-class Prepared:
+class ServingInputs:
     """What `serve` validated before listening: settings as used, store, sources from files, TLS."""
 
     settings: ServeSettings
@@ -38,7 +44,7 @@ class Prepared:
     tls: CertificateReloader
 
 
-def prepare(settings: ServeSettings) -> Prepared:
+def load_inputs(settings: ServeSettings) -> ServingInputs:
     """Load every file and check every TLS flag once; any problem is a `SettingsError`."""
     settings = self_managed_paths(settings)
     try:
@@ -52,7 +58,7 @@ def prepare(settings: ServeSettings) -> Prepared:
     if mutation.compose_role_arn:
         log.info("role names are composed into role ARNs", account_id=mutation.aws_account_id,
                  partition=mutation.aws_partition, example=compose_role_arn("NAME", mutation))
-    return Prepared(settings, store, credentials, tls)
+    return ServingInputs(settings, store, credentials, tls)
 
 
 def self_managed_paths(settings: ServeSettings) -> ServeSettings:
@@ -95,19 +101,25 @@ def uses_cluster(settings: ServeSettings) -> bool:
 
 
 @dataclass
-class Cluster:
+class ClusterConnection:
     """The API server connection and what runs against it (nothing at all without a cluster)."""
 
     api: Any = None
-    identity_sources: list[Any] = field(default_factory=list)
+    sources: list[ServiceAccountSource | ConfigMapSource] = field(default_factory=list)
+    events: ServiceAccountEvents | None = None
     certificates: SelfManagedCertificates | None = None
 
+    def _clients(self) -> list[Any]:
+        """Everything that calls the API server through `api`."""
+        return [*self.sources, *(x for x in (self.events, self.certificates) if x is not None)]
+
     def jobs(self) -> list[Job]:
-        """The loops to run for as long as the process serves: watches, certificate checks."""
-        jobs: list[Job] = [source.run for source in self.identity_sources]
-        if self.certificates is not None:
-            jobs.append(self.certificates.run)
-        return jobs
+        """The loops to run for as long as the process serves: watches, Events, certificate checks."""
+        return [client.run for client in self._clients()]
+
+    def sync_jobs(self) -> list[Job]:
+        """The loops that run during the initial sync: the watches and the Events they lead to."""
+        return [client.run for client in (*self.sources, self.events) if client is not None]
 
     async def close(self) -> None:
         if self.api is not None:
@@ -118,39 +130,28 @@ class Cluster:
         with the event loop of its initial sync, before it forks (injector/server/processes.py)."""
         if self.api is None:
             return
-        from injector.kube.client import api_client
-
         self.api = await api_client(settings.kubeconfig, settings.kube_api)
-        for source in self.identity_sources:
-            source.reconnect(self.api)
-        if self.certificates is not None:
-            self.certificates.reconnect(self.api)
+        for client in self._clients():
+            client.reconnect(self.api)
 
 
 async def connect_cluster(settings: ServeSettings, store: IdentityStore, *, watch: bool,
-                          manage_certificates: bool) -> Cluster:
+                          manage_certificates: bool) -> ClusterConnection:
     """Connect what needs the API server: identity watches (`watch`) and, in self-managed mode,
     the certificate controller (`manage_certificates`), which has a certificate on disk and
     its caBundle registered before this returns, so a listener always has a certificate."""
     watch = watch and uses_cluster(settings)
     certificates = manage_certificates and settings.cert_mode == "self-managed"
     if not (watch or certificates):
-        return Cluster()
-    from injector.kube.client import api_client
-    from injector.sources.configmap import ConfigMapSource
-    from injector.sources.serviceaccounts import ServiceAccountSource
-
-    cluster = Cluster(await api_client(settings.kubeconfig, settings.kube_api))
+        return ClusterConnection()
+    cluster = ClusterConnection(await api_client(settings.kubeconfig, settings.kube_api))
     if watch and not settings.service_account_files:
-        cluster.identity_sources.append(ServiceAccountSource(cluster.api, store))
+        cluster.sources.append(ServiceAccountSource(cluster.api, store))
         if settings.service_account_events:  # beside the watch (docs/reference.md#service-account-events)
-            from injector.kube.events import ServiceAccountEvents
-
-            events = ServiceAccountEvents(cluster.api, settings.mutation)
-            store.problem_listeners.append(events.notice)
-            cluster.identity_sources.append(events)  # a job like a source's: run, reconnect
+            cluster.events = ServiceAccountEvents(cluster.api, settings.mutation, counted=count_service_account_event)
+            store.problem_listeners.append(cluster.events.notice)
     if watch and settings.watch_config_map:
-        cluster.identity_sources.append(
+        cluster.sources.append(
             ConfigMapSource(cluster.api, store, settings.namespace))
     if certificates:
         cluster.certificates = SelfManagedCertificates(cluster.api, settings)

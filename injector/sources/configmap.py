@@ -1,4 +1,5 @@
 """The `pod-identity-webhook` ConfigMap (`--watch-config-map`), watched in `--namespace`.
+It writes only to the store; lookups never wait on the watch.
 
 Only that one object is watched (field selector on its name). An invalid `config` keeps
 the previous mapping and logs why; deleting the ConfigMap clears its mappings (the Go

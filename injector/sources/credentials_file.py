@@ -1,4 +1,5 @@
 """The EKS Pod Identity identities file (`--watch-container-credentials-config`), kept loaded.
+A bad file is logged and the last good set kept; the file is never written.
 
 The file is polled by `stat` (which follows symlinks), so plain rewrites and Kubernetes
 ConfigMap/Secret volume updates (an atomic swap of the `..data` symlink) are both seen.

@@ -1,4 +1,5 @@
-"""Noticing file changes by polling, for the certificate pair and the identities file."""
+"""Noticing file changes by polling, for the certificate pair and the identities file.
+It reads metadata only, never the file's content."""
 
 from __future__ import annotations
 

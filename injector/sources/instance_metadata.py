@@ -1,5 +1,6 @@
 """The account id and partition of the EC2 instance this runs on, from instance metadata, for
 `--compose-role-arn` without `--aws-account-id` (docs/reference.md#instance-metadata).
+Asked once at start-up, never on the request path.
 
 Asked once, at start-up, before anything listens; never from the planner. IMDSv2: a session
 token from `PUT /latest/api/token`, then the instance identity document and the partition

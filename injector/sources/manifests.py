@@ -1,5 +1,5 @@
 """Identity inputs read from files: ServiceAccount manifests, the ConfigMap manifest and the
-Pod Identity identities file.
+Pod Identity identities file. Parsing only: the rules are `core.identity`'s.
 
 Used by the offline `mutate` command and by `serve` when it runs without a cluster. Every
 problem becomes an `InputError` naming the file.

@@ -1,4 +1,5 @@
 """Sync once, then only watch: client-go's reflector, for any kind of object.
+It knows no kind of object and no identity rule: the source that runs it does.
 
 The initial sync is a watch with `sendInitialEvents=true` (the API server's WatchList: the
 current objects as ADDED events, then a bookmark annotated `k8s.io/initial-events-end`), which
@@ -53,7 +54,7 @@ class _NoInitialEvents(Exception):
         self.refused = refused
 
 
-def identity(obj: dict[str, Any]) -> dict[str, Any]:
+def unchanged(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
@@ -82,7 +83,7 @@ class Reflector:
 
     def __init__(self, name: str, call: ListCall, *, on_replace: Callable[[dict[str, Any]], None],
                  on_event: Callable[[str, dict[str, Any]], None], on_synced: Callable[[], None] | None = None,
-                 transform: Callable[[dict[str, Any]], Any] = identity, watch_list: bool = True,
+                 transform: Callable[[dict[str, Any]], Any] = unchanged, watch_list: bool = True,
                  **selectors: Any) -> None:
         self.name = name
         self.call = call

@@ -1,4 +1,5 @@
 """ServiceAccounts from the API server: a cluster-wide sync+watch, and a direct GET on a miss.
+The direct GET is paced by a token bucket; nothing here blocks past the lookup grace period.
 
 Only what the rules need is kept per ServiceAccount (the parsed annotation entry), never
 the object: each object of a sync is reduced to its entry as it arrives. A ServiceAccount

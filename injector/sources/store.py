@@ -1,4 +1,5 @@
-"""Identity sources: what feeds the lookup tables, and the store the server reads.
+"""The identity store: the lookup tables the server reads, and how the sources feed them.
+Lookups are synchronous dictionary reads; nothing here performs I/O.
 
 A source writes one member of `IdentityTables` (ServiceAccounts, the ConfigMap mapping or
 the Pod Identity list) and says when it has completed its first load; the store answers

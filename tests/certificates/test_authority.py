@@ -228,19 +228,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monk
     assert os.listdir(tmp_path) == ["tls.key"]
 
 
-def test_certificate_not_after_reads_the_expiry_from_a_file(tmp_path, ca, serving_key):
+def test_a_chain_file_reads_as_its_first_certificate_the_leaf(tmp_path, ca, serving_key):
     cert = issue(ca, serving_key, days=42)
     path = tmp_path / "tls.crt"
     path.write_bytes(certs.cert_to_pem(cert) + certs.cert_to_pem(ca[0]))  # leaf first, then chain
-    assert certs.certificate_not_after(path) == cert.not_valid_after_utc
-    assert certs.certificate_not_after(path).tzinfo is not None
+    assert certs.read_certificate(path).not_valid_after_utc == cert.not_valid_after_utc
+    assert certs.read_certificate(path).not_valid_after_utc.tzinfo is not None
 
 
 def test_reading_a_file_that_is_not_a_certificate_names_the_file(tmp_path):
     path = tmp_path / "tls.crt"
     path.write_text("garbage")
     with pytest.raises(certs.CertificateFileError, match=str(path)):
-        certs.certificate_not_after(path)
+        certs.read_certificate(path)
 
 
 # --- ensure_certs -----------------------------------------------------------------------
@@ -273,13 +273,12 @@ def contents(directory: Path) -> dict[str, bytes]:
 def test_ensure_creates_a_ca_and_serving_cert_in_an_empty_directory(tmp_path):
     directory = tmp_path / "certs"
     result = ensure(directory)
-    assert result.ca_created and result.issued and not result.renewed
+    assert result.ca_created and result.issued and result.reason == "missing"
     assert result.reason == "missing"
     assert set(result.paths) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
     cert = certs.read_certificate(result.paths["tls.crt"])
     cert.verify_directly_issued_by(certs.read_certificate(result.paths["ca.crt"]))
     assert result.not_after == cert.not_valid_after_utc
-    assert result.ca_not_after == certs.certificate_not_after(result.paths["ca.crt"])
 
 
 @uses_key_pool
@@ -289,14 +288,14 @@ def test_ensure_keeps_valid_certificates_untouched(tmp_path):
     result = ensure(tmp_path)
     assert not result.issued and not result.ca_created and result.reason == "valid"
     assert contents(tmp_path) == before
-    assert result.not_after == certs.certificate_not_after(tmp_path / "tls.crt")
+    assert result.not_after == certs.read_certificate(tmp_path / "tls.crt").not_valid_after_utc
 
 
 @uses_key_pool
 def test_ensure_keeps_the_existing_ca_when_reissuing_for_new_names(tmp_path, ca, serving_key):
     certs.write_bundle(tmp_path, ca[0], ca[1], issue(ca, serving_key, dns=["old.example"]), serving_key)
     result = ensure(tmp_path, dns=["new.example"], ips=[])
-    assert result.issued and result.renewed and not result.ca_created
+    assert result.issued and result.reason != "missing" and not result.ca_created
     assert result.reason == "names changed"
     assert certs.read_certificate(tmp_path / "ca.crt") == ca[0]
     cert = certs.read_certificate(tmp_path / "tls.crt")
@@ -317,7 +316,7 @@ def test_ensure_renews_a_certificate_expiring_within_the_window(tmp_path, ca, se
     expiring = issue(ca, serving_key, dns=["webhook.eks.svc"], days=10)
     certs.write_bundle(tmp_path, ca[0], ca[1], expiring, serving_key)
     result = ensure(tmp_path, renew_before_days=30)
-    assert result.issued and result.renewed and result.reason == "expiring"
+    assert result.issued and result.reason == "expiring"
     assert result.not_after > datetime.now(UTC) + timedelta(days=300)
     assert certs.read_certificate(tmp_path / "ca.crt") == ca[0]
 
@@ -378,7 +377,7 @@ def test_ensure_replaces_a_ca_that_is_about_to_expire(tmp_path, ca, serving_key)
     certs.write_bundle(tmp_path, dying_ca[0], dying_ca[1], issue(dying_ca, serving_key), serving_key)
     result = ensure(tmp_path)
     assert result.ca_created and result.issued
-    assert result.ca_not_after > datetime.now(UTC) + timedelta(days=3000)
+    assert certs.read_certificate(result.paths["ca.crt"]).not_valid_after_utc > datetime.now(UTC) + timedelta(days=3000)
 
 
 @uses_key_pool

@@ -9,12 +9,11 @@ import pytest
 from cryptography import x509
 
 from injector.certificates import authority as certs
+from injector.certificates.bundle_marker import bundle_in_place, set_bundle_in_place
 from injector.certificates.controller import (
     Bundle,
     CertificateSpec,
-    bundle_in_place,
     renewed_bundle,
-    set_bundle_in_place,
     write_pair,
 )
 

@@ -9,14 +9,14 @@ from injector.cli.main import main
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--read-header-timeout=-1s"], "pod-identity-injector serve: --read-header-timeout=-1s: must not be negative"),
+    (["--read-header-timeout=-1s"], "pod-identity-injector: --read-header-timeout=-1s: must not be negative"),
     (["serve", "--cert-check-interval=0"],
-     "pod-identity-injector serve: --cert-check-interval=0s: must be greater than 0"),
+     "pod-identity-injector: --cert-check-interval=0s: must be greater than 0"),
     (["serve", "--read-header-timeout=soon"],
      "pod-identity-injector serve: argument --read-header-timeout: invalid duration 'soon' (examples: 500ms, 2s, "
      "1m30s) (see --help)"),
     (["mutate", "-f", "pod.yaml", "--aws-partition=aws", "--compose-role-arn", "--aws-account-id=12"],
-     "pod-identity-injector mutate: --aws-account-id '12' is not 12 digits"),
+     "pod-identity-injector: --aws-account-id '12' is not 12 digits"),
 ])
 def test_a_bad_flag_value_exits_2_with_one_line_naming_the_flag(argv, says, capsys):
     try:

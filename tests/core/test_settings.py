@@ -82,7 +82,7 @@ def test_in_cluster_true_is_refused_with_the_way_out():
     (["--service-account-lookup-grace-period=-1s"], "--service-account-lookup-grace-period=-1s: must not be negative"),
     (["--cert-check-interval=0"], "--cert-check-interval=0s: must be greater than 0"),
     (["--cert-validity=0"], "--cert-validity=0s: must be greater than 0"),
-    (["--port=0"], "--port=0: must be at least 1"),
+    (["--port=-1"], "--port=-1: must not be negative"),
     (["--port=65536"], "--port=65536: must be at most 65535"),
     (["--metrics-port=-1"], "--metrics-port=-1: must not be negative"),
     (["--workers=-2"], "--workers=-2: must not be negative"),

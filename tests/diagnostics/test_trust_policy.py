@@ -119,14 +119,14 @@ def test_another_service_account_is_refused_with_both_values_side_by_side():
     assert not verdict.allowed and verdict.error == f"AccessDenied: {NOT_AUTHORIZED}"
     closest = verdict.closest
     assert closest is not None and closest.miss == "condition"
-    [failed] = closest.failed_conditions
+    [failed] = [c for c in closest.conditions if not c.holds]
     assert (failed.key, failed.wanted, failed.got) == (SUB_KEY, (SUB,), ("system:serviceaccount:team:other",))
     assert f'policy "{SUB}", token "system:serviceaccount:team:other"' in closest.detail
 
 
 def test_a_wrong_audience_is_a_failed_aud_condition():
     verdict = evaluate(policy(statement(EXACT)), request(aud=("https://kubernetes.default.svc",)))
-    [failed] = verdict.closest.failed_conditions
+    [failed] = [c for c in verdict.closest.conditions if not c.holds]
     assert failed.key == AUD_KEY
 
 

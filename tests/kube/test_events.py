@@ -15,7 +15,7 @@ from injector.core.identity import service_account_entry
 from injector.core.settings import MutationSettings
 from injector.kube import events as ev
 from injector.kube.client import KubeError
-from injector.server.metrics import SERVICE_ACCOUNT_EVENTS, Metrics
+from injector.server.metrics import SERVICE_ACCOUNT_EVENTS, Metrics, count_service_account_event
 from injector.sources.serviceaccounts import ServiceAccountSource
 from injector.sources.store import IdentityStore
 
@@ -163,7 +163,7 @@ def sa(name: str, annotations: dict, uid: str | None = None, namespace: str = "t
 def emitter(api: Api, clock: Clock | None = None, **kwargs) -> ev.ServiceAccountEvents:
     clock = clock or Clock()
     job = ev.ServiceAccountEvents(None, SETTINGS, instance="webhook-0", clock=clock, sleep=clock.sleep,
-                                  now=lambda: NOW, **kwargs)
+                                  now=lambda: NOW, counted=count_service_account_event, **kwargs)
     job._get, job._post = api.get, api.post
     return job
 

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from injector.core.identity import service_account_entry
 from injector.core.settings import MutationSettings, ServeSettings
 from injector.server.metrics import Exposition, Metrics
-from injector.server.routes import Background, Routes, ServerState, metrics_routes, webhook_routes
+from injector.server.routes import Routes, ServerJobs, ServerState, metrics_routes, webhook_routes
 from injector.sources.store import IdentityStore
 
 from serving import RoutesTestServer, pod_review
@@ -303,7 +303,7 @@ async def test_background_jobs_run_until_stopped_and_then_runs_after_they_have_e
     async def then() -> None:
         events.append("then")
 
-    background = Background([lambda: job("watch"), crashing, lambda: job("feed")], then=then)
+    background = ServerJobs([lambda: job("watch"), crashing, lambda: job("feed")], then=then)
     background.start()
     await asyncio.sleep(0)
     assert events == ["watch started", "feed started"]

@@ -260,10 +260,13 @@ def cert_dir(tmp_path, ca_a, key_1):
 def test_a_loaded_pair_reports_its_expiry_and_serial(cert_dir):
     reloader = reloader_for(cert_dir)
     assert not reloader.loaded and reloader.not_after is None
-    reloader.load()
+    with structlog.testing.capture_logs() as logs:
+        reloader.load()
     assert reloader.loaded
-    assert reloader.not_after == certs.certificate_not_after(cert_dir / "tls.crt")
-    assert reloader.serial_number == certs.read_certificate(cert_dir / "tls.crt").serial_number
+    served = certs.read_certificate(cert_dir / "tls.crt")
+    assert reloader.not_after == served.not_valid_after_utc
+    assert [line["serial"] for line in logs if line["event"] == "serving certificate loaded"] == [
+        format(served.serial_number, "x")]
     assert reloader.last_error is None
 
 
@@ -452,7 +455,7 @@ async def test_watch_picks_up_rotations_until_cancelled(cert_dir, ca_b, key_2, c
         rotated = issue(ca_b, key_2)
         write_pair(cert_dir, rotated, key_2)
         async with asyncio.timeout(2):
-            while reloader.serial_number != rotated.serial_number:
+            while (await handshake(port, client_context)).serial != rotated.serial_number:
                 await asyncio.sleep(0.01)
         assert (await handshake(port, client_context)).serial == rotated.serial_number
         watcher.cancel()
