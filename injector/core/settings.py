@@ -203,6 +203,19 @@ class ServeSettings:
                                 "once (0: no limit)", group=SERVER, least=0)
     max_header_bytes: int = flag(16384, "largest request line plus headers; larger get HTTP 431", group=SERVER,
                                 positive=True)
+    tls_handshake_timeout: float = flag(
+        3.0, "close a connection whose TLS handshake takes longer than this (0: never)", group=SERVER)
+    # Bodies in flight (docs/reference.md#request-memory): what a review larger than SMALL_BODY may
+    # hold at once, in this process and per client address; over it, HTTP 503 before it is read.
+    max_inflight_request_bytes: int = flag(
+        24 * 1024 * 1024, "most bytes of large request bodies read at once in a process; more get HTTP 503",
+        group=SERVER, positive=True)
+    max_inflight_request_bytes_per_peer: int = flag(
+        6 * 1024 * 1024, "most bytes of large request bodies read at once from one client address",
+        group=SERVER, positive=True)
+    health_port: int = flag(
+        0, "plain-HTTP port with /healthz and /readyz alone, for the kubelet's probes (0: none; the probes "
+        "stay on --port too)", group=SERVER, least=0, most=65535)
     shutdown_delay: float = flag(
         0.0, "on SIGTERM, report not-ready and keep serving this long before draining (e.g. 5s)", group=SERVER)
     shutdown_timeout: float = flag(10.0, "longest wait for in-flight requests on shutdown", group=SERVER)

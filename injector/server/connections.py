@@ -5,14 +5,19 @@ Any pod on the network can reach the port, so a client that opens connections an
 stalls must not be able to keep them. aiohttp alone closes a connection only when it has
 been idle for its keep-alive timeout, and has no limit on how many there are. Here:
 
-* the TLS handshake must finish within `--read-header-timeout` (asyncio's handshake timeout);
+* the TLS handshake must finish within `--tls-handshake-timeout` (asyncio's handshake timeout);
 * a request's headers must be complete within `--read-header-timeout` of the connection's
   opening (first request) or of the request's first byte (later ones), and must not exceed
   `--max-header-bytes` in all (HTTP 431);
 * the body must arrive within `--read-body-timeout` (the handler's side, `app.read_body`);
 * a connection with no request in progress is closed after `--idle-timeout`;
-* at most `--max-connections` are open at once (handshakes included): a connection beyond
-  that is closed as soon as it is accepted.
+* at most `--max-connections` are open at once (handshakes included). A connection beyond
+  that is let in by evicting another: the oldest that has not completed a request yet (a
+  stalled handshake or headers), else the longest idle keep-alive one, else the oldest whose
+  request body is still arriving. A connection whose request we are answering is never
+  evicted; only when every one is such is the new connection closed. So a stranger's stalled
+  connections cannot lock the API server out: its new connection evicts one of them, and the
+  keep-alive connections it is using are never the oldest unproven ones.
 
 A limit of 0 means none (the header-size cap always applies).
 
@@ -43,6 +48,8 @@ NEVER = 10.0**9  # what a limit of 0 means
 # so the client sees the answer rather than a reset; aiohttp's default (10 s) would let a slow
 # client keep the connection for that long past its body timeout.
 LINGER = 1.0
+_UNPROVEN, _IDLE, _SENDING_BODY, _NOT_EVICTABLE = range(4)
+_EVICTED = {_UNPROVEN: "evicted_before_a_request", _IDLE: "evicted_idle", _SENDING_BODY: "evicted_slow_body"}
 _HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
                       b"Connection: close\r\nContent-Length: 34\r\n\r\nrequest headers too large (limit)\r\n")
 
@@ -53,6 +60,7 @@ class ConnectionLimits:
     idle_timeout: float = 60.0
     max_connections: int = 1000
     max_header_bytes: int = 16384
+    tls_handshake_timeout: float = 3.0
 
 
 @dataclass
@@ -94,23 +102,55 @@ class GuardedHandler(RequestHandler):
         self._header_bytes = 0
         self._counted = False
         self._last_payload: Any = None
+        self._open: dict[GuardedHandler, asyncio.Task | None] = {}  # the listener's, in accept order
 
     # -- lifetime ---------------------------------------------------------------------------
-    def count_in(self) -> bool:
-        """Called at accept time (before any TLS handshake); False: over the cap, refuse."""
+    def count_in(self, open_connections: dict[GuardedHandler, asyncio.Task | None]) -> bool:
+        """Called at accept time (before any TLS handshake). At the cap another connection is
+        evicted to make room (`eviction_class`); False when none may be: refuse this one."""
         stats = self._stats
         if 0 < self._limits.max_connections <= stats.open:
-            stats.closing("over_max_connections")
-            return False
+            victim = min(open_connections, key=lambda h: h.eviction_class(), default=None)
+            if victim is None or victim.eviction_class() >= _NOT_EVICTABLE:
+                stats.closing("over_max_connections")
+                return False
+            victim.evict(open_connections[victim])
         stats.open += 1
         stats.peak = max(stats.peak, stats.open)
         self._counted = True
+        self._open = open_connections
+        open_connections[self] = None
         return True
 
     def count_out(self) -> None:
         if self._counted:
             self._counted = False
             self._stats.open -= 1
+            self._open.pop(self, None)
+
+    def eviction_class(self) -> int:
+        """Which connections go first at the cap: 0 has not completed a request (handshake or
+        headers pending), 1 is idle between requests, 2 is still sending a body, and
+        `_NOT_EVICTABLE` has a request we are answering. Ties go to the oldest (dict order)."""
+        if self.transport is None or (self._request_count == 0 and self._current_request is None):
+            return _UNPROVEN
+        if self._between_requests():
+            return _IDLE
+        last = self._last_payload
+        if last is not None and not last.is_eof():
+            return _SENDING_BODY
+        return _NOT_EVICTABLE
+
+    def evict(self, handshake: asyncio.Task | None) -> None:
+        """Close this connection now to let a newer one in (counted by why)."""
+        self._stats.closing(_EVICTED[self.eviction_class()])
+        self._open.pop(self, None)
+        if self.transport is None:  # still in its TLS handshake: end that
+            if handshake is not None:
+                handshake.cancel()
+            return
+        self.force_close()
+        self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -197,6 +237,7 @@ class _Listener:
         self._limits = limits
         self._stats = stats
         self._tasks: set[asyncio.Task] = set()
+        self._open: dict[GuardedHandler, asyncio.Task | None] = {}  # accept order: the oldest first
         self._loop = asyncio.get_running_loop()
         self._accepting = self._loop.create_task(self._accept_forever(sock))
 
@@ -211,27 +252,34 @@ class _Listener:
                 await asyncio.sleep(0.05)
                 continue
             handler: GuardedHandler = self._factory()
-            if not handler.count_in():
+            if not handler.count_in(self._open):
                 conn.close()
                 continue
             task = self._loop.create_task(self._connect(conn, handler))
+            self._open[handler] = task  # until the handshake is done: how to end it early
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, conn: socket.socket, handler: GuardedHandler) -> None:
-        timeout = (self._limits.read_header_timeout or NEVER) if self._ssl is not None else None
+        timeout = (self._limits.tls_handshake_timeout or NEVER) if self._ssl is not None else None
         try:
             await self._loop.connect_accepted_socket(lambda: handler, conn, ssl=self._ssl,
                                                      ssl_handshake_timeout=timeout)
         except asyncio.CancelledError:
+            evicted = handler not in self._open  # `evict` took it out to let a newer one in
             conn.close()
             handler.count_out()
+            if evicted:
+                return
             raise
         except Exception as exc:  # timeout, reset, not TLS at all: for the client it is all the same
             conn.close()
             handler.count_out()
             self._stats.closing("tls_handshake_timeout" if isinstance(exc, TimeoutError | ConnectionAbortedError)
                                 else "tls_handshake_failed")
+        else:
+            if handler in self._open:
+                self._open[handler] = None  # handshake done
 
     def close(self) -> None:
         self._accepting.cancel()

@@ -130,6 +130,28 @@ def hot_line(method: str, event: str, fields: dict[str, Any]) -> None:
         writer.msg(render(writer, method, merge(writer, method, fields)))
 
 
+class StdlibBridge(logging.Handler):
+    """The standard library's log records (aiohttp's, asyncio's) as our lines: one structured
+    line each, its exception as one `error` field and never a traceback, so a client that
+    resets or speaks garbage cannot put plain text into the JSON log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                fields["error"] = f"{type(exc).__name__}: {exc}"
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+        except Exception:  # a broken record must not take the process down
+            self.handleError(record)
+
+
+def _bridge_stdlib(level: str) -> None:
+    root = logging.getLogger()
+    root.handlers = [StdlibBridge()]
+    root.setLevel(_LEVELS.get(level, logging.INFO))
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """`auto` picks the console renderer when stderr is a terminal, JSON otherwise."""
     global _writer, _hot
@@ -153,6 +175,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
                       structlog.processors.TimeStamper(fmt="iso", utc=True),
                       structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
         factory = structlog.PrintLoggerFactory(sys.stderr)
+    _bridge_stdlib(level)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),

@@ -43,6 +43,17 @@ SERVICE_ACCOUNT_EVENTS = Counter(
     ["outcome"], registry=None)
 
 
+# Lookups of missing ServiceAccounts not made because too many were pending (sources/serviceaccounts.py).
+LOOKUPS_SHED = Counter(
+    "pod_identity_injector_service_account_lookups_shed",
+    "Direct lookups of missing ServiceAccounts not made because too many were pending (docs/reference.md#lookups).",
+    registry=None)
+
+
+def count_lookup_shed() -> None:
+    LOOKUPS_SHED.inc()
+
+
 def count_service_account_event(outcome: str) -> None:
     SERVICE_ACCOUNT_EVENTS.labels(outcome).inc()
 
@@ -78,6 +89,7 @@ class Metrics:
             "pod_identity_injector_skipped", "Pods with an identity left unchanged on purpose, by reason.",
             ["reason"], registry=reg)
         reg.register(SERVICE_ACCOUNT_EVENTS)  # module-level: the Event job counts before a Metrics exists
+        reg.register(LOOKUPS_SHED)  # likewise: the ServiceAccount source counts it
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
             ["method", "path", "code"], registry=reg)

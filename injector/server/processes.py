@@ -58,7 +58,14 @@ from injector.server.connections import ConnectionLimits, ConnectionStats, Guard
 from injector.server.heap import trim_heap, trim_heap_every
 from injector.server.logs import configure_logging, flush_logs
 from injector.server.metrics import Exposition, Metrics, use_multiprocess_dir
-from injector.server.routes import ServerJobs, ServerState, metrics_routes, refresh_gauges, webhook_routes
+from injector.server.routes import (
+    ServerJobs,
+    ServerState,
+    health_routes,
+    metrics_routes,
+    refresh_gauges,
+    webhook_routes,
+)
 from injector.server.table_feed import TableFeed, TableFeedClient
 from injector.server.wiring import ClusterConnection, ServingInputs, connect_cluster, load_inputs
 
@@ -125,14 +132,16 @@ class Serving:
     runner: web.ServerRunner
     jobs: ServerJobs
     metrics_runner: web.ServerRunner | None = None
+    health_runner: web.ServerRunner | None = None
 
     async def close(self) -> None:
         """Stop accepting and let in-flight requests finish (up to --shutdown-timeout), then stop
-        the jobs, which those requests may still have needed, then the metrics port."""
+        the jobs, which those requests may still have needed, then the metrics and probe ports."""
         await self.runner.cleanup()
         await self.jobs.stop()
-        if self.metrics_runner is not None:
-            await self.metrics_runner.cleanup()
+        for runner in (self.metrics_runner, self.health_runner):
+            if runner is not None:
+                await runner.cleanup()
 
 
 async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awaitable[Any]] | None = None,
@@ -147,12 +156,16 @@ async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awai
     await runner.setup()
     await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=reuse_port)
     serving = Serving(runner, background)
+    if settings.health_port:  # the kubelet's own port (docs/reference.md#probes)
+        serving.health_runner = web.ServerRunner(health_routes(state).server(access_log=None))
+        await serving.health_runner.setup()
+        await _listen(serving.health_runner, settings, settings.health_port, reuse_port=reuse_port)
     if exposition is not None and settings.metrics_port:
         serving.metrics_runner = web.ServerRunner(metrics_routes(state, exposition).server(access_log=None))
         await serving.metrics_runner.setup()
         await _listen(serving.metrics_runner, settings, settings.metrics_port)
     log.info("serving", port=settings.port, metrics_port=settings.metrics_port if serving.metrics_runner else None,
-             pid=os.getpid())
+             health_port=settings.health_port or None, pid=os.getpid())
     return serving
 
 
@@ -400,7 +413,7 @@ async def _listen(runner: web.BaseRunner, settings: ServeSettings, port: int, **
 
 def connection_limits(settings: ServeSettings) -> ConnectionLimits:
     return ConnectionLimits(settings.read_header_timeout, settings.idle_timeout, settings.max_connections,
-                            settings.max_header_bytes)
+                            settings.max_header_bytes, settings.tls_handshake_timeout)
 
 
 def _run_loop(coro: Any) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from injector.core.review import (
     parse_review,
 )
 from injector.core.settings import ServeSettings
+from injector.server.body_budget import BodyBudget, OverBudget
 from injector.server.logs import hot_line
 from injector.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from injector.server.tls import CertificateReloader
@@ -46,6 +47,10 @@ log = structlog.get_logger(__name__)
 
 JSON = "application/json"
 _UNSUPPORTED_MEDIA = "Invalid Content-Type, expected `application/json`\n"
+
+# What aiohttp buffers of a body the handler has not read yet (it stops reading the socket at twice
+# this): a stalled client holds at most that much per connection (docs/reference.md#request-memory).
+READ_BUFFER = 16 * 1024
 
 Job = Callable[[], Awaitable[None]]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -60,6 +65,11 @@ class ServerState:
     tls: CertificateReloader | None
     metrics: Any
     draining: bool = False
+    body_budget: BodyBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.body_budget = BodyBudget(self.settings.max_inflight_request_bytes,
+                                      self.settings.max_inflight_request_bytes_per_peer)
 
     @property
     def ready(self) -> bool:
@@ -128,25 +138,33 @@ async def handle_mutate(state: ServerState, request: web.BaseRequest) -> web.Str
         log.warning("admission refused", reason="unsupported content type", content_type=content_type)
         return _plain(415, _UNSUPPORTED_MEDIA)
     limit = state.settings.max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _too_large(request.content_length, limit)
+    size = request.content_length
+    if size is not None and size > limit:
+        return _too_large(size, limit)
+    peer = request.remote or "unknown"
     try:
-        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
-            body = request.content.read_nowait()
-            if len(body) > limit:
-                return _too_large(len(body), limit)
-        else:
-            async with asyncio.timeout(state.settings.read_body_timeout or None):
-                body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large(None, limit)
-    except TimeoutError:
-        return _too_slow(state.settings.read_body_timeout)
-    try:
-        envelope, parsed = parse_review(decode_json(body))
-    except BadReview as exc:
-        log.warning("admission refused", reason="undecodable review", error=str(exc), bytes=len(body))
-        return _plain(exc.status, str(exc))
+        with state.body_budget.reserved(peer, limit if size is None else size):
+            try:
+                if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+                    body = request.content.read_nowait()
+                    if len(body) > limit:
+                        return _too_large(len(body), limit)
+                else:
+                    async with asyncio.timeout(state.settings.read_body_timeout or None):
+                        body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _too_large(None, limit)
+            except TimeoutError:
+                return _too_slow(state.settings.read_body_timeout)
+            except ConnectionError as exc:  # the client went away mid-body: its doing, not ours
+                return _client_gone(peer, exc)
+            try:
+                envelope, parsed = parse_review(decode_json(body))
+            except BadReview as exc:
+                log.warning("admission refused", reason="undecodable review", error=str(exc), bytes=len(body))
+                return _plain(exc.status, str(exc))
+    except OverBudget as exc:
+        return _over_budget(state, peer, size, exc.scope)
     if isinstance(parsed, str):
         log.warning("admission denied", reason="bad content", detail=parsed)
         return web.Response(body=encode_error_review(envelope, parsed), content_type=JSON)
@@ -175,6 +193,32 @@ def _too_large(size: int | None, limit: int) -> web.Response:
     got = f"{size} bytes" if size is not None else "more"
     log.warning("admission refused", reason="request body too large", limit=limit, size=size)
     return _plain(413, f"request body too large: {got}, the limit is {limit} bytes (--max-request-bytes)")
+
+
+CLIENT_CLOSED = 499  # nginx's code for "the client closed the request": counted apart from our 5xx
+
+
+def _client_gone(peer: str, exc: BaseException) -> web.Response:
+    """docs/reference.md#client-errors: logged once, as a warning without a traceback; nobody
+    reads the answer."""
+    log.warning("admission abandoned by the client", reason="connection lost mid-body", peer=peer,
+                error=str(exc) or type(exc).__name__)
+    response = web.Response(status=CLIENT_CLOSED, text="client closed the request\n")
+    response.force_close()
+    return response
+
+
+def _over_budget(state: ServerState, peer: str, size: int | None, scope: str) -> web.Response:
+    """docs/reference.md#request-memory: refused before a byte of the body is read."""
+    budget = state.body_budget
+    limit = budget.per_peer if scope == "peer" else budget.total
+    flag = "--max-inflight-request-bytes" + ("-per-peer" if scope == "peer" else "")
+    log.warning("admission refused", reason="request bodies in flight over budget", scope=scope, peer=peer,
+                size=size, limit=limit)
+    response = _plain(503, f"too many request body bytes in flight ({flag} {limit}); retry")
+    response.headers["Retry-After"] = "1"
+    response.force_close()
+    return response
 
 
 def _too_slow(seconds: float) -> web.Response:
@@ -313,6 +357,7 @@ class Routes:
         """The low-level server of these routes, on the running loop (asked once here: each
         `asyncio.get_running_loop()` is a getpid(2))."""
         self._loop = asyncio.get_running_loop()
+        kwargs.setdefault("read_bufsize", READ_BUFFER)
         return web.Server(self, request_factory=self.make_request, loop=self._loop, **kwargs)
 
 
@@ -329,6 +374,13 @@ def webhook_routes(state: ServerState) -> Routes:
     # Draining, an answer ends its keep-alive connection: the API server's next call opens one to a
     # replica that stays, instead of reusing this one until the moment it is closed under it.
     return Routes(routes, state.metrics, state.settings.max_request_bytes, closing=lambda: state.draining)
+
+
+def health_routes(state: ServerState) -> Routes:
+    """The probes' own plain-HTTP port (--health-port): nothing a stranger can fill but its own
+    connection slots, and a new connection evicts a stalled one (docs/reference.md#probes)."""
+    return Routes({"/healthz": Route(handle_healthz, GET), "/readyz": Route(partial(handle_readyz, state), GET)},
+                  state.metrics)
 
 
 def metrics_routes(state: ServerState, exposition: Any) -> Routes:

@@ -22,7 +22,7 @@ from injector.core.role_arn import compose_role_arn
 from injector.core.settings import ServeSettings, SettingsError
 from injector.kube.client import api_client
 from injector.kube.events import ServiceAccountEvents
-from injector.server.metrics import count_service_account_event
+from injector.server.metrics import count_lookup_shed, count_service_account_event
 from injector.server.routes import Job
 from injector.server.tls import CertificateLoadError, CertificateReloader, parse_cipher_suites, parse_min_version
 from injector.sources.configmap import ConfigMapSource
@@ -146,7 +146,7 @@ async def connect_cluster(settings: ServeSettings, store: IdentityStore, *, watc
         return ClusterConnection()
     cluster = ClusterConnection(await api_client(settings.kubeconfig, settings.kube_api))
     if watch and not settings.service_account_files:
-        cluster.sources.append(ServiceAccountSource(cluster.api, store))
+        cluster.sources.append(ServiceAccountSource(cluster.api, store, shed=count_lookup_shed))
         if settings.service_account_events:  # beside the watch (docs/reference.md#service-account-events)
             cluster.events = ServiceAccountEvents(cluster.api, settings.mutation, counted=count_service_account_event)
             store.problem_listeners.append(cluster.events.notice)

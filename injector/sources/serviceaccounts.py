@@ -5,13 +5,18 @@ Only what the rules need is kept per ServiceAccount (the parsed annotation entry
 the object: each object of a sync is reduced to its entry as it arrives. A ServiceAccount
 missing at admission time has almost always just been created (the API server's own
 admission rejects pods whose ServiceAccount does not exist), so the store asks `fetch` for
-it: one GET per name at a time, rate-limited, bounded by the lookup grace period.
+it: one GET per name at a time, rate-limited, bounded by the lookup grace period. At most
+`MAX_PENDING_LOOKUPS` names wait for their GET; a miss beyond that is shed, answered as an
+unknown ServiceAccount at once, counted and logged in a summary (docs/reference.md#lookups),
+so reviews naming made-up ServiceAccounts cannot queue lookups without end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -26,14 +31,20 @@ from injector.sources.store import IdentityStore
 log = structlog.get_logger(__name__)
 SOURCE = "serviceaccounts"
 FETCH_TIMEOUT = 1.0
+MAX_PENDING_LOOKUPS = 100  # ten seconds of lookups at the limiter's pace
+SHED_SUMMARY_INTERVAL = 10.0
 
 
 class ServiceAccountSource:
     """Feeds `store.tables.service_accounts` and answers cache misses."""
 
-    def __init__(self, api: client.ApiClient, store: IdentityStore) -> None:
+    def __init__(self, api: client.ApiClient, store: IdentityStore, *,
+                 shed: Callable[[], Any] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+        """`shed()` is told of every lookup shed (the server passes its metric's)."""
         self.core = client.CoreV1Api(api)
         self.store = store
+        self.shed, self.clock = shed, clock
+        self._shed_unlogged, self._shed_logged_at = 0, -SHED_SUMMARY_INTERVAL
         self.limiter = TokenBucket(rate=10.0, burst=20)  # direct lookups: 10/s, burst 20, like the Go webhook
         self._inflight: dict[str, asyncio.Task] = {}
         self.reflector = Reflector(SOURCE, self.core.list_service_account_for_all_namespaces,
@@ -97,15 +108,31 @@ class ServiceAccountSource:
     async def run(self) -> None:
         await self.reflector.run()
 
-    def fetch(self, namespace: str, name: str) -> asyncio.Task:
+    def fetch(self, namespace: str, name: str) -> asyncio.Future:
         """One GET per missing ServiceAccount at a time; every waiter shares its result."""
         key = f"{namespace}/{name}"
         task = self._inflight.get(key)
+        if task is None and len(self._inflight) >= MAX_PENDING_LOOKUPS:
+            return self._shed(key)
         if task is None:
             task = asyncio.create_task(self._fetch(namespace, name))
             self._inflight[key] = task
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
         return task
+
+    def _shed(self, key: str) -> asyncio.Future:
+        """A lookup not made: its waiters hear "not found" now (a done future)."""
+        self.shed()
+        self._shed_unlogged += 1
+        now = self.clock()
+        if now - self._shed_logged_at >= SHED_SUMMARY_INTERVAL:
+            log.warning("service account lookups shed: too many pending", count=self._shed_unlogged,
+                        pending=len(self._inflight), limit=MAX_PENDING_LOOKUPS, latest=key,
+                        note="counts since the previous line")
+            self._shed_unlogged, self._shed_logged_at = 0, now
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(False)
+        return done
 
     async def _fetch(self, namespace: str, name: str) -> bool:
         await self.limiter.acquire()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 from datetime import datetime
 
@@ -49,6 +50,9 @@ def json_logging(monkeypatch, level: str) -> CountingStream:
     monkeypatch.setattr(injector_logging, "_writer", None)
     monkeypatch.setattr(injector_logging, "_hot", None)
     monkeypatch.setattr(injector_logging.sys, "stderr", Stderr(out))
+    root = logging.getLogger()  # configure_logging bridges the standard library's records: put it back
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     configure_logging("json", level)
     return out
 
@@ -192,3 +196,18 @@ def test_lines_left_by_a_loop_that_ended_before_its_turn_go_out_with_the_next_lo
         return [line["event"] for line in stream.lines()]
 
     assert asyncio.run(next_loop()) == ["from the first loop", "from the second loop"]
+
+
+def test_aiohttp_and_asyncio_records_become_json_lines_without_a_traceback(stream):
+    """A client that resets mid-request makes aiohttp or asyncio log with exc_info; the line
+    stays one JSON object with the exception in one field."""
+    try:
+        raise ConnectionResetError("Connection lost")
+    except ConnectionResetError:
+        logging.getLogger("aiohttp.server").error("Error handling request from %s", "10.0.0.9", exc_info=True)
+    logging.getLogger("asyncio").debug("below the level: dropped")
+    flush_logs()
+    [line] = stream.lines()
+    assert line["event"] == "Error handling request from 10.0.0.9" and line["level"] == "error"
+    assert line["logger"] == "aiohttp.server" and line["error"] == "ConnectionResetError: Connection lost"
+    assert "Traceback" not in stream.getvalue().decode()

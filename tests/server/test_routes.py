@@ -187,6 +187,58 @@ async def test_a_chunked_body_that_grows_too_large_is_413(client):
                         r"\(--max-request-bytes\)\n", await response.text())
 
 
+async def test_a_large_body_over_the_peers_budget_is_503_before_it_is_read():
+    """docs/reference.md#request-memory: one peer's large body, withheld, holds its share; its
+    next large body is refused at once, with Retry-After; small reviews still pass."""
+    state = ServerState(ServeSettings(max_request_bytes=4 * 1024**2, max_inflight_request_bytes_per_peer=300_000),
+                        make_state().store, None, Metrics())
+    release = asyncio.Event()
+
+    async def withheld():
+        yield b" " * 1000
+        await release.wait()
+        yield b" " * (200_000 - 1000)
+
+    async with client_of(webhook_routes(state)) as test_client:
+        headers = {"Content-Type": "application/json", "Content-Length": "200000"}
+        first = asyncio.create_task(test_client.post("/mutate", data=withheld(), headers=headers))
+        while not state.body_budget.used:
+            await asyncio.sleep(0.01)
+        with capture_logs() as logs:
+            second = await test_client.post("/mutate", data=b" " * 200_000, headers=headers)
+            assert second.status == 503 and second.headers["Retry-After"] == "1"
+            assert "--max-inflight-request-bytes-per-peer 300000" in await second.text()
+            status, answer = await review(test_client, pod_review())
+            assert status == 200 and answer["response"]["allowed"] is True
+        release.set()
+        assert (await first).status == 400  # all spaces: not JSON, and read to the end
+    assert state.body_budget.used == 0
+    assert [(line["event"], line["scope"]) for line in logs if line.get("scope")] == [
+        ("admission refused", "peer")]
+
+
+async def test_a_client_that_goes_away_mid_body_is_one_warning_and_not_our_5xx():
+    state = make_state()
+    async with client_of(webhook_routes(state)) as test_client:
+        with capture_logs() as logs:
+            _, writer = await asyncio.open_connection(test_client.host, test_client.port)
+            writer.write(b"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 5000\r\n\r\n{\"apiVersion\": ")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.transport.abort()
+            for _ in range(100):
+                if any(line["event"] == "admission abandoned by the client" for line in logs):
+                    break
+                await asyncio.sleep(0.02)
+    ours = [line for line in logs if "logger" not in line]  # not aiohttp's access log of the test server
+    assert [(line["event"], line["log_level"]) for line in ours] == [("admission abandoned by the client", "warning")]
+    state.metrics.publish()
+    samples = {s.labels["code"]: s.value for m in state.metrics.registry.collect() for s in m.samples
+               if s.name == "pod_identity_injector_http_requests_total"}
+    assert samples == {"499": 1.0}
+
+
 async def test_bad_input_is_counted_and_the_server_keeps_answering():
     state = make_state()
     async with client_of(webhook_routes(state)) as test_client:

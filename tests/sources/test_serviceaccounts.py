@@ -104,3 +104,40 @@ def test_a_service_account_with_only_foreign_annotations_gets_the_flag_defaults_
     plain, foreign, ours = (store.tables.service_accounts[f"ns/{n}"] for n in ("plain", "foreign", "ours"))
     assert foreign is plain and plain.audience == "sts.amazonaws.com" and not plain.role_arn
     assert ours.audience == "other"
+
+
+async def test_lookups_past_the_pending_limit_are_shed_at_once_counted_and_summarised():
+    """docs/reference.md#lookups: made-up names cannot queue lookups without end. Duplicates
+    share one lookup; past MAX_PENDING_LOOKUPS a miss is answered "not found" at once."""
+    from kubernetes_asyncio import client
+    from structlog.testing import capture_logs
+
+    from injector.core.settings import MutationSettings
+    from injector.sources.serviceaccounts import MAX_PENDING_LOOKUPS, ServiceAccountSource
+    from injector.sources.store import IdentityStore
+
+    shed: list[int] = []
+    api = client.ApiClient()
+    source = ServiceAccountSource(api, IdentityStore(MutationSettings()), shed=lambda: shed.append(1))
+    gate = asyncio.Event()
+
+    async def slow_lookup(namespace: str, name: str) -> bool:
+        await gate.wait()
+        return False
+
+    source._fetch = slow_lookup
+    try:
+        pending = [source.fetch("ns", f"sa-{i}") for i in range(MAX_PENDING_LOOKUPS)]
+        assert source.fetch("ns", "sa-0") is pending[0]
+        with capture_logs() as logs:
+            over = [source.fetch("ns", f"made-up-{i}") for i in range(50)]
+        assert all(f.done() and f.result() is False for f in over) and len(shed) == 50
+        assert [(line["event"], line["count"]) for line in logs] == [
+            ("service account lookups shed: too many pending", 1)]
+        gate.set()
+        await asyncio.gather(*pending)
+        await asyncio.sleep(0)
+        assert not source.fetch("ns", "after-the-flood").done()  # room again
+    finally:
+        gate.set()
+        await api.close()
