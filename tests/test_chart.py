@@ -444,7 +444,8 @@ def test_rbac_can_be_left_to_the_admin(helm):
 # -- flags -------------------------------------------------------------------------------------
 def test_default_args(helm):
     assert args(render(helm)) == [
-        "serve", "--port=8443", f"--namespace={NS}", "--cert-mode=self-managed", f"--tls-secret={FULLNAME}-tls",
+        "serve", "--port=8443", f"--namespace={NS}", "--health-port=8081", "--cert-mode=self-managed",
+        f"--tls-secret={FULLNAME}-tls",
         f"--service-name={FULLNAME}", f"--webhook-configuration={FULLNAME}", "--cert-validity=2160h",
         "--cert-renew-before=720h", "--cert-check-interval=60s", "--log-format=json", "--shutdown-delay=5s",
         "--workers=2",
@@ -484,6 +485,7 @@ VALUE_FLAGS = {
     "certificates.selfManaged.extraSANs": "cert-san",
     "metrics.port": "metrics-port",
     "service.containerPort": "port",
+    "healthPort": "health-port",
 }
 # flags the chart sets from the release or the mode rather than from one value
 DERIVED_FLAGS = {"namespace", "cert-mode", "tls-secret", "service-name", "webhook-configuration", "tls-cert",
@@ -506,6 +508,9 @@ NOT_IN_VALUES = {
     "idle-timeout": "extraArgs; the default suits the API server",
     "max-connections": "extraArgs; the default suits the API server",
     "max-header-bytes": "extraArgs; the default suits the API server",
+    "tls-handshake-timeout": "extraArgs; the default suits the API server",
+    "max-inflight-request-bytes": "extraArgs; sized against the chart's memory limit (docs/reference.md)",
+    "max-inflight-request-bytes-per-peer": "extraArgs; sized against the chart's memory limit",
     "help": "",
 }
 
@@ -564,7 +569,7 @@ def test_chart_defaults_render_no_binary_defaults(helm):
 def test_metrics_can_be_disabled(helm):
     docs = render(helm, "default", "metrics.enabled=false")
     assert flags(docs)["metrics-port"] == "0"
-    assert [p["name"] for p in container(docs)["ports"]] == ["https"]
+    assert [p["name"] for p in container(docs)["ports"]] == ["https", "health"]
     assert [s["metadata"]["name"] for s in objects(docs, "Service")] == [FULLNAME]
 
 
@@ -645,7 +650,8 @@ def test_webhook_container_hardening(helm):
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert c["resources"]["limits"]["memory"]
     assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"},
-                          {"name": "metrics", "containerPort": 9999, "protocol": "TCP"}]
+                          {"name": "metrics", "containerPort": 9999, "protocol": "TCP"},
+                          {"name": "health", "containerPort": 8081, "protocol": "TCP"}]
 
 
 def test_image_tag_and_digest(helm):
@@ -666,10 +672,18 @@ def test_hostpath_container_credentials_is_the_documented_exception(helm):
 
 
 def test_probes(helm):
-    c = container(render(helm))
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
-    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    """docs/reference.md#probes: on their own plain-HTTP port, which no Service exposes, so a
+    flood of the webhook port cannot fail them; healthPort=0 puts them back on the webhook port."""
+    docs = render(helm)
+    c = container(docs)
+    assert flags(docs)["health-port"] == "8081"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health", "scheme": "HTTP"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}
+    assert not any(p.get("targetPort") == "health" for s in objects(docs, "Service") for p in s["spec"]["ports"])
+    on_webhook_port = container(render(helm, "default", "healthPort=0"))
+    assert on_webhook_port["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+    assert "health-port" not in flags(render(helm, "default", "healthPort=0"))
     assert c["readinessProbe"]["periodSeconds"] <= 5
     # The startup probe gives the self-managed certificate bootstrap minutes, not seconds.
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 120
@@ -745,10 +759,16 @@ def test_prometheus_rules(helm):
     docs = render(helm, "monitoring")
     rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
     assert set(rules) == {"PodIdentityInjectorErrorRatioHigh", "PodIdentityInjectorLatencyNearTimeout",
-                          "PodIdentityInjectorCertificateExpiringSoon", "PodIdentityInjectorNotReady"}
+                          "PodIdentityInjectorCertificateExpiringSoon", "PodIdentityInjectorNotReady",
+                          "PodIdentityInjectorCertificateCheckStuck"}
     selector = f'namespace="{NS}", service="{FULLNAME}-metrics"'
     error = rules["PodIdentityInjectorErrorRatioHigh"]["expr"]
-    assert "pod_identity_injector_http_requests_total{" + selector + ', path="/mutate", code!~"2.."}' in error
+    # Only our own failures: a client's 4xx, 499 or the budget's 503 cannot page anyone.
+    assert ("pod_identity_injector_http_requests_total{" + selector + ', path="/mutate", code=~"5..", code!="503"}'
+            in error)
+    stuck = rules["PodIdentityInjectorCertificateCheckStuck"]["expr"]
+    assert "pod_identity_injector_certificate_check_success_timestamp_seconds" in stuck
+    assert stuck.strip().endswith(f"> {3 * 60 + 300}")
     assert 'decision="internal-error"' in error
     assert error.strip().endswith("> 0.05")
     latency = rules["PodIdentityInjectorLatencyNearTimeout"]["expr"]

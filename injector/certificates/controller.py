@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -160,9 +161,12 @@ def write_pair(directory: Path, bundle: Bundle) -> None:
 class SelfManagedCertificates:
     """Reconciles the Secret, the local files and the webhook configuration's caBundle."""
 
-    def __init__(self, api: Any, settings: ServeSettings) -> None:
+    def __init__(self, api: Any, settings: ServeSettings, *, checked: Callable[[], Any] = lambda: None) -> None:
         """Reads --namespace, --tls-secret, --service-name, --webhook-configuration,
-        --cert-dir, --cert-validity, --cert-renew-before, --cert-san, --cert-check-interval."""
+        --cert-dir, --cert-validity, --cert-renew-before, --cert-san, --cert-check-interval.
+        `checked()` is told of every check that completed (the server passes its metric's, so a
+        check stuck behind a frozen API server shows and alerts)."""
+        self.checked = checked
         self.core = client.CoreV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
         self.namespace, self.secret = settings.namespace, settings.tls_secret
@@ -207,6 +211,7 @@ class SelfManagedCertificates:
         while True:
             try:
                 await self.reconcile()
+                self.checked()
                 return
             except Exception as exc:
                 log.warning("self-managed certificate not ready yet; retrying", error=str(exc) or type(exc).__name__,
@@ -220,6 +225,7 @@ class SelfManagedCertificates:
             await asyncio.sleep(self.check_interval)
             try:
                 await self.reconcile()
+                self.checked()
             except Exception as exc:
                 log.error("self-managed certificate check failed", error=str(exc) or type(exc).__name__)
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 from kubernetes_asyncio import client, config
 
@@ -19,6 +20,15 @@ ListCall = Callable[..., Awaitable[Any]]
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # etcd refuses objects over 1.5 MiB by default; their JSON, with managedFields, stays well below this.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+# Every call has deadlines (docs/reference.md#api-timeouts): kubernetes-asyncio sets none, and a
+# half-open connection would otherwise hold a relist or a certificate renewal for ever. A LIST
+# of 100k ServiceAccounts from the watch cache is one ~50 MiB answer: minutes would be absurd.
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=120, connect=10, sock_connect=10, sock_read=60)
+# A watch lasts as long as the server keeps it; it must not go silent: the API server sends a
+# bookmark about every minute to a watch that asked for them, so three minutes of nothing means
+# the connection is dead, and the reflector resumes from the last version it saw.
+WATCH_IDLE = 180.0
+WATCH_CALL_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=WATCH_IDLE)
 
 
 class KubeError(Exception):
@@ -62,7 +72,7 @@ def _status_message(body: bytes) -> str:
 
 async def list_page(call: ListCall, **params: Any) -> dict[str, Any]:
     """One page of a list call, as the raw `...List` JSON object."""
-    response = await call(_preload_content=False, **params)
+    response = await call(_preload_content=False, _request_timeout=CALL_TIMEOUT, **params)
     try:
         return await _read_json(response)
     finally:
@@ -72,7 +82,7 @@ async def list_page(call: ListCall, **params: Any) -> dict[str, Any]:
 async def get_object(call: ListCall, *args: Any, timeout: float | None = None) -> dict[str, Any] | None:
     """GET one object; None when it does not exist (404)."""
     try:
-        response = await call(*args, _preload_content=False, _request_timeout=timeout)
+        response = await call(*args, _preload_content=False, _request_timeout=timeout or CALL_TIMEOUT)
     except client.ApiException as exc:
         raise KubeError(exc.status or 0, str(exc.reason)) from None
     try:
@@ -91,7 +101,7 @@ async def watch_events(call: ListCall, *, max_event_bytes: int = MAX_EVENT_BYTES
 
     A line that is not a JSON object, or longer than `max_event_bytes`, is a `KubeError`: the
     reflector backs off and lists again."""
-    response = await call(watch=True, _preload_content=False, **params)
+    response = await call(watch=True, _preload_content=False, _request_timeout=WATCH_CALL_TIMEOUT, **params)
     try:
         if response.status != 200:
             raise KubeError(response.status, _status_message(await response.read()))
@@ -133,7 +143,7 @@ def _event(line: bytes) -> dict[str, Any]:
 async def call_json(call: ListCall, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Any generated API call (create, replace, patch, …) answered as a raw JSON object."""
     try:
-        response = await call(*args, _preload_content=False, **kwargs)
+        response = await call(*args, _preload_content=False, **{"_request_timeout": CALL_TIMEOUT, **kwargs})
     except client.ApiException as exc:
         raise KubeError(exc.status or 0, str(exc.reason)) from None
     try:

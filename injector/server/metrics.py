@@ -54,6 +54,18 @@ def count_lookup_shed() -> None:
     LOOKUPS_SHED.inc()
 
 
+# When the self-managed certificate controller last completed a check (certificates/controller.py);
+# an alert fires when it has not for three check intervals (a frozen API server, a stuck call).
+CERTIFICATE_CHECKED = Gauge(
+    "pod_identity_injector_certificate_check_success_timestamp_seconds",
+    "When the self-managed certificate check last completed (Unix time).", registry=None,
+    multiprocess_mode="max")
+
+
+def mark_certificate_checked() -> None:
+    CERTIFICATE_CHECKED.set_to_current_time()
+
+
 def count_service_account_event(outcome: str) -> None:
     SERVICE_ACCOUNT_EVENTS.labels(outcome).inc()
 
@@ -90,6 +102,7 @@ class Metrics:
             ["reason"], registry=reg)
         reg.register(SERVICE_ACCOUNT_EVENTS)  # module-level: the Event job counts before a Metrics exists
         reg.register(LOOKUPS_SHED)  # likewise: the ServiceAccount source counts it
+        reg.register(CERTIFICATE_CHECKED)  # and the certificate controller sets this one
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
             ["method", "path", "code"], registry=reg)

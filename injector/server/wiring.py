@@ -22,7 +22,7 @@ from injector.core.role_arn import compose_role_arn
 from injector.core.settings import ServeSettings, SettingsError
 from injector.kube.client import api_client
 from injector.kube.events import ServiceAccountEvents
-from injector.server.metrics import count_lookup_shed, count_service_account_event
+from injector.server.metrics import count_lookup_shed, count_service_account_event, mark_certificate_checked
 from injector.server.routes import Job
 from injector.server.tls import CertificateLoadError, CertificateReloader, parse_cipher_suites, parse_min_version
 from injector.sources.configmap import ConfigMapSource
@@ -154,7 +154,7 @@ async def connect_cluster(settings: ServeSettings, store: IdentityStore, *, watc
         cluster.sources.append(
             ConfigMapSource(cluster.api, store, settings.namespace))
     if certificates:
-        cluster.certificates = SelfManagedCertificates(cluster.api, settings)
+        cluster.certificates = SelfManagedCertificates(cluster.api, settings, checked=mark_certificate_checked)
         log.info("self-managed certificate: waiting for the Secret and caBundle",
                  secret=f"{settings.namespace}/{settings.tls_secret}", configuration=settings.webhook_configuration)
         await cluster.certificates.wait_until_ready()

@@ -32,6 +32,7 @@ class ConfigMapSource:
             on_synced=lambda: store.mark_ready(SOURCE),
             namespace=namespace, field_selector=f"metadata.name={CONFIG_MAP_NAME}")
         store.expect(SOURCE)
+        store.refill.append(self.reflector.relist)
 
     def reconnect(self, api: client.ApiClient) -> None:
         """Carry on with another client; the watch resumes where it stopped."""

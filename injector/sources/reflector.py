@@ -46,6 +46,10 @@ class _Gone(Exception):
     """The watch's resourceVersion is too old: sync again."""
 
 
+class _RelistRequested(Exception):
+    pass
+
+
 class _NoInitialEvents(Exception):
     """The watch-list stream ended or failed before its initial-events-end bookmark."""
 
@@ -97,6 +101,11 @@ class Reflector:
         # The last resourceVersion seen; a `run` cancelled after the sync and started again (the
         # supervisor's, across its fork: injector/server/processes.py) resumes the watch from it.
         self.version = ""
+        self._relist = asyncio.Event()
+
+    def relist(self) -> None:
+        """List again now, then watch from there (the debug handler's refill after a clear)."""
+        self._relist.set()
 
     async def run(self) -> None:
         backoff = 0.5
@@ -107,12 +116,15 @@ class Reflector:
                     version = await self._sync()
                 backoff = 0.5
                 while True:  # resume for as long as the server lets us
-                    version = await self._watch(version)
+                    version = await self._watch_unless_relisting(version)
             except asyncio.CancelledError:
                 raise
             except _Gone:
                 version = ""
                 log.info("watch expired; relisting", source=self.name)
+            except _RelistRequested:
+                version = ""
+                log.info("relisting on request", source=self.name)
             except Exception as exc:
                 version = ""
                 delay = backoff * (1 + random.random() / 2)
@@ -120,6 +132,24 @@ class Reflector:
                             retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _watch_unless_relisting(self, version: str) -> str:
+        """`_watch`, ended early by `relist`."""
+        if self._relist.is_set():
+            self._relist.clear()
+            raise _RelistRequested
+        watch = asyncio.ensure_future(self._watch(version))
+        asked = asyncio.ensure_future(self._relist.wait())
+        try:
+            await asyncio.wait((watch, asked), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watch, asked):
+                task.cancel()
+            await asyncio.gather(watch, asked, return_exceptions=True)
+        if self._relist.is_set():
+            self._relist.clear()
+            raise _RelistRequested
+        return watch.result()
 
     # -- the sync --------------------------------------------------------------------------
     async def _sync(self) -> str:

@@ -52,6 +52,7 @@ class ServiceAccountSource:
                                    on_synced=lambda: store.mark_ready(SOURCE))
         store.expect(SOURCE)
         store.fetch_missing = self.fetch
+        store.refill.append(self.reflector.relist)
 
     def reconnect(self, api: client.ApiClient) -> None:
         """Carry on with another client (the first one closed with its event loop); the watch

@@ -46,6 +46,8 @@ class IdentityStore:
         self._pending: set[str] = set()
         # Set by a live ServiceAccount source: fetch one ServiceAccount missing from the table.
         self.fetch_missing: Callable[[str, str], Awaitable[object]] | None = None
+        # Set by the watched sources: list again now (after `clear`).
+        self.refill: list[Callable[[], None]] = []
         self.lookup_grace = lookup_grace
         # One object per distinct entry: most ServiceAccounts carry none of our annotations and
         # share the entry of flag defaults; a value with problems keeps its own (for the logs).
@@ -132,9 +134,13 @@ class IdentityStore:
                 listener(key, entry)
 
     def clear(self) -> None:
-        """The debug handler's reset: the sources repopulate on their next event."""
-        self.tables = IdentityTables()
+        """The debug handler's reset, as the Go webhook's: the ServiceAccount and ConfigMap
+        tables are emptied and their sources list again (`refill`); the Pod Identity list, which
+        nothing would refill before its file changes, is kept."""
+        self.tables = IdentityTables(pod_identities=self.tables.pod_identities)
         self._notify(("clear",))
+        for refill in self.refill:
+            refill()
 
     def _notify(self, update: Update) -> None:
         for listener in self.update_listeners:
@@ -153,7 +159,7 @@ class IdentityStore:
         elif kind == "pod_identities":
             self.tables.pod_identities = update[1]
         elif kind == "clear":
-            self.tables = IdentityTables()
+            self.tables = IdentityTables(pod_identities=self.tables.pod_identities)
         else:
             raise ValueError(f"unknown table update {kind!r}")
 

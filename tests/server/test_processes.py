@@ -434,3 +434,29 @@ def test_sigterm_before_the_first_sync_stops_the_supervisor_at_once(tmp_path, ce
     assert "list/watch failed; retrying" in srv.logs()
     assert srv.stop(timeout=10) == 0
     assert "stopped before serving" in srv.logs() and '"serving"' not in srv.logs()
+
+
+def test_the_probes_have_a_port_of_their_own_when_asked(tmp_path):
+    """--health-port: /healthz and /readyz over plain HTTP, apart from the webhook port
+    (docs/reference.md#probes); nothing else is served there."""
+    import http.client
+
+    from serving import free_port, make_certs, start_server
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs)
+    health_port = free_port()
+    server = start_server(tmp_path, certs, "--health-port", str(health_port))
+    try:
+        answers = {}
+        for path in ("/healthz", "/readyz", "/mutate"):
+            conn = http.client.HTTPConnection(server.host, health_port, timeout=10)
+            conn.request("GET", path)
+            answers[path] = conn.getresponse().status
+            conn.close()
+        assert answers == {"/healthz": 200, "/readyz": 200, "/mutate": 404}
+        assert server.request("GET", "/healthz")[0] == 200  # still on the webhook port too
+    finally:
+        assert server.stop() == 0
+    assert f'"health_port":{health_port}' in server.logs()

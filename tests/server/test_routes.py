@@ -338,6 +338,19 @@ async def test_the_metrics_port_renders_the_go_names_and_dumps_the_cache_on_requ
         assert await (await metrics.get("/debug/alpha/cache")).json() == {}
 
 
+async def test_the_debug_clear_empties_what_the_go_webhook_clears_and_asks_the_sources_to_list_again():
+    """docs/reference.md#debug-routes: the ServiceAccount and ConfigMap tables, refilled by a
+    relist; the EKS Pod Identity list, which nothing would refill, is kept."""
+    state = make_state(enable_debugging_handlers=True)
+    state.store.replace_pod_identities(frozenset({("team", "app")}))
+    relists: list[str] = []
+    state.store.refill.append(lambda: relists.append("serviceaccounts"))
+    async with client_of(metrics_routes(state, Exposition(state.metrics))) as metrics:
+        assert (await metrics.post("/debug/alpha/cache/clear")).status == 200
+    assert not state.store.tables.service_accounts and relists == ["serviceaccounts"]
+    assert state.store.tables.pod_identities == frozenset({("team", "app")})
+
+
 # -- jobs beside the server -----------------------------------------------------------------
 async def test_background_jobs_run_until_stopped_and_then_runs_after_they_have_ended():
     events = []

@@ -129,6 +129,9 @@ app.kubernetes.io/part-of: pod-identity-injector
 {{- $args = append $args (printf "--metrics-port=%v" (int .Values.metrics.port)) -}}
 {{- end -}}
 {{- $args = append $args (printf "--namespace=%s" .Release.Namespace) -}}
+{{- if gt (int .Values.healthPort) 0 -}}
+{{- $args = append $args (printf "--health-port=%v" (int .Values.healthPort)) -}}
+{{- end -}}
 {{- if eq $mode "selfManaged" -}}
 {{- $args = concat $args (list
       "--cert-mode=self-managed"
