@@ -19,11 +19,22 @@ help:
 	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
 	@echo "make cluster-down - stop it and remove everything it made"
 
-$(STAMP): pyproject.toml
+# Installed from constraints.txt: the versions tested together, the image's too.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# Re-pin constraints.txt to the newest versions pyproject.toml allows, in a scratch venv; then
+# run `make test` before committing it.
+.PHONY: constraints
+constraints:
+	rm -rf .constraints-venv && $(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install --quiet --upgrade pip
+	.constraints-venv/bin/pip install --quiet '.[test,doctor]'
+	{ sed -n '1,/^# Renew/p' constraints.txt; .constraints-venv/bin/pip freeze | grep -v '^pod-identity-injector'; } \
+		> constraints.txt.new && mv constraints.txt.new constraints.txt && rm -rf .constraints-venv
 
 install: $(STAMP)
 

@@ -39,6 +39,25 @@ def test_the_handler_still_has_the_aiohttp_internals_the_header_deadline_reads()
     assert {"_request_count", "_messages", "_current_request"} <= slots
 
 
+def test_aiohttp_still_offers_every_hook_the_guard_uses():
+    """The guard subclasses aiohttp's handler and site; a release that drops one of these would
+    silently disable a limit (constraints.txt pins aiohttp; this catches a re-pin)."""
+    import inspect
+
+    from aiohttp import web
+
+    handler_params = inspect.signature(RequestHandler.__init__).parameters
+    assert {"keepalive_timeout", "lingering_time", "max_line_size", "max_field_size", "read_bufsize"} <= set(
+        handler_params)
+    for method in ("force_close", "data_received", "connection_made", "connection_lost"):
+        assert callable(getattr(RequestHandler, method))
+    site = web.TCPSite.__init__.__code__.co_varnames
+    assert {"host", "port", "backlog", "reuse_port"} <= set(site)
+    assert {"_host", "_port", "_backlog", "_reuse_port", "_ssl_context", "_runner"} <= set(
+        web.TCPSite.__init__.__code__.co_names + web.BaseSite.__init__.__code__.co_names)
+    assert "_kwargs" in web.Server.__init__.__code__.co_names  # the handler options the factory reuses
+
+
 def test_two_thousand_stalled_connections_are_closed_in_time_and_fresh_admissions_still_answered(tmp_path, certs):
     server = start_server(tmp_path, certs, "--read-header-timeout", f"{TIMEOUT}s", "--tls-handshake-timeout",
                           f"{TIMEOUT}s", "--read-body-timeout", f"{TIMEOUT}s", "--max-connections", "5000")

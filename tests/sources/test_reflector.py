@@ -51,8 +51,10 @@ class FakeApi:
         self.calls: list[tuple[str, dict]] = []
         self.changed = asyncio.Event()
 
-    async def __call__(self, watch: bool = False, _preload_content: bool = True, **params: Any) -> Response:
+    async def __call__(self, watch: bool = False, _preload_content: bool = True, _request_timeout: Any = None,
+                       **params: Any) -> Response:
         assert _preload_content is False
+        assert _request_timeout is not None  # every call has its deadlines (docs/reference.md#api-timeouts)
         self.calls.append(("watch" if watch else "list", params))
         self.changed.set()
         script = self.watches if watch else self.lists
@@ -291,3 +293,26 @@ async def test_lines_split_across_chunks_are_reassembled_and_blank_lines_skipped
 async def test_a_line_that_is_not_an_event_is_an_error_not_a_crash(line):
     with pytest.raises(KubeError):
         await _events([line + b"\n"])
+
+
+async def test_relist_on_request_lists_again_at_once_and_watches_from_there():
+    """The debug handler's refill after a clear (docs/reference.md#debug-routes): a watch the
+    server keeps open is ended, the list is fetched again, and the watch resumes from it."""
+    api = FakeApi([page(["a"], version="1"), page(["a", "b"], version="7")], [])
+    recorder = Recorder()
+    r = Reflector("test", api, on_replace=recorder.on_replace, on_event=recorder.on_event,
+                  on_synced=recorder.on_synced, watch_list=False)
+    task = asyncio.create_task(r.run())
+    try:
+        async with asyncio.timeout(5):
+            while api.kinds() != ["list", "watch"]:
+                await asyncio.sleep(0.01)
+            r.relist()
+            while api.kinds() != ["list", "watch", "list", "watch"]:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert recorder.replaced == [["a"], ["a", "b"]] and recorder.synced == 1
+    assert [params["resource_version"] for kind, params in api.calls if kind == "watch"] == ["1", "7"]
