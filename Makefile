@@ -12,6 +12,7 @@ help:
 	@echo "make run    - generate local certificates and serve the webhook on https://127.0.0.1:$(PORT)"
 	@echo "make test   - lint and run the whole test suite"
 	@echo "make bench  - throughput/latency benchmark of serve (wrk) and of the planner"
+	@echo "make attack - slow bodies, stalled connections, resets, lookup and connection floods against serve"
 	@echo "make bench-scale - memory, ready time, API requests, admissions at 1k/10k/100k ServiceAccounts"
 	@echo "make bench-side-by-side GO_WEBHOOK=... - the Go webhook and serve in alternating rounds"
 	@echo "make bench-instructions - instructions per admission, per step (valgrind; does not drift)"
@@ -86,6 +87,12 @@ e2e-kind: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+# Hostile neighbours against serve with the chart's settings and a real kube-apiserver, on
+# loopback, each attack bounded in count and time (benchmarks/attack.py; prints numbers).
+.PHONY: attack
+attack: $(STAMP) plane
+	$(BIN)/python benchmarks/attack.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .bench
