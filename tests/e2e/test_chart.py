@@ -54,11 +54,14 @@ def tools() -> tuple[str, str]:
     return helm, str(Path(helm).with_name("kubectl"))
 
 
+def helm_env(kubeconfig: Path | str) -> dict[str, str]:
+    home = str(Path(kubeconfig).parent / "helm")
+    return {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home,
+            "HELM_DATA_HOME": home}
+
+
 def run(cmd: list[str], kubeconfig: Path | str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(Path(kubeconfig).parent / "helm"),
-           "HELM_CONFIG_HOME": str(Path(kubeconfig).parent / "helm"),
-           "HELM_DATA_HOME": str(Path(kubeconfig).parent / "helm")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=helm_env(kubeconfig), timeout=120, **kwargs)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -99,6 +102,37 @@ async def test_every_value_set_renders_manifests_the_api_server_accepts(tools, c
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "restricted-check"},
                "spec": {**template["spec"], "serviceAccountName": "default"}}
         await admin.create_pod(restricted, pod, dry_run=True)  # raises on a PodSecurity violation
+
+
+# -- a Secret the webhook made itself (an earlier chart version) --------------------------------
+async def test_an_upgrade_leaves_a_secret_the_webhook_made_itself_alone(tools, control_plane: ControlPlane,
+                                                                       admin: Kube):
+    """Earlier chart versions let the webhook create the Secret; Helm cannot adopt it. An
+    upgrade leaves it out (and it keeps its data and its owner), while a new install refuses to
+    start on a leftover one rather than reuse its CA. No webhook runs here: only Helm is tested."""
+    helm = tools[0]
+    namespace = await admin.namespace("chart-legacy-secret")
+    release, fullname = "legacy", "legacy-pod-identity-injector"
+    common = ["-n", namespace, "--set", "tests.enabled=false", "--set", "webhook.url=https://127.0.0.1:1/mutate"]
+    ca = base64.b64encode(Path(control_plane.pki.ca_file).read_bytes()).decode()
+    run([helm, "install", release, str(CHART), *common, "--set", "certificates.mode=existingSecret",
+         "--set", "certificates.existingSecret.name=elsewhere", "--set", f"certificates.existingSecret.caBundle={ca}"],
+        control_plane.kubeconfig)
+    made_by_webhook = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                       "metadata": {"name": f"{fullname}-tls", "labels": {
+                           "app.kubernetes.io/managed-by": "pod-identity-injector"}},
+                       "data": {"tls.crt": base64.b64encode(b"the webhook's").decode(), "tls.key": ""}}
+    await admin.call(admin.core.create_namespaced_secret, namespace, made_by_webhook)
+    run([helm, "upgrade", release, str(CHART), *common], control_plane.kubeconfig)  # now selfManaged
+    kept = await admin.call(admin.core.read_namespaced_secret, f"{fullname}-tls", namespace)
+    assert kept["data"]["tls.crt"] == made_by_webhook["data"]["tls.crt"]
+    assert kept["metadata"]["labels"] == made_by_webhook["metadata"]["labels"]
+    role = await admin.call(admin.rbac.read_namespaced_role, fullname, namespace)
+    assert not [r for r in role["rules"] if "create" in r["verbs"]]
+    run([helm, "uninstall", release, "-n", namespace, "--wait"], control_plane.kubeconfig)
+    fresh = subprocess.run([helm, "install", release, str(CHART), *common], capture_output=True, text=True,
+                           env=helm_env(control_plane.kubeconfig), timeout=120)
+    assert fresh.returncode != 0 and "exists and cannot be imported" in fresh.stderr, fresh.stderr
 
 
 # -- installed, self-managed, mutating -------------------------------------------------------------
