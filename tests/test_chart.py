@@ -140,8 +140,8 @@ def webhooks(docs: list[dict]) -> list[dict]:
     return one(docs, "MutatingWebhookConfiguration", FULLNAME)["webhooks"]
 
 
-def rules_of(docs: list[dict], kind: str) -> list[dict]:
-    found = objects(docs, kind)
+def rules_of(docs: list[dict], kind: str, name: str = FULLNAME) -> list[dict]:
+    found = [doc for doc in objects(docs, kind) if doc["metadata"]["name"] == name]
     assert len(found) <= 1
     return found[0]["rules"] if found else []
 
@@ -307,7 +307,22 @@ def test_self_managed_certificates(helm):
     volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["tmp"]
     assert "certs" not in volumes
-    assert not objects(docs, "Certificate") and not objects(docs, "Secret")
+    assert not objects(docs, "Certificate")
+
+
+def test_self_managed_secret_is_created_empty_by_the_chart(helm):
+    """The chart makes the Secret so that the webhook needs no `create` on Secrets. With no
+    data and no kubernetes.io/tls type (which would demand tls.crt and tls.key), helm upgrade
+    has nothing of the webhook's to overwrite, and helm uninstall deletes it: the next install
+    starts from a new CA."""
+    secret = one(render(helm), "Secret", f"{FULLNAME}-tls")
+    assert secret["metadata"]["namespace"] == NS
+    assert secret["type"] == "Opaque"
+    assert not {"data", "stringData", "immutable"} & set(secret)
+    annotations = secret["metadata"].get("annotations") or {}
+    assert "helm.sh/resource-policy" not in annotations and "helm.sh/hook" not in annotations
+    for value_set in ("cert-manager", "existing-secret"):  # the Secret is cert-manager's or the user's
+        assert not objects(render(helm, value_set), "Secret")
 
 
 def test_cert_manager_mode(helm):
@@ -370,6 +385,7 @@ def assert_file_mode(docs: list[dict], secret: str) -> None:
 # -- RBAC ----------------------------------------------------------------------------------------
 SA_RULE = ([""], ["serviceaccounts"], [], ["get", "list", "watch"])
 EVENTS_RULE = ([""], ["events"], [], ["create"])  # ServiceAccount Events (docs/reference.md#service-account-events)
+EVENTS_ROLE = f"{FULLNAME}-events"
 
 
 def rule(groups, resources, names, verbs) -> dict:
@@ -377,6 +393,11 @@ def rule(groups, resources, names, verbs) -> dict:
     if names:
         out["resourceNames"] = names
     return out
+
+
+def bindings_to(docs: list[dict], role_kind: str, role: str) -> list[dict]:
+    return [doc for doc in objects(docs, "ClusterRoleBinding") + objects(docs, "RoleBinding")
+            if doc["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role}]
 
 
 @pytest.mark.parametrize(("value_set", "self_managed", "config_map"), [
@@ -389,48 +410,81 @@ def rule(groups, resources, names, verbs) -> dict:
 ])
 def test_rbac_matches_the_enabled_features(helm, value_set, self_managed, config_map):
     docs = render(helm, value_set)
-    cluster = [rule(*SA_RULE), rule(*EVENTS_RULE)]
+    cluster = [rule(*SA_RULE)]
     namespaced = []
     if self_managed:
         cluster.append(rule(["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], [FULLNAME],
                             ["get", "patch", "update"]))
-        namespaced += [rule([""], ["secrets"], [f"{FULLNAME}-tls"], ["get", "update", "patch"]),
-                       rule([""], ["secrets"], [], ["create"])]
+        namespaced.append(rule([""], ["secrets"], [f"{FULLNAME}-tls"], ["get", "update", "patch"]))
     if config_map:
         namespaced.append(rule([""], ["configmaps"], ["pod-identity-webhook"], ["get", "list", "watch"]))
     assert normalise(rules_of(docs, "ClusterRole")) == normalise(cluster)
+    assert normalise(rules_of(docs, "ClusterRole", EVENTS_ROLE)) == normalise([rule(*EVENTS_RULE)])
     assert normalise(rules_of(docs, "Role")) == normalise(namespaced)
+    assert {d["metadata"]["name"] for d in objects(docs, "ClusterRole")} == {FULLNAME, EVENTS_ROLE}
     sa = one(docs, "ServiceAccount", FULLNAME)
-    for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
-        bindings = objects(docs, kind)
-        assert len(bindings) == (1 if kind == "ClusterRoleBinding" or namespaced else 0)
-        for binding in bindings:
-            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind,
-                                          "name": FULLNAME}
-            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                            "namespace": NS}]
+    subject = [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NS}]
+    (cluster_binding,) = bindings_to(docs, "ClusterRole", FULLNAME)
+    assert cluster_binding["kind"] == "ClusterRoleBinding" and cluster_binding["subjects"] == subject
+    role_bindings = bindings_to(docs, "Role", FULLNAME)
+    assert len(role_bindings) == (1 if namespaced else 0)
+    for binding in role_bindings:
+        assert binding["kind"] == "RoleBinding" and binding["subjects"] == subject
+    (events_binding,) = bindings_to(docs, "ClusterRole", EVENTS_ROLE)
+    assert events_binding["kind"] == "ClusterRoleBinding" and events_binding["subjects"] == subject
     for role in objects(docs, "Role"):
         assert role["metadata"]["namespace"] == NS
     assert deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
 
 
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_the_webhook_may_create_nothing_but_events(helm, value_set):
+    """Least privilege, whatever the values: no `create` on Secrets (the chart makes the one
+    Secret the webhook writes) nor on anything else, no wildcard, no delete; every write on a
+    named object only. Events are the one create, as RBAC cannot name an object not yet made."""
+    docs = render(helm, value_set)
+    for role in objects(docs, "ClusterRole") + objects(docs, "Role"):
+        for r in role["rules"]:
+            assert "*" not in r["verbs"] + r["resources"] + r["apiGroups"], (role["metadata"]["name"], r)
+            assert "delete" not in r["verbs"] and "deletecollection" not in r["verbs"], r
+            if "create" in r["verbs"]:
+                assert (r["apiGroups"], r["resources"], r["verbs"]) == ([""], ["events"], ["create"]), r
+            writes = {"update", "patch"} & set(r["verbs"])
+            if writes:
+                assert r.get("resourceNames"), f"{role['metadata']['name']} may {writes} any {r['resources']}"
+
+
 def test_service_account_events_need_create_on_events_and_can_be_turned_off(helm):
-    """On by default: the binary's default (no flag), the ClusterRole may create core Events
-    (nothing else on them: an Event is never patched), and the pod names itself in POD_NAME."""
+    """On by default: the binary's default (no flag), a ClusterRole of its own that may only
+    create core Events (an Event is never read or patched), bound cluster-wide since the
+    ServiceAccounts it reports on can be in any namespace; the pod names itself in POD_NAME."""
     docs = render(helm)
     assert "service-account-events" not in flags(docs)
-    event_rules = [r for r in rules_of(docs, "ClusterRole") if "events" in r["resources"]]
-    assert event_rules == [rule(*EVENTS_RULE)]
-    assert not [r for r in rules_of(docs, "Role") if "events" in r["resources"]]
+    assert rules_of(docs, "ClusterRole", EVENTS_ROLE) == [rule(*EVENTS_RULE)]
+    assert not [r for r in rules_of(docs, "ClusterRole") + rules_of(docs, "Role") if "events" in r["resources"]]
+    assert [b["kind"] for b in bindings_to(docs, "ClusterRole", EVENTS_ROLE)] == ["ClusterRoleBinding"]
     env = container(docs)["env"]
     assert env[0] == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 
     docs = render(helm, "default", "serviceAccountEvents.enabled=false", "env[0].name=EXTRA", "env[0].value=x")
     assert flags(docs)["service-account-events"] == "false"
-    assert normalise(rules_of(docs, "ClusterRole")) == normalise(
-        [rule(*SA_RULE), rule(["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], [FULLNAME],
-                              ["get", "patch", "update"])])
+    assert "events" not in json.dumps([d for d in docs if d["kind"] in ("ClusterRole", "Role") and not is_hook(d)])
+    assert not rules_of(docs, "ClusterRole", EVENTS_ROLE) and not bindings_to(docs, "ClusterRole", EVENTS_ROLE)
     assert [e["name"] for e in container(docs)["env"]] == ["POD_NAME", "EXTRA"]
+
+
+def test_service_account_events_can_be_granted_in_listed_namespaces_only(helm):
+    """A RoleBinding to the events ClusterRole in each listed namespace, and no cluster-wide
+    binding: Events elsewhere are refused (403), which the webhook logs once and counts."""
+    docs = render(helm, "default", "serviceAccountEvents.namespaces={team-a,team-b}")
+    bindings = bindings_to(docs, "ClusterRole", EVENTS_ROLE)
+    assert sorted((b["kind"], b["metadata"].get("namespace")) for b in bindings) == [
+        ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NS}]
+    assert rules_of(docs, "ClusterRole", EVENTS_ROLE) == [rule(*EVENTS_RULE)]
+    assert "service-account-events" not in flags(docs)
+    assert "namespaces" in render_error("default", "serviceAccountEvents.namespaces={Not_A_Namespace}")
 
 
 def test_rbac_can_be_left_to_the_admin(helm):
@@ -789,36 +843,72 @@ def test_prometheus_rules(helm):
 
 def test_monitoring_is_off_by_default(helm):
     kinds = {d["kind"] for d in render(helm) if not is_test_object(d)}
-    assert not {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "Certificate", "Issuer", "ConfigMap"} & kinds
+    assert not {"ServiceMonitor", "PrometheusRule", "Certificate", "Issuer", "ConfigMap"} & kinds
 
 
-def test_network_policy(helm):
-    docs = render(helm, "network-policy")
+def ingress_for(policy: dict, port: str) -> list[dict]:
+    return [r for r in policy["spec"]["ingress"] if {"port": port, "protocol": "TCP"} in r["ports"]]
+
+
+def test_network_policy_is_on_by_default_and_never_cuts_off_the_api_server(helm):
+    """The API server reaches the webhook port from the control plane, an address no selector
+    reliably matches (host network, node or cluster-specific IPs): that port stays open to any
+    source. The metrics port is for the `monitoring` namespace only. Egress: the API server's
+    ports and DNS."""
+    docs = render(helm)
     policy = one(docs, "NetworkPolicy", FULLNAME)
-    pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
-    assert matches(policy["spec"]["podSelector"], pod_labels)
+    assert matches(policy["spec"]["podSelector"], deployment(docs)["spec"]["template"]["metadata"]["labels"])
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    webhook_rule, metrics_rule = policy["spec"]["ingress"]
-    assert webhook_rule == {"ports": [{"port": "https", "protocol": "TCP"}]}  # from anywhere: the API server
-    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": ns_labels("monitoring")}}]
+    assert ingress_for(policy, "https") == [{"ports": [{"port": "https", "protocol": "TCP"}]}]  # no `from`: anyone
+    (metrics,) = ingress_for(policy, "metrics")
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": ns_labels("monitoring")}}]
+    assert len(policy["spec"]["ingress"]) == 2  # nothing else gets in
     api, dns = policy["spec"]["egress"]
-    assert [p["port"] for p in api["ports"]] == [443, 6443]
+    assert [p["port"] for p in api["ports"]] == [443, 6443] and "to" not in api
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
     # The helm test pod is not selected (it needs the API server, nothing else changes for it).
     (test_pod,) = objects(docs, "Pod", hooks=True)
     assert not matches(policy["spec"]["podSelector"], test_pod["metadata"]["labels"])
 
 
+def test_network_policy_keeps_the_probes_working(helm):
+    """The kubelet probes the port the API server calls, which is open by default; when
+    webhookFrom narrows it, the probes still pass, as NetworkPolicy always admits traffic from
+    the pod's own node (where the kubelet runs)."""
+    docs = render(helm)
+    policy = one(docs, "NetworkPolicy", FULLNAME)
+    c = container(docs)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        port = c[probe]["httpGet"]["port"]
+        assert [r for r in ingress_for(policy, port) if "from" not in r], f"{probe} port {port} is not open"
+
+
+def test_network_policy_can_be_narrowed(helm):
+    docs = render(helm, "network-policy")
+    policy = one(docs, "NetworkPolicy", FULLNAME)
+    (webhook,) = ingress_for(policy, "https")
+    assert webhook["from"] == [{"ipBlock": {"cidr": "172.16.0.0/28"}}]
+    (api, _dns) = policy["spec"]["egress"]
+    assert api == {"ports": [{"port": 443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "172.16.0.2/32"}}]}
+    anyone = one(render(helm, "default", "networkPolicy.metricsFrom=null"), "NetworkPolicy", FULLNAME)
+    assert ingress_for(anyone, "metrics") == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    without_metrics = one(render(helm, "default", "metrics.enabled=false"), "NetworkPolicy", FULLNAME)
+    assert not ingress_for(without_metrics, "metrics")
+
+
+def test_network_policy_can_be_turned_off(helm):
+    assert not objects(render(helm, "default", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
 def test_compose_role_arn_without_an_account_reads_instance_metadata(helm):
     """docs/reference.md#instance-metadata: no account id renders no flag (the binary asks the node's
     instance metadata), and the network policy lets exactly that address through."""
-    docs = render(helm, "network-policy", "config.composeRoleArn=true")
+    docs = render(helm, "default", "config.composeRoleArn=true")
     f = flags(docs)
     assert f["compose-role-arn"] == "true" and "aws-account-id" not in f and "aws-partition" not in f
     imds = [rule for rule in one(docs, "NetworkPolicy", FULLNAME)["spec"]["egress"] if "ipBlock" in str(rule)]
     assert imds == [{"ports": [{"port": 80, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}]}]
-    given = render(helm, "network-policy", "config.composeRoleArn=true",
+    given = render(helm, "default", "config.composeRoleArn=true",
                    "config.awsAccountId=012345678901")  # a leading 0 keeps --set from making it a number
     assert flags(given)["aws-account-id"] == "012345678901"
     assert "169.254.169.254" not in json.dumps(one(given, "NetworkPolicy", FULLNAME))

@@ -7,6 +7,10 @@ manual step. State lives only in the API server: every replica runs the same rec
 loop, and concurrent writers are made safe by resourceVersion conflicts (the loser re-reads
 and adopts the winner's certificate), not by leader election.
 
+The Secret may exist before the first pass, empty (the Helm chart creates it so that the
+webhook needs no `create` on Secrets): it is filled in place, keeping its owner, labels and
+type. A missing one is created, owned by the webhook configuration (so it goes with it).
+
 One pass (`reconcile`): read the Secret; issue what is missing, invalid, expiring or for
 other names (keeping the CA unless it nears its own expiry); write the pair to local files
 for the TLS reloader; make sure every webhook of the configuration carries the CA bundle,
@@ -245,22 +249,32 @@ class SelfManagedCertificates:
             annotations = dict(metadata.get("annotations") or {})
             if changed_at is not None:
                 annotations[CA_CHANGED_ANNOTATION] = changed_at.isoformat()
-            metadata.update(
-                name=self.secret, namespace=self.namespace, annotations=annotations,
-                labels={**(metadata.get("labels") or {}), "app.kubernetes.io/managed-by": "pod-identity-injector"},
-                # Deleted with the webhook configuration (helm uninstall): no orphaned CA.
-                ownerReferences=metadata.get("ownerReferences") or [_owner(config)])
-            body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": metadata,
-                    "data": wanted.to_secret_data()}
+            metadata.update(name=self.secret, namespace=self.namespace, annotations=annotations,
+                            labels=dict(metadata.get("labels") or {}))
+            if secret is None:
+                # Made here, so owned here: deleted with the webhook configuration (helm uninstall
+                # of a chart that did not create it, or any install by hand), no orphaned CA.
+                metadata["labels"]["app.kubernetes.io/managed-by"] = "pod-identity-injector"
+                metadata["ownerReferences"] = [_owner(config)]
+            # A Secret someone else created (the chart makes it empty, so that the webhook needs
+            # no `create` on Secrets) keeps its owner, its labels and its type (immutable): only
+            # the data and the CA-change annotation are ours.
+            body = {"apiVersion": "v1", "kind": "Secret", "type": (secret or {}).get("type") or "kubernetes.io/tls",
+                    "metadata": metadata, "data": wanted.to_secret_data()}
             try:
                 if secret is None:
                     await call_json(self.core.create_namespaced_secret, self.namespace, body)
                 else:  # metadata carries the resourceVersion read above: a concurrent write conflicts
                     await call_json(self.core.replace_namespaced_secret, self.secret, self.namespace, body)
             except KubeError as exc:
-                if exc.status in (409,):  # another replica wrote first: adopt theirs
+                if exc.status in (409,):  # another replica wrote first (or created it): adopt theirs
                     log.info("certificate secret changed concurrently; re-reading", secret=self.secret)
                     continue
+                if secret is None and exc.status == 403:
+                    raise RuntimeError(
+                        f"secret {self.namespace}/{self.secret} does not exist and this webhook may not create it "
+                        f"({exc}); the Helm chart creates it empty (helm upgrade restores it), otherwise create "
+                        f"it empty: kubectl -n {self.namespace} create secret generic {self.secret}") from None
                 raise
             log.info("serving certificate issued", secret=f"{self.namespace}/{self.secret}", reason=reason,
                      new_ca=changed_at is not None)

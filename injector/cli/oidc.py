@@ -33,11 +33,13 @@ from injector.oidc.documents import (
 )
 from injector.oidc.fetch import (
     FetchError,
+    UntrustedChain,
     client_context,
     cluster_documents,
     host_and_port,
     pod_token,
     thumbprint,
+    trust_store_name,
     verify_published,
 )
 
@@ -120,14 +122,27 @@ def _write(out: Path, publication: Publication) -> list[Path]:
 def run_thumbprint(args: argparse.Namespace) -> int:
     url = args.url if "://" in args.url else f"https://{args.url}"
     try:
-        host_and_port(url)
-        value = thumbprint(url)
+        host, _ = host_and_port(url)
+        if not args.insecure:
+            client_context(args.ca_file)
+        result = thumbprint(url, ca_file=args.ca_file, verify=not args.insecure)
+    except UntrustedChain as exc:
+        return _say("thumbprint", f"{exc} (checked against {trust_store_name(args.ca_file)}). A private CA: give "
+                                  "it with --ca-file FILE. Otherwise something between this machine and the host "
+                                  "may be serving its own certificate: do not register a thumbprint of it "
+                                  "(--insecure takes one without this check)", FAILED)
     except ChainError as exc:
         return _say("thumbprint", str(exc), FAILED)
     except OidcError as exc:
         return _say("thumbprint", str(exc), UNUSABLE)
-    print(value)
-    print(create_provider_command(url.rstrip("/"), value, (args.audience,)))
+    print(result.value)
+    print(create_provider_command(url.rstrip("/"), result.value, (args.audience,)))
+    if not result.trusted_by:
+        warning = (f"the chain {host} served was NOT checked against any trust store (--insecure): anyone "
+                   "between this machine and the host could have served it; confirm the thumbprint another way "
+                   "before registering it")
+        print(f"# WARNING: {warning}")
+        print(f"pod-identity-injector: oidc thumbprint: warning: {warning}", file=sys.stderr)
     return OK
 
 

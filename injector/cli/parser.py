@@ -100,9 +100,14 @@ def _add_oidc(sub: Any) -> None:
              help="a signing public (or private) key PEM instead of the cluster's JWKS (repeatable)")
     cluster_flags(q)
     q = commands.add_parser("thumbprint", help="the certificate thumbprint IAM expects for the issuer's host",
-                            description="SHA-1 of the last CA certificate in the chain the host serves.")
+                            description="SHA-1 of the last CA certificate in the chain the host serves, once that "
+                                        "chain verifies against the system trust store (or --ca-file).")
     add_flag(q, "url", metavar="https://HOST[/PATH]")
     add_flag(q, "--audience", default="sts.amazonaws.com", help="client id for the printed aws iam command")
+    add_flag(q, "--ca-file", default="", metavar="FILE",
+             help="check the served chain against this CA instead of the system trust store (private CAs)")
+    add_flag(q, "--insecure", action="store_true",
+             help="take the thumbprint without checking the chain against any trust store (says so loudly)")
     q = commands.add_parser("verify", help="check a token against the published documents, as STS would",
                             description="Fetch the issuer's discovery document and JWKS and check a token's "
                                         "signature, iss, aud and exp against them.")

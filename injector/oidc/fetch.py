@@ -14,6 +14,7 @@ import posixpath
 import socket
 import ssl
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,7 @@ from kubernetes_asyncio import client
 from injector.kube.client import KubeError, api_client, call_json
 from injector.oidc.documents import (
     STS_AUDIENCE,
+    ChainError,
     OidcError,
     VerifiedToken,
     chain_thumbprint,
@@ -170,6 +172,20 @@ async def verify_published(token: str, issuer: str, audience: str = STS_AUDIENCE
 
 
 # -- the provider's TLS chain -----------------------------------------------------------------
+class UntrustedChain(ChainError):
+    """The host's chain does not verify against the trust store asked for: a private CA (give
+    it with --ca-file), or someone between us and the host serving their own certificate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Thumbprint:
+    """The thumbprint and what vouched for the chain it was taken from: `trusted_by` names the
+    trust store the chain and host name verified against, or is "" when nothing was checked."""
+
+    value: str
+    trusted_by: str
+
+
 def host_and_port(url: str) -> tuple[str, int]:
     """`https://HOST[:PORT][/PATH]` (or a bare HOST[:PORT]) → host and port."""
     parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
@@ -181,16 +197,36 @@ def host_and_port(url: str) -> tuple[str, int]:
         raise OidcError(f"{url!r}: {exc}") from None
 
 
-def served_chain(host: str, port: int = 443, timeout: float = TIMEOUT) -> list[x509.Certificate]:
+def trust_store_name(ca_file: str = "") -> str:
+    """How a message names the trust store `client_context(ca_file)` uses."""
+    if ca_file:
+        return f"--ca-file {ca_file}"
+    paths = ssl.get_default_verify_paths()
+    return f"the system trust store ({paths.cafile or paths.capath or paths.openssl_cafile})"
+
+
+def served_chain(host: str, port: int = 443, timeout: float = TIMEOUT,
+                 trust: ssl.SSLContext | None = None) -> list[x509.Certificate]:
     """The certificates the host sends in its TLS handshake, leaf first, exactly as sent
-    (nothing completed from a local trust store: IAM sees only what is served)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the chain is judged by chain_thumbprint, not by this trust store
+    (nothing completed from a local trust store: IAM sees only what is served).
+
+    With `trust` (a verifying context, as `client_context` makes) the handshake itself checks
+    the chain and the host name against that store, so the chain returned is the one that
+    verified, on the same connection; a chain that does not verify raises UntrustedChain.
+    Without it nothing is checked here (chain_thumbprint still judges the chain's shape).
+    """
+    context = trust
+    if context is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the caller asked for no trust check, and says so
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw, \
                 context.wrap_socket(raw, server_hostname=host) as tls:
             ders = _peer_chain(tls)
+    except ssl.SSLCertVerificationError as exc:
+        raise UntrustedChain(f"{host}:{port}: the certificate chain it serves is not trusted: "
+                             f"{exc.verify_message or exc}") from None
     except (OSError, ssl.SSLError) as exc:
         raise FetchError(f"{host}:{port}: TLS handshake failed: {exc}") from None
     return [x509.load_der_x509_certificate(der) for der in ders]
@@ -206,7 +242,15 @@ def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
     return [c.public_bytes(_ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain() or []]  # type: ignore
 
 
-def thumbprint(url: str, timeout: float = TIMEOUT) -> str:
-    """The thumbprint IAM expects for an OIDC provider at `url` (see oidc.chain_thumbprint)."""
+def thumbprint(url: str, timeout: float = TIMEOUT, *, ca_file: str = "", verify: bool = True) -> Thumbprint:
+    """The thumbprint IAM expects for an OIDC provider at `url` (see oidc.chain_thumbprint).
+
+    By default the served chain must verify, with the host name, against the system trust
+    store (or `ca_file`): otherwise whoever sits between this machine and the host could get
+    their own CA pinned in IAM. `verify=False` skips that check, and the result says so
+    (`trusted_by` is ""); the caller must say it loudly.
+    """
     host, port = host_and_port(url)
-    return chain_thumbprint(served_chain(host, port, timeout), host)
+    trust = client_context(ca_file) if verify else None
+    value = chain_thumbprint(served_chain(host, port, timeout, trust), host)
+    return Thumbprint(value, trust_store_name(ca_file) if verify else "")

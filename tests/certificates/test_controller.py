@@ -1,8 +1,10 @@
-"""Self-managed certificates: what the reconciler decides to store (the API calls are
-exercised against a real API server in tests/e2e)."""
+"""Self-managed certificates: what the reconciler decides to store, and how it writes the
+Secret whether the chart made it empty or nobody made it (against a stand-in for the Secret
+endpoints here; against a real API server in tests/e2e)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,9 +15,11 @@ from injector.certificates.bundle_marker import bundle_in_place, set_bundle_in_p
 from injector.certificates.controller import (
     Bundle,
     CertificateSpec,
+    SelfManagedCertificates,
     renewed_bundle,
     write_pair,
 )
+from injector.core.settings import ServeSettings
 
 NAMES = tuple(certs.service_names("injector", "infra"))
 
@@ -137,3 +141,99 @@ def test_after_a_ca_change_the_previous_cas_stay_registered_for_the_overlap():
     assert registered_bundle(new.ca_pem, "not base64 pem", now, now, overlap) == new.ca_pem
     # the same CA registered again is not duplicated
     assert registered_bundle(new.ca_pem, base64.b64encode(new.ca_pem).decode(), now, now, overlap) == new.ca_pem
+
+
+# -- the Secret: pre-created (the chart's) or missing --------------------------------------------
+class Answer:
+    """What the generated client returns with _preload_content=False."""
+
+    def __init__(self, status: int, body: dict) -> None:
+        self.status, self.body = status, body
+
+    async def read(self) -> bytes:
+        return json.dumps(self.body).encode()
+
+    def release(self) -> None:
+        pass
+
+
+class FakeSecrets:
+    """The Secret endpoints of one namespace, as far as the controller uses them; `may_create`
+    False answers create with 403, as the chart's RBAC does."""
+
+    def __init__(self, secret: dict | None = None, *, may_create: bool = True) -> None:
+        self.secret, self.may_create = secret, may_create
+        self.calls: list[str] = []
+
+    async def read_namespaced_secret(self, name, namespace, **_):
+        self.calls.append("get")
+        return Answer(200, self.secret) if self.secret else Answer(404, {"message": "not found"})
+
+    async def create_namespaced_secret(self, namespace, body, **_):
+        self.calls.append("create")
+        if not self.may_create:
+            return Answer(403, {"message": "secrets is forbidden: cannot create resource"})
+        self.secret = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+        return Answer(201, self.secret)
+
+    async def replace_namespaced_secret(self, name, namespace, body, **_):
+        self.calls.append("replace")
+        assert self.secret is not None
+        if body["type"] != self.secret.get("type", "Opaque"):
+            return Answer(422, {"message": "Secret type is immutable"})
+        self.secret = body
+        return Answer(200, body)
+
+
+CONFIG = {"metadata": {"name": "injector", "uid": "uid-of-the-configuration"}, "webhooks": [{}]}
+CHART_SECRET = {  # as the chart renders it: no data, Opaque, Helm's labels and annotations
+    "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+    "metadata": {"name": "injector-tls", "namespace": "infra", "resourceVersion": "7",
+                 "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                 "annotations": {"meta.helm.sh/release-name": "rel", "meta.helm.sh/release-namespace": "infra"}}}
+
+
+def controller(secrets: FakeSecrets) -> SelfManagedCertificates:
+    managed = SelfManagedCertificates(None, ServeSettings(namespace="infra", tls_secret="injector-tls",
+                                                          service_name="injector"))
+    managed.core = secrets
+    return managed
+
+
+async def test_a_pre_created_empty_secret_is_filled_in_place_without_create():
+    secrets = FakeSecrets(json.loads(json.dumps(CHART_SECRET)), may_create=False)
+    bundle, changed_at = await controller(secrets)._ensure_secret(CONFIG)
+    assert secrets.calls == ["get", "replace"]
+    stored = secrets.secret
+    assert Bundle.from_secret(stored) == bundle and changed_at is not None
+    # Helm's object stays Helm's: its type, labels, annotations; no owner added.
+    assert stored["type"] == "Opaque"
+    assert stored["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "Helm"}
+    assert stored["metadata"]["annotations"]["meta.helm.sh/release-name"] == "rel"
+    assert stored["metadata"]["resourceVersion"] == "7"  # a concurrent writer conflicts
+    assert "ownerReferences" not in stored["metadata"]
+
+
+async def test_a_filled_secret_is_read_and_kept():
+    secrets = FakeSecrets(json.loads(json.dumps(CHART_SECRET)), may_create=False)
+    first, _ = await controller(secrets)._ensure_secret(CONFIG)
+    secrets.calls.clear()
+    again, _ = await controller(secrets)._ensure_secret(CONFIG)
+    assert again == first and secrets.calls == ["get"]
+
+
+async def test_a_missing_secret_is_created_owned_by_the_webhook_configuration():
+    secrets = FakeSecrets()
+    bundle, _ = await controller(secrets)._ensure_secret(CONFIG)
+    assert secrets.calls == ["get", "create"]
+    stored = secrets.secret
+    assert stored["type"] == "kubernetes.io/tls" and Bundle.from_secret(stored) == bundle
+    assert stored["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pod-identity-injector"
+    assert stored["metadata"]["ownerReferences"] == [{
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "name": "injector", "uid": "uid-of-the-configuration"}]
+
+
+async def test_a_missing_secret_without_create_permission_says_how_to_restore_it():
+    with pytest.raises(RuntimeError, match=r"may not create it .*helm upgrade restores it"):
+        await controller(FakeSecrets(may_create=False))._ensure_secret(CONFIG)

@@ -7,6 +7,7 @@ command cannot run; a failure is one line on stderr.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,9 +32,11 @@ from oidc_helpers import (
 from serving import free_port
 
 
-def oidc(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def oidc(*args: str | Path, stdin: str | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "injector", "oidc", *map(str, args)], capture_output=True,
-                          text=True, input=stdin, timeout=60, check=False)
+                          text=True, input=stdin, timeout=60, check=False,
+                          env={**os.environ, **env} if env else None)
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int, command: str) -> str:
@@ -179,13 +182,50 @@ def test_verify_needs_a_token_or_a_pod():
 
 
 # -- thumbprint ----------------------------------------------------------------------------------
-def test_thumbprint_prints_it_and_the_iam_command(site: StaticSite, chain: Chain):
-    result = oidc("thumbprint", f"{site.url}/cluster-a")
+def test_thumbprint_prints_it_and_the_iam_command(site: StaticSite, chain: Chain, tmp_path: Path):
+    result = oidc("thumbprint", f"{site.url}/cluster-a", "--ca-file", tmp_path / "ca.crt")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         Chain.sha1(chain.intermediate),
         f"aws iam create-open-id-connect-provider --url {site.url}/cluster-a --client-id-list sts.amazonaws.com "
         f"--thumbprint-list {Chain.sha1(chain.intermediate)}"]
+    assert result.stderr == ""
+
+
+def test_thumbprint_checks_the_chain_against_the_system_trust_store(site: StaticSite, chain: Chain, tmp_path: Path):
+    trusted = oidc("thumbprint", site.url, env={"SSL_CERT_FILE": str(tmp_path / "ca.crt")})
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.stdout.splitlines()[0] == Chain.sha1(chain.intermediate)
+    assert len(trusted.stdout.splitlines()) == 2 and trusted.stderr == ""
+
+
+def test_a_chain_the_trust_store_does_not_vouch_for_gets_no_thumbprint(site: StaticSite):
+    """What a man-in-the-middle would serve: refused (exit 1), saying how to go on."""
+    line = one_line(oidc("thumbprint", site.url), 1, "thumbprint")
+    assert "not trusted" in line and "the system trust store" in line
+    assert "--ca-file" in line and "--insecure" in line
+
+
+def test_a_chain_of_another_ca_than_the_ca_file_gets_no_thumbprint(site: StaticSite, tmp_path: Path):
+    other = make_chain()
+    (tmp_path / "other.crt").write_bytes(other.pem(other.root))
+    line = one_line(oidc("thumbprint", site.url, "--ca-file", tmp_path / "other.crt"), 1, "thumbprint")
+    assert "not trusted" in line and f"--ca-file {tmp_path / 'other.crt'}" in line
+
+
+def test_an_unreadable_ca_file_exits_2(site: StaticSite, tmp_path: Path):
+    assert "--ca-file" in one_line(oidc("thumbprint", site.url, "--ca-file", tmp_path / "missing.crt"), 2,
+                                   "thumbprint")
+
+
+def test_insecure_takes_the_thumbprint_and_says_loudly_that_nothing_was_checked(site: StaticSite, chain: Chain):
+    result = oidc("thumbprint", site.url, "--insecure")
+    assert result.returncode == 0, result.stderr
+    value, command, warning = result.stdout.splitlines()
+    assert value == Chain.sha1(chain.intermediate) and command.startswith("aws iam create-open-id-connect-provider")
+    assert warning.startswith("# WARNING: the chain 127.0.0.1 served was NOT checked against any trust store")
+    [said] = result.stderr.splitlines()
+    assert said.startswith("pod-identity-injector: oidc thumbprint: warning: ") and "NOT checked" in said
 
 
 def test_a_self_signed_host_fails_the_thumbprint_check(tmp_path: Path):
@@ -196,7 +236,9 @@ def test_a_self_signed_host_fails_the_thumbprint_check(tmp_path: Path):
     server = StaticSite(tmp_path / "site", leaf.public_bytes(serialization.Encoding.PEM), pem_private(leaf_key),
                         tmp_path / "tls")
     try:
-        assert "self-signed" in one_line(oidc("thumbprint", server.url), 1, "thumbprint")
+        assert "not trusted" in one_line(oidc("thumbprint", server.url), 1, "thumbprint")
+        # Even unchecked, a self-signed certificate is nothing IAM can pin.
+        assert "self-signed" in one_line(oidc("thumbprint", server.url, "--insecure"), 1, "thumbprint")
     finally:
         server.close()
 

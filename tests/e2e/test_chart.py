@@ -4,9 +4,11 @@ Every CI value set renders to manifests the API server accepts (server-side dry 
 field validation), and the Deployment's pods pass PodSecurity "restricted". Then the chart
 is installed for real, with the webhook process running here in self-managed certificate
 mode (the chart's `webhook.url` points the configuration at it, since nothing runs pods in
-this control plane): it creates its CA and certificate in the Secret, patches the caBundle,
-and pods are mutated through the installed configuration. Rotation (a deleted Secret, a
-wiped caBundle) fails no request; `helm upgrade` and `helm uninstall` are clean.
+this control plane) under the chart's RBAC: it fills the Secret the chart created empty with
+its CA and certificate, patches the caBundle, and pods are mutated through the installed
+configuration. Rotation (an emptied Secret, a wiped caBundle) fails no request; a deleted
+Secret, which the webhook may not create, comes back with `helm upgrade`; `helm upgrade`
+keeps the CA and `helm uninstall` leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -52,11 +54,14 @@ def tools() -> tuple[str, str]:
     return helm, str(Path(helm).with_name("kubectl"))
 
 
+def helm_env(kubeconfig: Path | str) -> dict[str, str]:
+    home = str(Path(kubeconfig).parent / "helm")
+    return {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home,
+            "HELM_DATA_HOME": home}
+
+
 def run(cmd: list[str], kubeconfig: Path | str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(Path(kubeconfig).parent / "helm"),
-           "HELM_CONFIG_HOME": str(Path(kubeconfig).parent / "helm"),
-           "HELM_DATA_HOME": str(Path(kubeconfig).parent / "helm")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=helm_env(kubeconfig), timeout=120, **kwargs)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -97,6 +102,37 @@ async def test_every_value_set_renders_manifests_the_api_server_accepts(tools, c
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "restricted-check"},
                "spec": {**template["spec"], "serviceAccountName": "default"}}
         await admin.create_pod(restricted, pod, dry_run=True)  # raises on a PodSecurity violation
+
+
+# -- a Secret the webhook made itself (an earlier chart version) --------------------------------
+async def test_an_upgrade_leaves_a_secret_the_webhook_made_itself_alone(tools, control_plane: ControlPlane,
+                                                                       admin: Kube):
+    """Earlier chart versions let the webhook create the Secret; Helm cannot adopt it. An
+    upgrade leaves it out (and it keeps its data and its owner), while a new install refuses to
+    start on a leftover one rather than reuse its CA. No webhook runs here: only Helm is tested."""
+    helm = tools[0]
+    namespace = await admin.namespace("chart-legacy-secret")
+    release, fullname = "legacy", "legacy-pod-identity-injector"
+    common = ["-n", namespace, "--set", "tests.enabled=false", "--set", "webhook.url=https://127.0.0.1:1/mutate"]
+    ca = base64.b64encode(Path(control_plane.pki.ca_file).read_bytes()).decode()
+    run([helm, "install", release, str(CHART), *common, "--set", "certificates.mode=existingSecret",
+         "--set", "certificates.existingSecret.name=elsewhere", "--set", f"certificates.existingSecret.caBundle={ca}"],
+        control_plane.kubeconfig)
+    made_by_webhook = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                       "metadata": {"name": f"{fullname}-tls", "labels": {
+                           "app.kubernetes.io/managed-by": "pod-identity-injector"}},
+                       "data": {"tls.crt": base64.b64encode(b"the webhook's").decode(), "tls.key": ""}}
+    await admin.call(admin.core.create_namespaced_secret, namespace, made_by_webhook)
+    run([helm, "upgrade", release, str(CHART), *common], control_plane.kubeconfig)  # now selfManaged
+    kept = await admin.call(admin.core.read_namespaced_secret, f"{fullname}-tls", namespace)
+    assert kept["data"]["tls.crt"] == made_by_webhook["data"]["tls.crt"]
+    assert kept["metadata"]["labels"] == made_by_webhook["metadata"]["labels"]
+    role = await admin.call(admin.rbac.read_namespaced_role, fullname, namespace)
+    assert not [r for r in role["rules"] if "create" in r["verbs"]]
+    run([helm, "uninstall", release, "-n", namespace, "--wait"], control_plane.kubeconfig)
+    fresh = subprocess.run([helm, "install", release, str(CHART), *common], capture_output=True, text=True,
+                           env=helm_env(control_plane.kubeconfig), timeout=120)
+    assert fresh.returncode != 0 and "exists and cannot be imported" in fresh.stderr, fresh.stderr
 
 
 # -- installed, self-managed, mutating -------------------------------------------------------------
@@ -218,12 +254,39 @@ async def installed(tools, control_plane: ControlPlane, admin: Kube, tmp_path_fa
 async def test_installed_chart_creates_its_certificate_and_registers_the_ca(installed: Installed):
     secret = await installed.secret()
     assert set(secret["data"]) >= {"ca.crt", "ca.key", "tls.crt", "tls.key"}
-    owner = secret["metadata"]["ownerReferences"][0]
+    # The chart's Secret, filled in place: still Helm's (so helm uninstall deletes it), type as made.
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert secret["metadata"]["annotations"]["meta.helm.sh/release-name"] == installed.release
+    assert secret["type"] == "Opaque" and not secret["metadata"].get("ownerReferences")
     config = await installed.configuration()
-    assert (owner["kind"], owner["name"], owner["uid"]) == (
-        "MutatingWebhookConfiguration", installed.fullname, config["metadata"]["uid"])
     for webhook in config["webhooks"]:
         assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == base64.b64decode(secret["data"]["ca.crt"])
+
+
+async def test_the_chart_grants_no_create_on_secrets_and_events_in_any_namespace(installed: Installed):
+    """The reduced permissions, as the API server's authorizer sees them: the named Secret may
+    be read and written but no Secret created; Events may be created anywhere, nothing else."""
+    user = f"system:serviceaccount:{installed.namespace}:{installed.fullname}"
+
+    async def allowed(verb: str, resource: str, namespace: str, name: str = "") -> bool:
+        attributes = {"verb": verb, "resource": resource, "namespace": namespace, "name": name}
+        review = await installed.admin.call(installed.admin.authorization.create_subject_access_review, {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated",
+                                              f"system:serviceaccounts:{installed.namespace}"],
+                     "resourceAttributes": {k: v for k, v in attributes.items() if v}}})
+        return review["status"].get("allowed") is True
+
+    secret = f"{installed.fullname}-tls"
+    for verb in ("get", "update", "patch"):
+        assert await allowed(verb, "secrets", installed.namespace, secret), verb
+    assert not await allowed("create", "secrets", installed.namespace)
+    assert not await allowed("create", "secrets", installed.namespace, secret)
+    assert not await allowed("get", "secrets", installed.namespace, "some-other-secret")
+    assert not await allowed("delete", "secrets", installed.namespace, secret)
+    for namespace in ("default", "kube-system", "team-x"):
+        assert await allowed("create", "events", namespace)
+        assert not await allowed("patch", "events", namespace, "anything")
 
 
 async def test_pods_are_mutated_through_the_installed_configuration(installed: Installed):
@@ -248,13 +311,15 @@ async def test_a_wiped_ca_bundle_is_repaired(installed: Installed):
 
 
 async def test_a_new_ca_rolls_out_without_a_single_unmutated_pod(installed: Installed):
-    """Deleting the Secret makes the webhook start over with a new CA; with failurePolicy
-    Ignore a failed call would show up as an unmutated pod, so every pod is checked."""
+    """Emptying the Secret (the way to start over, now that the webhook may not create one)
+    makes the webhook issue a new CA; with failurePolicy Ignore a failed call would show up as
+    an unmutated pod, so every pod is checked."""
     namespace = await installed.workload_namespace()
     await installed.assert_mutates(namespace)
     before = (await installed.secret())["data"]["ca.crt"]
-    await installed.admin.call(installed.admin.core.delete_namespaced_secret, f"{installed.fullname}-tls",
-                               installed.namespace)
+    await installed.admin.call(installed.admin.core.patch_namespaced_secret, f"{installed.fullname}-tls",
+                               installed.namespace, [{"op": "remove", "path": "/data"}],
+                               _content_type="application/json-patch+json")
     unmutated, total = 0, 0
     loop = asyncio.get_running_loop()
     deadline, switched_at = loop.time() + 30, None
@@ -269,10 +334,32 @@ async def test_a_new_ca_rolls_out_without_a_single_unmutated_pod(installed: Inst
     await installed.assert_mutates(namespace)
 
 
-async def test_helm_upgrade_keeps_mutating(installed: Installed):
+async def test_a_deleted_secret_is_not_recreated_by_the_webhook_but_by_helm_upgrade(installed: Installed):
+    """Without `create` on Secrets the webhook cannot bring a deleted Secret back: it keeps
+    serving the pair it has, says why each check fails, and `helm upgrade` restores the Secret,
+    which the webhook then fills again."""
     namespace = await installed.workload_namespace()
+    secret = f"{installed.fullname}-tls"
+    await installed.admin.call(installed.admin.core.delete_namespaced_secret, secret, installed.namespace)
+    assert installed.proc is not None
+    await api.eventually(installed.proc.logs, lambda log: "may not create it" in log,
+                         timeout=20, what="the webhook saying it may not create the Secret")
+    await installed.assert_mutates(namespace)  # still serving
+    run([installed.helm, "upgrade", installed.release, str(CHART), *installed.helm_args()],
+        installed.plane.kubeconfig)
+    filled = await api.eventually(installed.secret, lambda s: "ca.crt" in (s.get("data") or {}), timeout=30,
+                                  what="the restored Secret filled by the webhook")
+    assert filled["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    await installed.wait_ca_bundle("caBundle of the refilled Secret registered")
+    await installed.wait_mutating(namespace, "mutating with the refilled Secret")
+
+
+async def test_helm_upgrade_keeps_mutating_and_keeps_the_ca(installed: Installed):
+    namespace = await installed.workload_namespace()
+    before = (await installed.secret())["data"]
     run([installed.helm, "upgrade", installed.release, str(CHART), *installed.helm_args(),
          "--set", "config.logLevel=debug"], installed.plane.kubeconfig)
+    assert (await installed.secret())["data"] == before  # what the webhook wrote is not Helm's to reset
     await installed.wait_ca_bundle("caBundle in place after the upgrade")
     await installed.wait_mutating(namespace, "mutating after the upgrade")
 
@@ -289,10 +376,8 @@ async def test_helm_uninstall_removes_everything_it_installed(installed: Install
         with pytest.raises(ApiError) as missing:
             await installed.admin.call(method, *args)
         assert missing.value.status == 404
-    # The Secret the webhook created is owned by the (now deleted) configuration, so the
-    # garbage collector removes it; no controller-manager runs here to do that.
-    try:
-        secret = await installed.secret()
-    except ApiError:
-        return
-    assert secret["metadata"]["ownerReferences"][0]["kind"] == "MutatingWebhookConfiguration"
+    # The chart made the Secret, so Helm deletes it (no garbage collector needed): the next
+    # install starts from a new CA.
+    with pytest.raises(ApiError) as no_secret:
+        await installed.secret()
+    assert no_secret.value.status == 404

@@ -16,7 +16,15 @@ import pytest
 
 from injector.oidc import fetch as oidc_fetch
 from injector.oidc.documents import ChainError, OidcError, Publication, TokenRejected, jwks_from_keys
-from injector.oidc.fetch import FetchError, published_documents, served_chain, thumbprint, verify_published
+from injector.oidc.fetch import (
+    FetchError,
+    Thumbprint,
+    UntrustedChain,
+    published_documents,
+    served_chain,
+    thumbprint,
+    verify_published,
+)
 
 from oidc_helpers import Chain, StaticSite, claims_for, make_chain, self_signed_leaf, serve_chain, sign_token
 
@@ -34,27 +42,74 @@ def site(tmp_path: Path, chain: Chain) -> Iterator[StaticSite]:
 
 
 # -- the served chain and its thumbprint --------------------------------------------------------
+@pytest.fixture
+def root_file(tmp_path: Path, chain: Chain) -> str:
+    """The test root as a --ca-file: the private CA this chain is trusted by."""
+    path = tmp_path / "root.pem"
+    path.write_bytes(chain.pem(chain.root))
+    return str(path)
+
+
 def test_the_chain_read_is_exactly_what_the_host_sends(site: StaticSite, chain: Chain):
     assert served_chain("127.0.0.1", site.port) == [chain.leaf, chain.intermediate]
 
 
-def test_the_thumbprint_pins_the_intermediate_when_the_root_is_not_served(site: StaticSite, chain: Chain):
-    assert thumbprint(f"{site.url}/cluster-a") == Chain.sha1(chain.intermediate)
+def test_the_thumbprint_pins_the_intermediate_when_the_root_is_not_served(site: StaticSite, chain: Chain,
+                                                                          root_file: str):
+    result = thumbprint(f"{site.url}/cluster-a", ca_file=root_file)
+    assert result == Thumbprint(Chain.sha1(chain.intermediate), f"--ca-file {root_file}")
 
 
-def test_the_thumbprint_pins_the_root_when_the_host_serves_it(tmp_path: Path, chain: Chain):
+def test_the_thumbprint_pins_the_root_when_the_host_serves_it(tmp_path: Path, chain: Chain, root_file: str):
     server = serve_chain(tmp_path, chain, chain.leaf, chain.intermediate, chain.root)
     try:
-        assert thumbprint(server.url) == Chain.sha1(chain.root)
+        assert thumbprint(server.url, ca_file=root_file).value == Chain.sha1(chain.root)
     finally:
         server.close()
 
 
-def test_a_host_serving_only_its_leaf_has_an_incomplete_chain(tmp_path: Path, chain: Chain):
+# -- whose chain: checked against a trust store before it is pinned ------------------------------
+def test_by_default_the_chain_must_verify_against_the_system_trust_store(site: StaticSite):
+    """A chain no public CA vouches for is what a man-in-the-middle would serve: refused, with
+    no thumbprint, unless a CA is named for it."""
+    with pytest.raises(UntrustedChain, match="not trusted"):
+        thumbprint(site.url)
+
+
+def test_the_system_trust_store_is_what_openssl_is_told_it_is(site: StaticSite, chain: Chain, root_file: str,
+                                                              monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", root_file)  # the system trust store, as OpenSSL finds it
+    result = thumbprint(site.url)
+    assert result.value == Chain.sha1(chain.intermediate)
+    assert result.trusted_by == f"the system trust store ({root_file})"
+
+
+def test_a_chain_from_another_ca_than_the_one_named_is_refused(site: StaticSite, tmp_path: Path):
+    """The host (or whoever answers for it) serves a chain of a CA other than the one given."""
+    other = make_chain()
+    (tmp_path / "other.pem").write_bytes(other.pem(other.root))
+    with pytest.raises(UntrustedChain, match="not trusted"):
+        thumbprint(site.url, ca_file=str(tmp_path / "other.pem"))
+
+
+def test_an_unchecked_thumbprint_says_that_nothing_vouched_for_it(site: StaticSite, chain: Chain):
+    assert thumbprint(site.url, verify=False) == Thumbprint(Chain.sha1(chain.intermediate), "")
+
+
+def test_an_untrusted_chain_is_a_chain_verdict_not_a_fetch_error(site: StaticSite):
+    with pytest.raises(ChainError) as refused:
+        thumbprint(site.url)
+    assert not isinstance(refused.value, FetchError)
+
+
+# -- the chain's shape (judged with or without a trust check) ------------------------------------
+def test_a_host_serving_only_its_leaf_has_an_incomplete_chain(tmp_path: Path, chain: Chain, root_file: str):
     server = serve_chain(tmp_path, chain, chain.leaf)
     try:
         with pytest.raises(ChainError, match="only its own certificate"):
-            thumbprint(server.url)
+            thumbprint(server.url, verify=False)
+        with pytest.raises(ChainError):  # and with the trust check, it does not verify at all
+            thumbprint(server.url, ca_file=root_file)
     finally:
         server.close()
 
@@ -69,6 +124,8 @@ def test_a_self_signed_host_is_refused(tmp_path: Path):
                                           serialization.NoEncryption()), tmp_path / "tls")
     try:
         with pytest.raises(ChainError, match="self-signed"):
+            thumbprint(server.url, verify=False)
+        with pytest.raises(UntrustedChain):
             thumbprint(server.url)
     finally:
         server.close()
