@@ -862,7 +862,8 @@ def test_network_policy_is_on_by_default_and_never_cuts_off_the_api_server(helm)
     assert ingress_for(policy, "https") == [{"ports": [{"port": "https", "protocol": "TCP"}]}]  # no `from`: anyone
     (metrics,) = ingress_for(policy, "metrics")
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": ns_labels("monitoring")}}]
-    assert len(policy["spec"]["ingress"]) == 2  # nothing else gets in
+    assert ingress_for(policy, "health") == [{"ports": [{"port": "health", "protocol": "TCP"}]}]  # the probes
+    assert len(policy["spec"]["ingress"]) == 3  # nothing else gets in
     api, dns = policy["spec"]["egress"]
     assert [p["port"] for p in api["ports"]] == [443, 6443] and "to" not in api
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
@@ -872,9 +873,9 @@ def test_network_policy_is_on_by_default_and_never_cuts_off_the_api_server(helm)
 
 
 def test_network_policy_keeps_the_probes_working(helm):
-    """The kubelet probes the port the API server calls, which is open by default; when
-    webhookFrom narrows it, the probes still pass, as NetworkPolicy always admits traffic from
-    the pod's own node (where the kubelet runs)."""
+    """The kubelet probes a port of its own (healthPort), open explicitly; with healthPort=0 it
+    probes the port the API server calls, open by default. When webhookFrom narrows that, the
+    probes still pass, as NetworkPolicy admits traffic from the pod's own node (the kubelet's)."""
     docs = render(helm)
     policy = one(docs, "NetworkPolicy", FULLNAME)
     c = container(docs)
