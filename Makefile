@@ -38,6 +38,7 @@ run: certs
 lint: $(STAMP)
 	$(BIN)/ruff check injector tests benchmarks
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/python tools/release/versions.py check --cli $(BIN)/pod-identity-injector
 
 # The unit, server and chart tiers: everything but tests/e2e and tests/cluster.
 unit: $(STAMP)

@@ -306,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_command = doctor_cli.run_doctor if args.command == "doctor" else doctor_cli.run_audit
             return run_command(args, mutation_settings(args))
         if args.command == "version":
-            print(__version__)
+            import injector
+
+            print(f"{__version__} (commit {injector.__commit__})" if injector.__commit__ else __version__)
             return 0
     except SettingsError as exc:
         return _fail(str(exc))
