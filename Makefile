@@ -158,7 +158,7 @@ bench-instructions: $(STAMP)
 # VERSION defaults to pyproject.toml's and must equal it. The tag workflow runs the same.
 REGISTRY ?=
 VERSION  ?=
-.PHONY: release release-test release-notes image image-check bench-image
+.PHONY: release release-test release-notes release-deps registry-login github-release image image-check bench-image
 release: $(STAMP)
 	PYTHON=$(BIN)/python bash tools/release/release.sh "$(REGISTRY)" "$(VERSION)"
 
@@ -170,6 +170,27 @@ release-test: $(STAMP)
 # The CHANGELOG.md section of VERSION (default: pyproject.toml's): the GitHub release's notes.
 release-notes:
 	@python3 tools/release/versions.py notes $(VERSION)
+
+# What the release needs beside Python and Go: Debian's archive keyring, dpkg-deb, strip for the
+# other architecture, qemu-user-static, skopeo (sudo apt-get when not root).
+release-deps:
+	bash tools/release/tools.sh deps
+
+# Credentials for every release tool (the tag workflow): REGISTRY_PASSWORD in the environment.
+REGISTRY_USER ?=
+registry-login:
+	bash tools/release/login.sh "$(firstword $(subst /, ,$(REGISTRY)))" "$(REGISTRY_USER)"
+
+# The GitHub release of tag vVERSION (the tag workflow; needs gh and GH_TOKEN): the CHANGELOG
+# section as notes, the SBOMs and the chart package that `make release` left in the cache.
+RELEASE_OUT = $(HOME)/.cache/pod-identity-injector-release/releases/$(VERSION)
+github-release:
+	@test -n "$(VERSION)" || { echo "VERSION=x.y.z is required"; exit 2; }
+	python3 tools/release/versions.py notes $(VERSION) > $(RELEASE_OUT)/notes.md
+	gh release create "v$(VERSION)" --verify-tag --title "v$(VERSION)" --notes-file $(RELEASE_OUT)/notes.md \
+		$(if $(findstring -,$(VERSION)),--prerelease) \
+		$(RELEASE_OUT)/sbom-amd64.spdx.json $(RELEASE_OUT)/sbom-arm64.spdx.json \
+		$(RELEASE_OUT)/pod-identity-injector-$(VERSION).tgz
 
 # The image alone, both architectures, into an OCI layout in ~/.cache (no registry, no engine).
 IMAGE_LAYOUT ?= $(HOME)/.cache/pod-identity-injector-release/image

@@ -326,7 +326,6 @@ def system_files(root: Path) -> None:
     for directory, mode in (("tmp", 0o1777), ("root", 0o700), ("home/nonroot", 0o700), ("etc/webhook/certs", 0o755)):
         (root / directory).mkdir(parents=True, exist_ok=True)
         os.chmod(root / directory, mode)
-    os.chown(root / "home/nonroot", NONROOT, NONROOT)
 
 
 # -- Python ------------------------------------------------------------------------------------
@@ -474,8 +473,9 @@ def layer(layout: Layout, root: Path, work: Path, epoch: int) -> tuple[dict, str
                 continue
             info = tar.gettarinfo(str(path), arcname=rel)
             info.mtime = epoch
-            st = path.lstat()
-            info.uid = info.gid = NONROOT if st.st_uid == NONROOT else 0
+            # Everything is root's but nonroot's home; files unpacked by a non-root build are
+            # owned by whoever ran it, which the image must not show.
+            info.uid = info.gid = NONROOT if rel == "home/nonroot" else 0
             info.uname = info.gname = ""
             info.pax_headers = {}
             # ustar (its prefix field takes names up to 255 bytes) costs no extended header per

@@ -26,6 +26,7 @@
 #              verified with COSIGN_CERTIFICATE_IDENTITY_REGEXP and COSIGN_CERTIFICATE_OIDC_ISSUER.
 #   REGISTRY_CA=FILE       the registry's CA (a private registry with its own TLS)
 #   REGISTRY_PLAIN_HTTP=auto (default: plain HTTP for a loopback host) | 1 | 0
+#   RELEASE_LAYOUT=DIR     an OCI layout tools/image/assemble.py wrote for VERSION (skips step 2)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +38,7 @@ die() { log "error: $*"; exit 1; }
 REGISTRY=${1:-${REGISTRY:-}}
 [[ -n $REGISTRY ]] || die "usage: make release REGISTRY=host[:port][/path] [VERSION=x.y.z]"
 REGISTRY=${REGISTRY%/}
+REGISTRY=${REGISTRY,,}   # repository names are lower case (ghcr.io/<Owner> included)
 declared=$("$PY" "$here/versions.py" show)
 VERSION=${2:-${VERSION:-$declared}}
 [[ $VERSION == "$declared" ]] ||
@@ -108,8 +110,13 @@ esac
 cosign() { env "${cosign_env[@]}" "$COSIGN" "$@"; }
 
 started=$SECONDS
-# 2. The image, both architectures.
-"$PY" "$repo/tools/image/assemble.py" --out "$out/oci" --version "$VERSION" >/dev/null
+# 2. The image, both architectures (RELEASE_LAYOUT: one assembled before, e.g. outside a network
+#    namespace with no route out, as the cluster tier does).
+if [[ -n ${RELEASE_LAYOUT:-} ]]; then
+    rm -rf "$out/oci" && cp -r "$RELEASE_LAYOUT" "$out/oci"
+else
+    "$PY" "$repo/tools/image/assemble.py" --out "$out/oci" --version "$VERSION" >/dev/null
+fi
 
 # 3. The index, with the digests the layout has.
 log "pushing $image:$VERSION"

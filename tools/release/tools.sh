@@ -43,13 +43,31 @@ go_tool() {
 
 cosign() { go_tool cosign github.com/sigstore/cosign/v3/cmd/cosign "$COSIGN_VERSION"; }
 syft() { go_tool syft github.com/anchore/syft/cmd/syft "$SYFT_VERSION"; }
+# apt_install PACKAGE...: Debian's (or Ubuntu's) packages, through sudo when not root.
+apt_install() {
+    local sudo=()
+    (($(id -u) == 0)) || sudo=(sudo DEBIAN_FRONTEND=noninteractive)
+    log "installing $*"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+        { "${sudo[@]}" apt-get update -qq >&2 &&
+          DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >&2; }
+}
 skopeo() {
-    if ! command -v skopeo >/dev/null; then
-        log "installing Debian's skopeo"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >&2 ||
-            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >&2; }
-    fi
+    command -v skopeo >/dev/null || apt_install skopeo
     command -v skopeo
+}
+# What assemble.py needs beside Python: Debian's archive keyring (apt verifies the packages with
+# it), dpkg-deb, strip for arm64; qemu-user-static to start the arm64 image here.
+deps() {
+    local missing=()
+    [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
+    command -v dpkg-deb >/dev/null || missing+=(dpkg)
+    command -v aarch64-linux-gnu-strip >/dev/null || missing+=(binutils-aarch64-linux-gnu)
+    command -v x86_64-linux-gnu-strip >/dev/null || missing+=(binutils-x86-64-linux-gnu)
+    command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+    command -v skopeo >/dev/null || missing+=(skopeo)
+    ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+    printf 'deps ok\n'
 }
 helm() { bash "$here/../get-helm.sh"; }
 
