@@ -53,7 +53,7 @@ unit: $(STAMP)
 # failing tier does not stop the others (--keep-going), and make then exits non-zero.
 TEST_JOBS ?= 4
 test: lint
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster release-test
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
@@ -164,8 +164,10 @@ release: $(STAMP)
 
 # `make release` against a fresh plain-HTTP docker-registry on 127.0.0.1, then what a user does:
 # helm pull, cosign verify, the SBOMs fetched back (tests/release/tier).
+# Its own cache (key pair, apt, pip, output): it runs beside the cluster tier, which releases too.
 release-test: $(STAMP)
-	RELEASE_TIER=1 $(BIN)/pytest -q -p no:cacheprovider tests/release/tier
+	RELEASE_TIER=1 POD_IDENTITY_RELEASE_CACHE=$(HOME)/.cache/pod-identity-injector-release-test \
+		$(BIN)/pytest -q -p no:cacheprovider tests/release/tier
 
 # The CHANGELOG.md section of VERSION (default: pyproject.toml's): the GitHub release's notes.
 release-notes:

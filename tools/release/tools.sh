@@ -18,6 +18,10 @@ SYFT_VERSION=v1.57.2       # github.com/anchore/syft
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${RELEASE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/release-tools}
 log() { printf 'release-tools: %s\n' "$*" >&2; }
+# One build at a time (the release tier and the cluster tier may ask together).
+mkdir -p "$cache"
+exec 8>>"$cache/.lock"
+flock 8
 
 # go_tool NAME PACKAGE VERSION: the cached binary's path, built on first use.
 go_tool() {

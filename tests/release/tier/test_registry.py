@@ -57,8 +57,8 @@ def cosign(*args: str) -> subprocess.CompletedProcess:
                           timeout=120, check=False)
 
 
-PUBLIC_KEY = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
-    "pod-identity-injector-release/keys/cosign.pub"
+PUBLIC_KEY = Path(os.environ.get("POD_IDENTITY_RELEASE_CACHE") or Path(
+    os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pod-identity-injector-release") / "keys/cosign.pub"
 
 
 def test_the_image_is_one_index_of_amd64_and_arm64(release):
