@@ -162,9 +162,7 @@ def build_release() -> dict:
     import registry
 
     registry.ensure_installed()
-    if not shutil.which("qemu-aarch64-static"):
-        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "qemu-user-static"],
-            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    run(["bash", str(REPO / "tools/release/tools.sh"), "deps"], capture=True, timeout=600)  # strip, qemu-user
     run([sys.executable, str(REPO / "tools/image/assemble.py"), "--out", str(LAYOUT), "--version", version],
         capture=False, timeout=1800)
     for arch in ("amd64", "arm64"):

@@ -58,7 +58,8 @@ if [[ $plain == auto ]]; then
     [[ $host == '[::1]'* ]] && plain=1
 fi
 
-eval "$(bash "$here/tools.sh")"   # COSIGN SYFT SKOPEO HELM
+bash "$here/tools.sh" deps >/dev/null   # Debian keyring, dpkg-deb, strip for arm64, qemu, skopeo
+eval "$(bash "$here/tools.sh")"         # COSIGN SYFT SKOPEO HELM
 mkdir -p "$out"
 certdir=$(mktemp -d)
 trap 'rm -rf "$certdir"' EXIT
