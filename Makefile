@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8443
 METRICS_PORT ?= 9999
 
-.PHONY: help install run certs test lint unit bench clean
+.PHONY: help install run certs test lint unit bench clean release
 
 help:
 	@echo "make run    - generate local certificates and serve the webhook on https://127.0.0.1:$(PORT)"
@@ -19,6 +19,8 @@ help:
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
 	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
 	@echo "make cluster-down - stop it and remove everything it made"
+	@echo "make release REGISTRY=host[:port][/path] [VERSION=x.y.z] - image (amd64+arm64), chart, SBOMs, signatures"
+	@echo "make release-test - make release against a fresh loopback registry, then what users check"
 
 # Installed from constraints.txt: the versions tested together, the image's too.
 $(STAMP): pyproject.toml constraints.txt
@@ -53,10 +55,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check injector tests benchmarks
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/python tools/release/versions.py check --cli $(BIN)/pod-identity-injector
 
 # The unit, server and chart tiers: everything but tests/e2e and tests/cluster.
 unit: $(STAMP)
-	$(BIN)/pytest -q --ignore=tests/e2e
+	$(BIN)/pytest -q --ignore=tests/e2e --ignore=tests/release/tier
 
 # Lint first, then the three test tiers side by side, each its own pytest: the unit tier is
 # CPU, the e2e tier and the cluster tier mostly wait on real components, so together they take
@@ -65,7 +68,7 @@ unit: $(STAMP)
 # failing tier does not stop the others (--keep-going), and make then exits non-zero.
 TEST_JOBS ?= 4
 test: lint
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster release-test
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
@@ -169,3 +172,62 @@ bench-side-by-side: $(STAMP)
 .PHONY: bench-instructions
 bench-instructions: $(STAMP)
 	$(BIN)/python benchmarks/instructions.py --parts
+
+# The release (tools/release/release.sh; docs/release.md): the image for linux/amd64 and
+# linux/arm64, pushed as one index to $(REGISTRY)/pod-identity-injector:$(VERSION), an SBOM
+# attested to each image, the chart in oci://$(REGISTRY)/charts, all signed with cosign.
+# VERSION defaults to pyproject.toml's and must equal it. The tag workflow runs the same.
+REGISTRY ?=
+VERSION  ?=
+.PHONY: release release-test release-notes release-deps registry-login github-release image image-check bench-image
+release: $(STAMP)
+	PYTHON=$(BIN)/python bash tools/release/release.sh "$(REGISTRY)" "$(VERSION)"
+
+# `make release` against a fresh plain-HTTP docker-registry on 127.0.0.1, then what a user does:
+# helm pull, cosign verify, the SBOMs fetched back (tests/release/tier).
+# Its own cache (key pair, apt, pip, output): it runs beside the cluster tier, which releases too.
+release-test: $(STAMP)
+	RELEASE_TIER=1 POD_IDENTITY_RELEASE_CACHE=$(HOME)/.cache/pod-identity-injector-release-test \
+		$(BIN)/pytest -q -p no:cacheprovider tests/release/tier
+
+# The CHANGELOG.md section of VERSION (default: pyproject.toml's): the GitHub release's notes.
+release-notes:
+	@python3 tools/release/versions.py notes $(VERSION)
+
+# What the release needs beside Python and Go: Debian's archive keyring, dpkg-deb, strip for the
+# other architecture, qemu-user-static, skopeo (sudo apt-get when not root).
+release-deps:
+	bash tools/release/tools.sh deps
+
+# Credentials for every release tool (the tag workflow): REGISTRY_PASSWORD in the environment.
+REGISTRY_USER ?=
+registry-login:
+	bash tools/release/login.sh "$(firstword $(subst /, ,$(REGISTRY)))" "$(REGISTRY_USER)"
+
+# The GitHub release of tag vVERSION (the tag workflow; needs gh and GH_TOKEN): the CHANGELOG
+# section as notes, the SBOMs and the chart package that `make release` left in the cache.
+RELEASE_OUT = $(HOME)/.cache/pod-identity-injector-release/releases/$(VERSION)
+github-release:
+	@test -n "$(VERSION)" || { echo "VERSION=x.y.z is required"; exit 2; }
+	python3 tools/release/versions.py notes $(VERSION) > $(RELEASE_OUT)/notes.md
+	gh release create "v$(VERSION)" --verify-tag --title "v$(VERSION)" --notes-file $(RELEASE_OUT)/notes.md \
+		$(if $(findstring -,$(VERSION)),--prerelease) \
+		$(RELEASE_OUT)/sbom-amd64.spdx.json $(RELEASE_OUT)/sbom-arm64.spdx.json \
+		$(RELEASE_OUT)/pod-identity-injector-$(VERSION).tgz
+
+# The image alone, both architectures, into an OCI layout in ~/.cache (no registry, no engine).
+IMAGE_LAYOUT ?= $(HOME)/.cache/pod-identity-injector-release/image
+image: $(STAMP)
+	$(BIN)/python tools/image/assemble.py --out $(IMAGE_LAYOUT)
+
+# Each architecture's image started (arm64 under qemu-user): `version` must print pyproject's version.
+image-check: image
+	@v=$$(python3 tools/release/versions.py show); for arch in amd64 arm64; do \
+		out=$$($(BIN)/python tools/image/run.py --layout $(IMAGE_LAYOUT) --ref $$v-$$arch -- version) || exit 1; \
+		echo "linux/$$arch: $$out"; case $$out in "$$v "*|"$$v") ;; *) echo "expected $$v"; exit 1;; esac; \
+	done
+
+# Sizes and start-up of the image (benchmarks/image.py); BEFORE=archive.tar compares with another image.
+bench-image: image
+	$(BIN)/python benchmarks/image.py --layout $(IMAGE_LAYOUT) --ref $$(python3 tools/release/versions.py show) \
+		$(if $(BEFORE),--docker-archive $(BEFORE)) --runs $${BENCH_IMAGE_RUNS:-9}

@@ -46,7 +46,7 @@ import orjson
 from bench import SERVICE_ACCOUNT, free_port, review, serve_executable, tree
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from tests.e2e.plane import binary_for_tests, start_control_plane  # noqa: E402
 

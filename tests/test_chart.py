@@ -700,7 +700,8 @@ def test_webhook_container_hardening(helm):
     assert sc["runAsUser"] == spec["securityContext"]["runAsUser"] == 65532
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert c["image"] == "ghcr.io/pod-identity-injector/pod-identity-injector:0.1.0"
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert c["image"] == f"ghcr.io/pod-identity-injector/pod-identity-injector:{app_version}"
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert c["resources"]["limits"]["memory"]
     assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"},

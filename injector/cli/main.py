@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import injector
 from injector import __version__
 from injector.cli.exits import UNUSABLE
 from injector.cli.parser import build_parser, mutation_settings, serve_settings
@@ -56,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_audit(args, mutation_settings(args))
         if command == "version":
-            print(__version__)
+            commit = injector.__commit__  # the build's, or the checkout's HEAD; "" when unknown
+            print(f"{__version__} (commit {commit})" if commit else __version__)
             return 0
     except SettingsError as exc:  # the message names the flag
         print(f"pod-identity-injector: {exc}", file=sys.stderr)

@@ -24,7 +24,15 @@ if os.environ.get("LOCAL_CLUSTER_TIER") != "1":
 STATE = Path(os.environ.get("LOCAL_CLUSTER_STATE", "/var/lib/pii-local-cluster"))
 RELEASE = "pod-identity-injector"
 RELEASE_NAMESPACE = "pod-identity-injector"
-IMAGE = "pod-identity-injector:dev"
+# The image test workloads run (python3, coreutils; imported into containerd by `up`). Ours is
+# not preloaded: the chart was installed from the node's registry (RELEASED), the kubelet pulled it.
+IMAGE = "localhost/aws-sdk-workload:dev"
+
+
+def released() -> dict:
+    """What `up` released to the node's registry (tools/local-cluster/cluster.py release()): registry,
+    version, image and chart references and digests, the CA, the chart package pulled back."""
+    return json.loads((STATE / "release.json").read_text())
 
 
 class Kubectl:

@@ -10,7 +10,7 @@ import tempfile
 
 from cryptography import x509
 
-from .conftest import IMAGE, RELEASE, RELEASE_NAMESPACE, Kubectl
+from .conftest import IMAGE, RELEASE, RELEASE_NAMESPACE, Kubectl, released
 
 ROLE_ARN = "arn:aws:iam::111122223333:role/smoke"
 WORKLOAD_UID = 1000
@@ -30,10 +30,41 @@ time.sleep(3600)
 """
 
 
-def test_chart_is_installed_with_default_values(kubectl: Kubectl) -> None:
-    """Only the image is overridden: what an admin's first `helm install` gets."""
+def test_chart_is_installed_from_the_registry_with_default_values(kubectl: Kubectl) -> None:
+    """What an admin's first `helm install oci://… --version V` gets: nothing overridden, the
+    released chart, whose default image is the released index by digest."""
+    release = released()
     values = json.loads(kubectl.helm("get", "values", RELEASE, "-n", RELEASE_NAMESPACE, "-o", "json"))
-    assert values == {"image": {"repository": "pod-identity-injector", "tag": "dev", "pullPolicy": "Never"}}
+    assert not values
+    meta = json.loads(kubectl.helm("list", "-n", RELEASE_NAMESPACE, "-o", "json"))[0]
+    assert meta["chart"] == f"pod-identity-injector-{release['version']}"
+    assert meta["app_version"] == release["version"]
+    container = kubectl.json("-n", RELEASE_NAMESPACE, "get", "deployment", RELEASE)["spec"]["template"]["spec"][
+        "containers"][0]
+    assert container["image"] == f"{release['registry']}/pod-identity-injector@{release['index_digest']}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_the_kubelet_pulled_our_image_from_the_registry(kubectl: Kubectl) -> None:
+    """Not preloaded: the node's containerd fetched it, over TLS with the cluster's CA."""
+    release = released()
+    pulled = kubectl.json("-n", RELEASE_NAMESPACE, "get", "events", "--field-selector", "reason=Pulled")["items"]
+    image = f"{release['registry']}/pod-identity-injector@{release['index_digest']}"
+    assert any(f'Successfully pulled image "{image}"' in e.get("message", "") for e in pulled), \
+        [e.get("message") for e in pulled]
+    # The kubelet reports what it pulled by the index's digest (containerd then took linux/amd64 from it).
+    for pod in kubectl.json("-n", RELEASE_NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/name={RELEASE}")["items"]:
+        for status in pod["status"].get("containerStatuses", []):
+            assert status["imageID"] == image, status["imageID"]
+
+
+def test_the_image_prints_the_released_version_and_commit(kubectl: Kubectl) -> None:
+    release = released()
+    pod = kubectl.json("-n", RELEASE_NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/name={RELEASE}")["items"][0]
+    out = kubectl("-n", RELEASE_NAMESPACE, "exec", pod["metadata"]["name"], "-c",
+                  pod["spec"]["containers"][0]["name"], "--", "/webhook", "version")
+    assert out.split()[0] == release["version"]
+    assert "(commit " in out
 
 
 def test_both_replicas_are_ready_as_the_chart_runs_them(kubectl: Kubectl) -> None:

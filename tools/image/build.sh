@@ -4,10 +4,11 @@
 # AWS SDK, tests/cluster/workload), in the private daemon (dockerd.sh), with the base made
 # locally (base.sh); `docker save`s each to an archive for `ctr -n k8s.io images import ARCHIVE`.
 #
-#   tools/image/build.sh [--tag REF] [--no-pause | --pause-only] [--no-workload] [--force] [--keep-daemon]
+#   tools/image/build.sh [--tag REF] [--no-app] [--no-pause | --pause-only] [--no-workload] [--force] [--keep-daemon]
 #
 # stdout: only the archive paths, one a line (the webhook image first, then the pause image,
-# then the workload image $WORKLOAD_IMAGE).
+# then the workload image $WORKLOAD_IMAGE). --no-app leaves the webhook image out (the cluster
+# tier pulls the released image from its registry instead).
 # stderr: progress, build output, image sizes. Defaults: REF pod-identity-injector:dev, pause
 # $PAUSE_IMAGE (lib.sh). A build is skipped when its inputs hash (a label on the image) is
 # unchanged and its archive holds that image. The daemon is stopped at the end if this script
@@ -21,6 +22,7 @@ while (($#)); do
     case $1 in
         --tag) tag=${2:?--tag needs a value}; shift ;;
         --tag=*) tag=${1#--tag=} ;;
+        --no-app) app=0 ;;
         --no-pause) pause=0 ;;
         --pause-only) app=0 workload=0 ;;
         --no-workload) workload=0 ;;

@@ -60,8 +60,13 @@ ISSUER = f"https://{NODE_IP}"  # tokens' `iss`; the API server serves the discov
 
 RELEASE = "pod-identity-injector"
 RELEASE_NAMESPACE = "pod-identity-injector"
-IMAGE_REPOSITORY = "pod-identity-injector"
-IMAGE_TAG = "dev"
+# Our image and chart are not preloaded: `up` releases them (tools/release/release.sh) to a
+# registry on the node, with TLS from the cluster's CA (which containerd trusts for that host),
+# and installs the chart from there as users do; the kubelet pulls the image.
+REGISTRY = f"{NODE_IP}:5000"
+CHART_REF = f"oci://{REGISTRY}/charts/pod-identity-injector"
+RELEASE_CACHE = CACHE / "pod-identity-injector-release"
+LAYOUT = RELEASE_CACHE / "local-cluster-image"
 CHECK_NAMESPACE = "local-cluster-check"
 CHECK_ROLE_ARN = "arn:aws:iam::111122223333:role/local-cluster-check"
 
@@ -69,7 +74,7 @@ CHECK_ROLE_ARN = "arn:aws:iam::111122223333:role/local-cluster-check"
 APT_PACKAGES = {"containerd": "containerd", "runc": "runc", "/usr/lib/cni/bridge": "containernetworking-plugins",
                 "ip": "iproute2", "nsenter": "util-linux", "dockerd": "docker.io", "debootstrap": "debootstrap"}
 # Processes in start order; `down` stops them in reverse.
-COMPONENTS = ("containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+COMPONENTS = ("registry", "containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 
 
 def log(message: str) -> None:
@@ -123,7 +128,8 @@ def cmd_images(_: argparse.Namespace) -> int:
 
 
 def build_images() -> list[str]:
-    result = subprocess.run(["bash", str(REPO / "tools/image/build.sh"), "--tag", f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"],
+    """The pause and workload images (imported into containerd); ours is released, not imported."""
+    result = subprocess.run(["bash", str(REPO / "tools/image/build.sh"), "--no-app"],
                             stdout=subprocess.PIPE, text=True, timeout=3600, check=False)
     archives = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or len(archives) < 2:
@@ -136,10 +142,36 @@ def build_artifacts() -> dict:
     binary = script_output(["bash", str(REPO / "tools/kube-test-plane/build.sh")], "kube-test-plane build")
     helm = script_output(["bash", str(REPO / "tools/get-helm.sh")], "helm download")
     archives = build_images()
-    pause = subprocess.run(["bash", "-c", f'. "{REPO}/tools/image/lib.sh" >/dev/null 2>&1; printf %s "$PAUSE_IMAGE"'],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    names = subprocess.run(["bash", "-c", f'. "{REPO}/tools/image/lib.sh" >/dev/null 2>&1; '
+                            'printf "%s %s" "$PAUSE_IMAGE" "$WORKLOAD_IMAGE"'],
+                           capture_output=True, text=True, check=True).stdout.split()
     return {"binary": binary, "helm": helm, "kubectl": str(Path(helm).with_name("kubectl")),
-            "images": archives, "pause_image": pause}
+            "images": archives, "pause_image": names[0], "workload_image": names[1], **build_release()}
+
+
+def build_release() -> dict:
+    """What `release` needs that needs the network, done before the namespace (which has no route
+    out): the image for both architectures, the release tools, the registry; and the check that
+    each architecture's image starts and prints its version (arm64 under qemu-user)."""
+    version = subprocess.run([sys.executable, str(REPO / "tools/release/versions.py"), "show"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    tools = dict(line.split("=", 1) for line in subprocess.run(
+        ["bash", str(REPO / "tools/release/tools.sh")], stdout=subprocess.PIPE, text=True, check=True,
+        timeout=3600).stdout.split())
+    sys.path.insert(0, str(REPO / "tools/release"))
+    import registry
+
+    registry.ensure_installed()
+    run(["bash", str(REPO / "tools/release/tools.sh"), "deps"], capture=True, timeout=600)  # strip, qemu-user
+    run([sys.executable, str(REPO / "tools/image/assemble.py"), "--out", str(LAYOUT), "--version", version],
+        capture=False, timeout=1800)
+    for arch in ("amd64", "arm64"):
+        out = run([sys.executable, str(REPO / "tools/image/run.py"), "--layout", str(LAYOUT), "--ref",
+                   f"{version}-{arch}", "--", "version"], capture=True, timeout=300).stdout.strip()
+        if out.split()[:1] != [version]:
+            raise SystemExit(f"local-cluster: the linux/{arch} image printed {out!r}, not {version}")
+        log(f"linux/{arch} image started{' under qemu-user' if arch != 'amd64' else ''}: {out}")
+    return {"version": version, "layout": str(LAYOUT), "cosign": tools["COSIGN"]}
 
 
 # -- PKI ---------------------------------------------------------------------------------------
@@ -208,6 +240,7 @@ def make_pki(directory: Path) -> None:
     issue("kubelet", f"system:node:{NODE_NAME}", groups=("system:nodes",))
     issue("controller-manager", "system:kube-controller-manager")
     issue("scheduler", "system:kube-scheduler")
+    issue("registry", "registry", server=True, ips=(NODE_IP,))
     signing = key()
     save_key("sa.key", signing)
     write("sa.pub", signing.public_key().public_bytes(serialization.Encoding.PEM,
@@ -257,7 +290,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{STATE}/cni/net.d"
+  # hosts.toml per registry (registry_hosts()): the node's registry is trusted with the cluster's CA.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{c}/certs.d"
 """
+
+
+def registry_hosts(ca: Path) -> None:
+    """containerd's configuration for the node's registry: HTTPS, verified with the cluster's CA."""
+    directory = STATE / "containerd/certs.d" / REGISTRY
+    directory.mkdir(parents=True)
+    (directory / "hosts.toml").write_text(f'server = "https://{REGISTRY}"\n\n[host."https://{REGISTRY}"]\n'
+                                          f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
 
 
 def cni_config() -> str:
@@ -482,7 +526,16 @@ def cmd_start(_: argparse.Namespace) -> int:
     (STATE / "commands.json").write_text(json.dumps(commands, indent=1))
     sock = str(STATE / "containerd/containerd.sock")
 
+    registry_hosts(pki / "ca.crt")
+
     t0 = time.monotonic()
+    sys.path.insert(0, str(REPO / "tools/release"))
+    import registry
+
+    registry.start(STATE / "registry", REGISTRY, (str(pki / "registry.crt"), str(pki / "registry.key")),
+                   str(pki / "ca.crt"))
+    pid_file("registry").parent.mkdir(parents=True, exist_ok=True)
+    pid_file("registry").write_text((STATE / "registry/pid").read_text())
     start("containerd", commands["containerd"])
     wait_for(lambda: run(["ctr", "-a", sock, "version"], check=False, capture=True).returncode == 0,
              60, "containerd", "containerd")
@@ -507,20 +560,47 @@ def cmd_start(_: argparse.Namespace) -> int:
     wait_for(lambda: kubectl("-n", "default", "get", "serviceaccount", "default", check=False).strip() != "",
              60, "the default ServiceAccount", "kube-controller-manager")
     log(f"node Ready ({time.monotonic() - t0:.1f} s)")
-    install_chart(artifacts)
+    release(artifacts, pki)
+    log(f"released {artifacts['version']} to {REGISTRY} ({time.monotonic() - t0:.1f} s)")
+    install_chart(artifacts, pki)
     log(f"chart installed, both replicas Ready ({time.monotonic() - t0:.1f} s)")
     check_mutation(artifacts)
     log(f"a test pod was mutated ({time.monotonic() - t0:.1f} s)")
     return 0
 
 
-def install_chart(artifacts: dict) -> None:
-    """The chart with its default values; only the image is local and never pulled."""
+def release(artifacts: dict, pki: Path) -> None:
+    """`make release` against the node's registry, with the image assembled before (no route out
+    of the namespace); then the chart pulled back for the tests' upgrades (STATE/chart)."""
+    env = dict(os.environ, RELEASE_LAYOUT=artifacts["layout"], REGISTRY_CA=str(pki / "ca.crt"),
+               PYTHON=sys.executable)
+    result = subprocess.run(["bash", str(REPO / "tools/release/release.sh"), REGISTRY, artifacts["version"]],
+                            env=env, stdout=subprocess.PIPE, text=True, timeout=1800, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"local-cluster: make release to {REGISTRY} failed")
+    summary = json.loads((RELEASE_CACHE / "releases" / artifacts["version"] / "release.json").read_text())
+    summary.update(registry=REGISTRY, ca=str(pki / "ca.crt"),
+                   chart_package=str(STATE / "chart" / f"pod-identity-injector-{artifacts['version']}.tgz"))
+    (STATE / "chart").mkdir()
+    run([artifacts["helm"], "pull", CHART_REF, "--version", artifacts["version"], "--ca-file", str(pki / "ca.crt"),
+         "--destination", str(STATE / "chart")], capture=True)
+    (STATE / "release.json").write_text(json.dumps(summary, indent=1))
+
+
+def install_chart(artifacts: dict, pki: Path) -> None:
+    """As the README tells users: `cosign verify` the image and the chart with the release's public
+    key, then `helm install` from the OCI registry with the chart's defaults (no --set image…);
+    the kubelet pulls the image."""
+    summary = json.loads((STATE / "release.json").read_text())
+    version = artifacts["version"]
+    cosign_env = dict(os.environ, SSL_CERT_FILE=str(pki / "ca.crt"))
+    for reference in (f"{REGISTRY}/pod-identity-injector:{version}", f"{REGISTRY}/charts/pod-identity-injector:{version}"):
+        run([artifacts["cosign"], "verify", "--key", summary["public_key"], "--insecure-ignore-tlog=true", reference],
+            capture=True, env=cosign_env)
+        log(f"cosign verify {reference}: verified")
     env = dict(os.environ, KUBECONFIG=str(STATE / "admin.kubeconfig"))
-    run([artifacts["helm"], "install", RELEASE, str(REPO / "charts/pod-identity-injector"),
-         "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-         "--set", f"image.repository={IMAGE_REPOSITORY}", "--set", f"image.tag={IMAGE_TAG}",
-         "--set", "image.pullPolicy=Never", "--wait", "--timeout", "5m"], env=env, timeout=400)
+    run([artifacts["helm"], "install", RELEASE, CHART_REF, "--version", version, "--ca-file", str(pki / "ca.crt"),
+         "--namespace", RELEASE_NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m"], env=env, timeout=400)
     kubectl("-n", RELEASE_NAMESPACE, "rollout", "status", f"deployment/{RELEASE}", "--timeout=300s", timeout=320)
 
 
@@ -536,7 +616,7 @@ def check_mutation(artifacts: dict) -> None:
     pod = json.dumps({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check", "namespace": CHECK_NAMESPACE},
         "spec": {"serviceAccountName": "check", "restartPolicy": "Never",
-                 "containers": [{"name": "check", "image": f"{IMAGE_REPOSITORY}:{IMAGE_TAG}",
+                 "containers": [{"name": "check", "image": artifacts["workload_image"],
                                  "imagePullPolicy": "Never", "command": ["true"]}]},
     })
 
