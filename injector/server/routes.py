@@ -14,6 +14,7 @@ admission, up to a tenth of its CPU (docs/performance.md#where-the-time-goes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from injector.core.review import (
     parse_review,
 )
 from injector.core.settings import ServeSettings
-from injector.server.body_budget import BodyBudget, OverBudget
+from injector.server.body_budget import SMALL_BODY, BodyBudget, OverBudget
 from injector.server.logs import hot_line
 from injector.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from injector.server.tls import CertificateReloader
@@ -141,9 +142,9 @@ async def handle_mutate(state: ServerState, request: web.BaseRequest) -> web.Str
     size = request.content_length
     if size is not None and size > limit:
         return _too_large(size, limit)
-    peer = request.remote or "unknown"
+    small = size is not None and size <= SMALL_BODY  # every review the API server sends: no bookkeeping
     try:
-        with state.body_budget.reserved(peer, limit if size is None else size):
+        with _UNRESERVED if small else state.body_budget.reserved(_peer(request), limit if size is None else size):
             try:
                 if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
                     body = request.content.read_nowait()
@@ -157,14 +158,14 @@ async def handle_mutate(state: ServerState, request: web.BaseRequest) -> web.Str
             except TimeoutError:
                 return _too_slow(state.settings.read_body_timeout)
             except ConnectionError as exc:  # the client went away mid-body: its doing, not ours
-                return _client_gone(peer, exc)
+                return _client_gone(_peer(request), exc)
             try:
                 envelope, parsed = parse_review(decode_json(body))
             except BadReview as exc:
                 log.warning("admission refused", reason="undecodable review", error=str(exc), bytes=len(body))
                 return _plain(exc.status, str(exc))
     except OverBudget as exc:
-        return _over_budget(state, peer, size, exc.scope)
+        return _over_budget(state, _peer(request), size, exc.scope)
     if isinstance(parsed, str):
         log.warning("admission denied", reason="bad content", detail=parsed)
         return web.Response(body=encode_error_review(envelope, parsed), content_type=JSON)
@@ -193,6 +194,13 @@ def _too_large(size: int | None, limit: int) -> web.Response:
     got = f"{size} bytes" if size is not None else "more"
     log.warning("admission refused", reason="request body too large", limit=limit, size=size)
     return _plain(413, f"request body too large: {got}, the limit is {limit} bytes (--max-request-bytes)")
+
+
+_UNRESERVED = contextlib.nullcontext()
+
+
+def _peer(request: web.BaseRequest) -> str:
+    return request.remote or "unknown"
 
 
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the request": counted apart from our 5xx
