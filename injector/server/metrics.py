@@ -19,6 +19,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    Summary,
     disable_created_metrics,
     generate_latest,
     values,
@@ -32,7 +33,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _GO_COMPAT = {
     "pod_identity_webhook_pod_count": "Pods for which a patch was built, per mode (Go webhook name).",
     "pod_identity_webhook_missing_sa_count": "Lookups that ended without the ServiceAccount (Go webhook name).",
+    "http_request_count": "Requests by verb, path and response code (Go webhook name).",
 }
+# The Go webhook's request latencies are in microseconds, in buckets from 125 ms to 8 s.
+GO_LATENCY_BUCKETS = tuple(125_000.0 * 2**n for n in range(7))
 UNPUBLISHED_LIMIT = 50_000  # admissions counted before the serving path publishes them itself
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Counted by the ServiceAccount Events job (injector/kube/events.py), which `wiring` builds before the
@@ -106,6 +110,15 @@ class Metrics:
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
             ["method", "path", "code"], registry=reg)
+        # The Go webhook's request metrics, under its names and labels, so its dashboards work.
+        self.go_requests = Counter("http_request_count", _GO_COMPAT["http_request_count"], ["verb", "path", "code"],
+                                   registry=reg)
+        self.go_latencies = Histogram(
+            "http_request_latencies", "Response latency distribution in microseconds for each verb and path "
+            "(Go webhook name).", ["verb", "path"], buckets=GO_LATENCY_BUCKETS, registry=reg)
+        self.go_latency_summary = Summary(
+            "http_request_duration_microseconds", "Response latency summary in microseconds for each verb and path "
+            "(Go webhook name).", ["verb", "path"], registry=reg)
         self.pod_count = Counter(
             "pod_identity_webhook_pod_count", _GO_COMPAT["pod_identity_webhook_pod_count"],
             ["method"], registry=reg)
@@ -125,6 +138,7 @@ class Metrics:
         self._children: dict[tuple, Any] = {}
         self._admission_counts: Counter_[tuple[str, str]] = Counter_()
         self._request_counts: Counter_[tuple[str, str, int]] = Counter_()
+        self._request_durations: list[tuple[str, str, float]] = []
         self._durations: list[float] = []
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -145,13 +159,17 @@ class Metrics:
         if len(self._durations) >= UNPUBLISHED_LIMIT:  # nothing published them for a long while
             self.publish()
 
-    def count_request(self, method: str, path: str, status: int) -> None:
+    def count_request(self, method: str, path: str, status: int, seconds: float) -> None:
         self._request_counts[method, path, status] += 1
+        self._request_durations.append((method, path, seconds))
+        if len(self._request_durations) >= UNPUBLISHED_LIMIT:
+            self.publish()
 
     def publish(self) -> None:
         admissions, self._admission_counts = self._admission_counts, Counter_()
         requests, self._request_counts = self._request_counts, Counter_()
         durations, self._durations = self._durations, []
+        request_durations, self._request_durations = self._request_durations, []
         for (mode, decision), count in admissions.items():
             self._child(self.admissions, mode or "none", decision).inc(count)
             if decision in SKIPPED:
@@ -162,6 +180,11 @@ class Metrics:
             self.admission_seconds.observe(seconds)
         for (method, path, status), count in requests.items():
             self._child(self.http_requests, method, path, str(status)).inc(count)
+            self._child(self.go_requests, method, path, str(status)).inc(count)
+        for method, path, seconds in request_durations:
+            microseconds = seconds * 1_000_000
+            self._child(self.go_latencies, method, path).observe(microseconds)
+            self._child(self.go_latency_summary, method, path).observe(microseconds)
 
 
 class _GoCompatCollector:

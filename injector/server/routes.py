@@ -346,7 +346,7 @@ class Routes:
                                 headers={"Allow": ",".join(sorted(route.methods))})
         if not route.counted:
             return await route.handler(request)
-        status = 500
+        status, started = 500, time.perf_counter()
         try:
             response = await route.handler(request)
             status = response.status
@@ -355,7 +355,7 @@ class Routes:
             status = exc.status
             raise
         finally:
-            self._metrics.count_request(request.method, request.path, status)
+            self._metrics.count_request(request.method, request.path, status, time.perf_counter() - started)
 
     def make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
         """The server's request factory: a plain request whose body may be `max_body` bytes."""

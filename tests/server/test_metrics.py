@@ -13,7 +13,7 @@ def test_counts_reach_the_registry_when_published_and_only_once():
     metrics = Metrics()
     metrics.count_admission("sts_web_identity", "mutated", 0.002)
     metrics.count_admission("sts_web_identity", "mutated", 0.004)
-    metrics.count_request("POST", "/mutate", 200)
+    metrics.count_request("POST", "/mutate", 200, 0.003)
     admissions = {"mode": "sts_web_identity", "decision": "mutated"}
     assert sample(metrics, "pod_identity_injector_admissions_total", **admissions) is None
     metrics.publish()
@@ -54,3 +54,22 @@ def test_counts_nothing_publishes_are_published_before_they_pile_up(monkeypatch)
     assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 20
     metrics.publish()
     assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 25
+
+
+def test_the_go_webhooks_request_metrics_keep_their_names_labels_and_microseconds():
+    """docs/reference.md#metrics: http_request_count{verb,path,code} without a suffix,
+    http_request_latencies{verb,path} in microseconds with Go's buckets (125 ms to 8 s), and
+    http_request_duration_microseconds, so the Go webhook's dashboards keep working."""
+    metrics = Metrics()
+    metrics.count_request("POST", "/mutate", 200, 0.0004)
+    metrics.count_request("POST", "/mutate", 200, 0.3)
+    metrics.count_request("POST", "/debug/alpha/500", 500, 0.0001)
+    text = Exposition(metrics).render().decode()
+    assert 'http_request_count{code="200",path="/mutate",verb="POST"} 2.0' in text
+    assert 'http_request_count{code="500",path="/debug/alpha/500",verb="POST"} 1.0' in text
+    go = {"verb": "POST", "path": "/mutate"}
+    assert sample(metrics, "http_request_latencies_bucket", **go, le="125000.0") == 1
+    assert sample(metrics, "http_request_latencies_bucket", **go, le="500000.0") == 2
+    assert sample(metrics, "http_request_latencies_bucket", **go, le="8e+06") == 2
+    assert abs(sample(metrics, "http_request_latencies_sum", **go) - 300_400) < 1e-6
+    assert sample(metrics, "http_request_duration_microseconds_count", **go) == 2
