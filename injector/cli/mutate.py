@@ -87,7 +87,8 @@ def render(decision: Decision, request: AdmissionRequest, envelope: Envelope, ou
     if output == "patch":
         return orjson.dumps(decision.operations, option=orjson.OPT_INDENT_2).decode()
     if output == "review":
-        body = encode_response(envelope, decision.allowed, decision.operations, decision.message or None)
+        body = encode_response(envelope, decision.allowed, decision.operations, decision.message or None,
+                               decision.warnings)
         return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
     pod = jsonpatch.apply_patch(request.pod or {}, decision.operations) if decision.operations else request.pod
     if output == "yaml":
@@ -110,4 +111,6 @@ def run_mutate(args: argparse.Namespace, settings: MutationSettings) -> int:
     print(f"# {reason}", file=sys.stderr)
     for note in decision.plan.notes if decision.plan else ():
         print(f"# note: {note}", file=sys.stderr)
+    for warning in decision.warnings:  # what `serve` sends as the review's warnings (kubectl shows them)
+        print(f"# warning: {warning}", file=sys.stderr)
     return 0

@@ -325,3 +325,36 @@ def test_malformed_identities_file_is_rejected(tmp_path: Path):
     identities = tmp_path / "identities.json"
     identities.write_text('{"identities": [', encoding="utf-8")
     assert_rejected(run_cli("-f", pod, "--container-credentials-config", identities), identities)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+async def test_mutate_tells_everything_serve_tells(case: Case, runs, tmp_path: Path):
+    """`mutate -o review` is `serve`'s answer to the same review (the webhook's routes, in
+    process, fed the same inputs): the same uid, decision, warnings and resulting pod; and
+    every warning is on standard error too."""
+    from aiohttp.test_utils import TestClient
+
+    from injector.cli.mutate import build_store
+    from injector.cli.parser import build_parser, mutation_settings
+    from injector.core.settings import ServeSettings
+    from injector.server.metrics import Metrics
+    from injector.server.routes import ServerState, webhook_routes
+
+    from serving import RoutesTestServer
+
+    run = runs[(case.id, "review")]
+    told = json.loads(ok(run))["response"]
+    args = build_parser().parse_args(["mutate", "-f", "-", *write_inputs(case, tmp_path), *case.flags])
+    settings = mutation_settings(args)
+    state = ServerState(ServeSettings(mutation=settings), build_store(args, settings), None, Metrics())
+    async with TestClient(RoutesTestServer(webhook_routes(state))) as client:
+        response = await client.post("/mutate", data=json.dumps(review_document(case, review_version(case))),
+                                     headers={"Content-Type": "application/json"})
+        served = (await response.json())["response"]
+    assert {k: v for k, v in told.items() if k != "patch"} == {k: v for k, v in served.items() if k != "patch"}
+    if case.changes:
+        pods = [normalise_jitter(jsonpatch.apply_patch(case.pod, json.loads(base64.b64decode(r["patch"]))),
+                                 case.expected) for r in (told, served)]
+        assert pods[0] == pods[1] == case.expected
+    assert [line for line in run.stderr.splitlines() if line.startswith("# warning: ")] == [
+        f"# warning: {warning}" for warning in served.get("warnings", [])]
