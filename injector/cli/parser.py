@@ -151,7 +151,9 @@ def _add_doctor(sub: Any) -> None:
     p = sub.add_parser("trust-policy", help="print a trust policy for NAMESPACE:SERVICEACCOUNT pairs",
                        description="A role trust policy letting these ServiceAccounts assume the role with "
                                    "web identity (StringEquals on sub and aud).")
-    add_flag(p, "service_accounts", nargs="+", metavar="NAMESPACE:SERVICEACCOUNT")
+    add_flag(p, "service_accounts", nargs="*", metavar="NAMESPACE:SERVICEACCOUNT")
+    add_flag(p, "--pod-identity", action="store_true",
+             help="the trust policy EKS Pod Identity needs instead (pods.eks.amazonaws.com; no pairs, no issuer)")
     add_flag(p, "--issuer", default="", metavar="URL", help="the OIDC issuer (default: the live cluster's)")
     add_flag(p, "--account", required=True, metavar="ID", help="the AWS account of the role and OIDC provider")
     add_flag(p, "--partition", default="aws", help="aws, aws-cn, aws-us-gov, …")

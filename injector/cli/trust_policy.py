@@ -21,6 +21,10 @@ _PAIR = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?):([a-z0-9]([-a-z0-9.]*[a-z0-
 
 
 def run_trust_policy(args: argparse.Namespace) -> int:
+    if args.pod_identity:
+        return _pod_identity(args)
+    if not args.service_accounts:
+        return say("trust-policy", "name at least one NAMESPACE:SERVICEACCOUNT (or --pod-identity)")
     pairs = []
     for item in args.service_accounts:
         match = _PAIR.match(item)
@@ -47,4 +51,15 @@ def run_trust_policy(args: argparse.Namespace) -> int:
             print(f"warning: {message}", file=sys.stderr)
     document = trust_policy.generate(issuer, args.account, pairs, args.partition, args.audience)
     print(json.dumps(document, indent=2))
+    return OK
+
+
+def _pod_identity(args: argparse.Namespace) -> int:
+    """EKS Pod Identity: the association names the ServiceAccount, the role trusts the service."""
+    if args.service_accounts:
+        return say("trust-policy", "--pod-identity takes no NAMESPACE:SERVICEACCOUNT: an EKS Pod Identity "
+                   "association names them (aws eks create-pod-identity-association)")
+    if not re.fullmatch(r"\d{12}", args.account):
+        return say("trust-policy", f"--account {args.account!r} is not a 12-digit AWS account id")
+    print(json.dumps(trust_policy.generate_pod_identity(args.account, args.partition), indent=2))
     return OK

@@ -543,7 +543,7 @@ def _check_trust_policy(case: Case, out: _Findings, identity: Identity, audience
     if case.policy is None:
         return
     if identity.mode is not Mode.WEB_IDENTITY:
-        out.add("trust-policy-not-irsa", INFO, s, "EKS Pod Identity roles trust pods.eks.amazonaws.com; not checked")
+        _check_pod_identity_trust(case, out)
         return
     partition, account = _partition_account(identity.role_arn)
     sub = trust_policy.subject(case.namespace, case.service_account_name)
@@ -572,6 +572,22 @@ def _check_trust_policy(case: Case, out: _Findings, identity: Identity, audience
     out.add(f"trust-policy-{'condition' if closest.miss == 'unsupported' else closest.miss}", FAIL, s,
             f"statement {closest.label}: {closest.detail} — STS answers {error}", f"fix the statement, or use: "
             f"{generate}", **details)
+
+
+def _check_pod_identity_trust(case: Case, out: _Findings) -> None:
+    """EKS Pod Identity: the role must trust pods.eks.amazonaws.com with sts:AssumeRole and
+    sts:TagSession (docs/doctor.md#trust-policy)."""
+    s = "trust-policy"
+    assert case.policy is not None
+    gaps = trust_policy.pod_identity_gaps(case.policy)
+    fix = "use: pod-identity-injector trust-policy --pod-identity --account ACCOUNT"
+    for code, message in gaps:
+        out.add(code, FAIL, s, f"{message} — the Pod Identity Agent cannot get credentials for this role"
+                + (" (and a role chained from them loses the session tags)" if code == "trust-policy-tag-session"
+                   else ""), fix)
+    if not gaps:
+        out.add("trust-policy-pod-identity-allows", OK, s, f"{trust_policy.POD_IDENTITY_SERVICE} may assume the "
+                "role and tag the session (conditions are not evaluated)")
 
 
 def diagnose(case: Case) -> Report:

@@ -271,6 +271,76 @@ def evaluate(policy: Mapping[str, Any], request: Request) -> Verdict:
     return Verdict(allowed_by is not None, allowed_by.label if allowed_by else "", tuple(results))
 
 
+# -- EKS Pod Identity ------------------------------------------------------------------------------
+POD_IDENTITY_SERVICE = "pods.eks.amazonaws.com"
+# The Pod Identity Agent's credentials come from AssumeRole by the EKS service, which tags the
+# session (cluster, namespace, ServiceAccount, pod): without TagSession the call is refused, and
+# a role chained from these credentials needs the tags to be transitive.
+POD_IDENTITY_ACTIONS = ("sts:AssumeRole", "sts:TagSession")
+
+
+def _service_covered(statement: Mapping[str, Any]) -> bool:
+    principal = statement.get("Principal")
+    if principal == "*":
+        return True
+    services = [str(s) for s in _listify(principal.get("Service", []))] if isinstance(principal, dict) else []
+    return POD_IDENTITY_SERVICE in services or "*" in services
+
+
+def _actions_of(statement: Mapping[str, Any]) -> set[str]:
+    """Which of POD_IDENTITY_ACTIONS the statement's Action (or NotAction) covers."""
+    if "Action" in statement:
+        patterns = [_wildcard(str(a), ignore_case=True) for a in _listify(statement["Action"])]
+        return {a for a in POD_IDENTITY_ACTIONS if any(p.fullmatch(a) for p in patterns)}
+    if "NotAction" in statement:
+        patterns = [_wildcard(str(a), ignore_case=True) for a in _listify(statement["NotAction"])]
+        return {a for a in POD_IDENTITY_ACTIONS if not any(p.fullmatch(a) for p in patterns)}
+    return set()
+
+
+def pod_identity_gaps(policy: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What keeps EKS Pod Identity from assuming the role, as (code, message); [] when nothing
+    does. Principal and actions are judged; conditions are not (the service's keys, such as
+    aws:SourceAccount, are the caller's, not the pod's)."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    trusted = False
+    for statement in _listify(policy.get("Statement", [])):
+        if not isinstance(statement, Mapping) or not _service_covered(statement):
+            continue
+        actions = _actions_of(statement)
+        if statement.get("Effect") == "Deny":
+            denied |= actions
+        elif statement.get("Effect") == "Allow":
+            trusted = True
+            allowed |= actions
+    if denied:
+        return [("trust-policy-explicit-deny", f"a Deny statement for {POD_IDENTITY_SERVICE} covers "
+                 f"{', '.join(sorted(denied))}")]
+    if not trusted:
+        return [("trust-policy-pod-identity-principal", f"no Allow statement trusts the service "
+                 f"{POD_IDENTITY_SERVICE} (Principal.Service)")]
+    return [("trust-policy-tag-session" if action == "sts:TagSession" else "trust-policy-action",
+             f"the statements trusting {POD_IDENTITY_SERVICE} do not allow {action}")
+            for action in POD_IDENTITY_ACTIONS if action not in allowed]
+
+
+def generate_pod_identity(account: str, partition: str = "aws") -> dict[str, Any]:
+    """The trust policy EKS Pod Identity needs: its service may assume the role and tag the
+    session, for clusters of `account` only (aws:SourceAccount). `partition` is accepted for
+    symmetry with `generate`; the service principal is the same in every partition."""
+    del partition
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": POD_IDENTITY_SERVICE},
+            "Action": list(POD_IDENTITY_ACTIONS),
+            "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+        }],
+    }
+
+
 # -- writing one ------------------------------------------------------------------------------------
 def generate(issuer: str, account: str, service_accounts: Sequence[tuple[str, str]], partition: str = "aws",
              audience: str = "sts.amazonaws.com") -> dict[str, Any]:

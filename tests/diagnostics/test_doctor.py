@@ -330,6 +330,55 @@ def test_a_trust_policy_that_refuses(doctor, policy, code, error):
     assert error in finding(report, code)["message"]
 
 
+def pod_identity(doctor: Doctor, policy: dict) -> tuple[int, dict]:
+    """A container-credentials (EKS Pod Identity) pod checked against `policy`."""
+    identities = doctor.write("ids.json", json.dumps({"identities": [{"namespace": "team", "serviceAccount": "app"}]}))
+    return doctor(pod(), sa(), args=("--container-credentials-config", identities), policy=policy)
+
+
+def test_a_generated_pod_identity_trust_policy_is_accepted_round_trip(doctor, capsys):
+    assert cli.main(["trust-policy", "--pod-identity", "--account", "111122223333"]) == 0
+    generated = json.loads(capsys.readouterr().out)
+    assert generated["Statement"] == [{
+        "Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+        "Action": ["sts:AssumeRole", "sts:TagSession"],
+        "Condition": {"StringEquals": {"aws:SourceAccount": "111122223333"}}}]
+    code, report = pod_identity(doctor, generated)
+    assert code == 0 and "trust-policy-pod-identity-allows" in codes(report, "ok")
+
+
+def _service_policy(**statement) -> dict:
+    return {"Statement": [{"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+                           "Action": ["sts:AssumeRole", "sts:TagSession"], **statement}]}
+
+
+@pytest.mark.parametrize(("policy", "code"), [
+    (_service_policy(Action="sts:AssumeRole"), "trust-policy-tag-session"),  # eks-pod-identity-agent #80
+    (_service_policy(Action="sts:TagSession"), "trust-policy-action"),
+    (_service_policy(Principal={"Service": "ec2.amazonaws.com"}), "trust-policy-pod-identity-principal"),
+    ({"Statement": [*_service_policy()["Statement"], {**_service_policy()["Statement"][0], "Effect": "Deny",
+                                                       "Action": "sts:TagSession"}]}, "trust-policy-explicit-deny"),
+])
+def test_a_pod_identity_trust_policy_that_refuses(doctor, policy, code):
+    exit_code, report = pod_identity(doctor, policy)
+    assert exit_code == 1 and codes(report, "fail") == [code]
+    assert "trust-policy --pod-identity" in finding(report, code)["fix"]
+
+
+def test_a_wildcard_action_covers_both(doctor):
+    code, report = pod_identity(doctor, _service_policy(Action="sts:*"))
+    assert code == 0 and "trust-policy-pod-identity-allows" in codes(report, "ok")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--pod-identity", "--account", "111122223333", "team:app"], "takes no NAMESPACE:SERVICEACCOUNT"),
+    (["--account", "111122223333"], "name at least one NAMESPACE:SERVICEACCOUNT"),
+])
+def test_trust_policy_refuses_what_it_cannot_write(argv, says, capsys):
+    assert cli.main(["trust-policy", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
 def test_the_failing_condition_shows_both_values(doctor):
     _, report = doctor(pod(), ANNOTATED, policy=_policy("system:serviceaccount:team:other"))
     message = finding(report, "trust-policy-condition")["message"]
