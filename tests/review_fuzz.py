@@ -63,6 +63,10 @@ def template() -> dict[str, Any]:
                                              "eks.amazonaws.com/skip-containers": "sidecar"},
                              "labels": {"app": "web"}},
                 "spec": {"serviceAccountName": "my-app", "nodeSelector": {"kubernetes.io/os": "linux"},
+                         # Read defensively, not checked: the fuzzer breaks its parts too (docs/mutation.md#windows).
+                         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                             "nodeSelectorTerms": [{"matchExpressions": [
+                                 {"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}]}}},
                          "initContainers": [copy.deepcopy(container) | {"name": "setup"}],
                          "containers": [container, {"name": "sidecar", "image": "envoy"}],
                          "volumes": [{"name": "data", "emptyDir": {}}]},

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from injector.core.identity import Identity, Mode, parse_expiration
-from injector.core.pod import containers_of, mapping, names_of, token_source, volume_kind
+from injector.core.pod import containers_of, mapping, names_of, runs_on_windows, token_source, volume_kind
 from injector.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
     JITTER_FLOOR,
@@ -37,8 +37,6 @@ AUTHORIZATION_TOKEN_FILE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
 REGION = "AWS_REGION"
 DEFAULT_REGION = "AWS_DEFAULT_REGION"
 STS_REGIONAL_ENDPOINTS = "AWS_STS_REGIONAL_ENDPOINTS"
-
-_WINDOWS_SELECTORS = ("beta.kubernetes.io/os", "kubernetes.io/os")
 
 
 @dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
@@ -300,10 +298,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         for unknown in unknown_containers(spec, skip):
             warnings.append(f"skip-containers names {unknown}, which is no container of this pod")
 
-    node_selector = spec.get("nodeSelector")
-    windows = isinstance(node_selector, dict) and any(node_selector.get(key) == "windows"
-                                                      for key in _WINDOWS_SELECTORS)
-    layout = _layout(identity, settings, windows)
+    layout = _layout(identity, settings, runs_on_windows(spec))
     expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)
 
     volumes = spec.get("volumes")

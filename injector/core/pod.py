@@ -65,3 +65,30 @@ def token_source(volume: Any, path: str | None = None) -> dict[str, Any] | None:
 def volume_kind(volume: Any) -> str:
     """What a volume is (`emptyDir`, `configMap`, …), for the collision's messages."""
     return next((key for key in mapping(volume) if key != "name"), "no source")
+
+
+OS_LABELS = ("kubernetes.io/os", "beta.kubernetes.io/os")
+
+
+def _pins_windows(term: Any) -> bool:
+    """A nodeSelectorTerm with an expression `<os label> In [windows]` (its expressions are ANDed)."""
+    expressions = mapping(term).get("matchExpressions")
+    return isinstance(expressions, list) and any(
+        mapping(e).get("key") in OS_LABELS and mapping(e).get("operator") == "In"
+        and mapping(e).get("values") == ["windows"] for e in expressions)
+
+
+def runs_on_windows(pod_spec: dict[str, Any]) -> bool:
+    """Whether the pod can only be scheduled on Windows nodes (docs/mutation.md#windows).
+
+    `nodeSelector` with an OS label equal to `windows`, or a required nodeAffinity whose terms
+    (ORed) all carry `<os label> In [windows]`. Preferred affinity does not count; anything of
+    the wrong JSON type reads as "not Windows".
+    """
+    node_selector = mapping(pod_spec.get("nodeSelector"))
+    if any(node_selector.get(key) == "windows" for key in OS_LABELS):
+        return True
+    required = mapping(mapping(mapping(pod_spec.get("affinity")).get("nodeAffinity"))
+                       .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = required.get("nodeSelectorTerms")
+    return isinstance(terms, list) and bool(terms) and all(_pins_windows(term) for term in terms)

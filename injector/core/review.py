@@ -145,7 +145,8 @@ def check_pod(pod: dict[str, Any]) -> str:
 
     What is checked is exactly what identity resolution and the planner read: names,
     annotations, labels, the node selector, volumes, and each container's name, env and
-    volumeMounts. Everything else is passed through untouched and never read.
+    volumeMounts. Everything else is passed through untouched and never read, except the
+    node affinity, which `pod.runs_on_windows` reads defensively (docs/reliability.md#contract).
     """
     try:
         metadata = _optional(pod.get("metadata"), dict, "metadata") or {}

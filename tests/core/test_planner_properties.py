@@ -65,6 +65,9 @@ mount_entry = st.builds(
     st.sampled_from(["/data", "/var/run/secrets/eks.amazonaws.com/serviceaccount"]),
 )
 TOKEN_SOURCE = {"projected": {"sources": [{"serviceAccountToken": {"audience": "x", "path": "token"}}]}}
+# §windows: a required nodeAffinity that pins the pod to Windows nodes.
+NODE_AFFINITY_WINDOWS = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}]}}}
 volume_entry = st.builds(lambda name, source: {"name": name, **source}, st.sampled_from(VOLUME_NAMES),
                          st.sampled_from([{"emptyDir": {}}, TOKEN_SOURCE]))
 
@@ -127,6 +130,7 @@ def pods(draw) -> dict[str, Any]:
     selector = draw(st.sampled_from([ABSENT, {"kubernetes.io/os": "windows"}, {"beta.kubernetes.io/os": "windows"},
                                      {"kubernetes.io/os": "linux"}, {"kubernetes.io/os": "Windows"}]))
     set_optional(spec, "nodeSelector", selector)
+    set_optional(spec, "affinity", draw(st.sampled_from([ABSENT, None, "windows", NODE_AFFINITY_WINDOWS])))
 
     pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
     pod.update(draw(unknown_fields))

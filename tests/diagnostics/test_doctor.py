@@ -239,6 +239,18 @@ def test_a_volume_named_like_the_token_volume_is_not_called_injected(doctor):
     assert "pod-injected" not in codes(report)
 
 
+def test_a_pod_pinned_to_windows_by_node_affinity_reads_the_windows_token_path(doctor):
+    """doctor plans with the planner, so it sees the C: path the webhook injects (§windows)."""
+    the_pod = pod()
+    the_pod["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}]}}}
+    code, report = doctor(the_pod, ANNOTATED)
+    assert code == 0 and codes(report, "fail") == []
+    assert "C:\\var\\run\\secrets\\eks.amazonaws.com\\serviceaccount\\token" in \
+        finding(report, "sdk-web-identity")["message"]
+
+
 def test_a_preset_role_arn_blocks_the_pair(doctor):
     the_pod = pod(containers=[{"name": "app", "env": [{"name": "AWS_ROLE_ARN", "value": ROLE}]}])
     code, report = doctor(the_pod, ANNOTATED)
