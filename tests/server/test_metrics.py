@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from injector.server.metrics import Exposition, Metrics
+from injector.server.metrics import Exposition, Metrics, count_identity_skipped
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -54,3 +54,11 @@ def test_counts_nothing_publishes_are_published_before_they_pile_up(monkeypatch)
     assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 20
     metrics.publish()
     assert sample(metrics, "pod_identity_injector_admission_duration_seconds_count") == 25
+
+
+def test_skipped_identities_entries_show_in_every_metrics_registry():
+    """The identities file's source counts before any `Metrics` exists (server/wiring.py)."""
+    name = "pod_identity_injector_pod_identity_entries_skipped_total"
+    before = sample(Metrics(), name)
+    count_identity_skipped()
+    assert sample(Metrics(), name) == before + 1
