@@ -87,8 +87,8 @@ def offline_case(args: argparse.Namespace, settings: MutationSettings) -> Case:
             if meta.get("name") == name and (meta.get("namespace") or namespace) == namespace:
                 found = doc
     config_map = load_config_map(args.config_map_file, settings) if args.config_map_file else None
-    identities = load_pod_identities(args.container_credentials_config) if args.container_credentials_config \
-        else frozenset()
+    identities = load_pod_identities(args.container_credentials_config).pairs \
+        if args.container_credentials_config else frozenset()
     kwargs: dict[str, Any] = {"config_map": config_map} if config_map is not None else {}
     return Case(pod, namespace, found, settings, pod_identities=identities, issuer=args.issuer or "", **kwargs)
 

@@ -79,7 +79,10 @@ def build_store(args: argparse.Namespace, settings: MutationSettings) -> Identit
     store = IdentityStore(settings, log_problems=False)
     load_manifests(store, args.service_account_files, args.config_map_file, args.namespace)
     if args.container_credentials_config:
-        store.replace_pod_identities(load_pod_identities(args.container_credentials_config))
+        identities = load_pod_identities(args.container_credentials_config)
+        for bad in identities.skipped:  # as `serve` logs them
+            print(f"pod-identity-injector mutate: warning: {args.container_credentials_config}: {bad}", file=sys.stderr)
+        store.replace_pod_identities(identities.pairs)
     return store
 
 

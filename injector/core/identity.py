@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -270,24 +271,88 @@ def parse_config_map(document: Any, settings: MutationSettings) -> ConfigMapMapp
     return ConfigMapMapping(exact, tuple(patterns), tuple(rejected))
 
 
-def parse_pod_identities(document: Any) -> frozenset[tuple[str, str]]:
-    """The container-credentials identities file: `{"identities":[{namespace, serviceAccount}]}`."""
+# encoding/json's case-insensitive match of a key to a field name: ASCII letters fold, and
+# so do the only two other runes whose fold set holds an ASCII letter (U+017F ſ, U+212A K).
+_GO_FOLD = {**{c: c + 32 for c in range(ord("A"), ord("Z") + 1)}, 0x17F: ord("s"), 0x212A: ord("k")}
+
+
+def go_json_members(obj: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The members of a decoded JSON object that Go's `json.Unmarshal` would store in a struct
+    with these field names: a key matches a field exactly, else case-insensitively; a later key
+    overwrites an earlier one, a null overwrites nothing, and unknown keys are ignored."""
+    folded = {name.translate(_GO_FOLD): name for name in names}
+    found: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = key if key in names else folded.get(key.translate(_GO_FOLD))
+        if name is not None and value is not None:
+            found[name] = value
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedIdentity:
+    """An entry of the identities file that was left out, and why (for a log line)."""
+
+    index: int
+    entry: str  # the entry as JSON, shortened
+    problem: str
+
+    def __str__(self) -> str:
+        return f"identities[{self.index}] {self.entry} skipped: {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
+class PodIdentities:
+    """The identities file's associations, and the entries that could not be used."""
+
+    pairs: frozenset[tuple[str, str]] = frozenset()
+    skipped: tuple[SkippedIdentity, ...] = ()
+
+
+def _short_json(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=repr)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _identity_pair(item: Any) -> str | tuple[str, str]:
+    """The (namespace, serviceAccount) pair of one entry, or what is wrong with it."""
+    if not isinstance(item, dict):
+        return f"an entry must be an object, not {'null' if item is None else type(item).__name__}"
+    members = go_json_members(item, ("namespace", "serviceAccount"))
+    for name in ("namespace", "serviceAccount"):
+        if not isinstance(members.get(name, ""), str):
+            return f"\"{name}\" must be a string"
+    namespace, name = members.get("namespace", ""), members.get("serviceAccount", "")
+    if not namespace or not name:
+        return "it needs a non-empty \"namespace\" and \"serviceAccount\""
+    return namespace, name
+
+
+def parse_pod_identities(document: Any) -> PodIdentities:
+    """The container-credentials identities file: `{"identities":[{namespace, serviceAccount}]}`
+    (docs/mutation.md#pod-identity-file).
+
+    Keys match as Go's JSON decoding matches them. A document that is not of this shape is a
+    `ValueError` (the caller keeps the previous set); a bad entry is only left out, in `skipped`.
+    """
+    if document is None:
+        return PodIdentities()  # the JSON `null`: Go decodes it to an empty list
     if not isinstance(document, dict):
         raise ValueError("must be a JSON object with an \"identities\" list")
-    items = document.get("identities")
+    items = go_json_members(document, ("identities",)).get("identities")
     if items is None:
-        return frozenset()
+        return PodIdentities()
     if not isinstance(items, list):
         raise ValueError("\"identities\" must be a list")
     pairs = set()
+    skipped = []
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"identities[{index}] must be an object")
-        namespace, name = item.get("namespace"), item.get("serviceAccount")
-        if not isinstance(namespace, str) or not isinstance(name, str):
-            raise ValueError(f"identities[{index}] needs string \"namespace\" and \"serviceAccount\"")
-        pairs.add((namespace, name))
-    return frozenset(pairs)
+        found = _identity_pair(item)
+        if isinstance(found, str):
+            skipped.append(SkippedIdentity(index, _short_json(item), found))
+        else:
+            pairs.add(found)
+    return PodIdentities(frozenset(pairs), tuple(skipped))
 
 
 @dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)

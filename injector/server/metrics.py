@@ -58,6 +58,18 @@ def count_lookup_shed() -> None:
     LOOKUPS_SHED.inc()
 
 
+# Entries of the EKS Pod Identity identities file left out as unusable (sources/credentials_file.py).
+IDENTITIES_SKIPPED = Counter(
+    "pod_identity_injector_pod_identity_entries_skipped",
+    "Entries of the identities file left out as unusable, each counted when it first appears "
+    "(docs/reference.md#identity-files).",
+    registry=None)
+
+
+def count_identity_skipped() -> None:
+    IDENTITIES_SKIPPED.inc()
+
+
 # When the self-managed certificate controller last completed a check (certificates/controller.py);
 # an alert fires when it has not for three check intervals (a frozen API server, a stuck call).
 CERTIFICATE_CHECKED = Gauge(
@@ -106,6 +118,7 @@ class Metrics:
             ["reason"], registry=reg)
         reg.register(SERVICE_ACCOUNT_EVENTS)  # module-level: the Event job counts before a Metrics exists
         reg.register(LOOKUPS_SHED)  # likewise: the ServiceAccount source counts it
+        reg.register(IDENTITIES_SKIPPED)  # and the identities file's source this one
         reg.register(CERTIFICATE_CHECKED)  # and the certificate controller sets this one
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",

@@ -22,7 +22,12 @@ from injector.core.role_arn import compose_role_arn
 from injector.core.settings import ServeSettings, SettingsError
 from injector.kube.client import api_client
 from injector.kube.events import ServiceAccountEvents
-from injector.server.metrics import count_lookup_shed, count_service_account_event, mark_certificate_checked
+from injector.server.metrics import (
+    count_identity_skipped,
+    count_lookup_shed,
+    count_service_account_event,
+    mark_certificate_checked,
+)
 from injector.server.routes import Job
 from injector.server.tls import CertificateLoadError, CertificateReloader, parse_cipher_suites, parse_min_version
 from injector.sources.configmap import ConfigMapSource
@@ -78,7 +83,8 @@ def build_store(settings: ServeSettings) -> tuple[IdentityStore, CredentialsFile
     load_manifests(store, settings.service_account_files, settings.config_map_file)
     credentials = None
     if settings.watch_container_credentials_config:
-        credentials = CredentialsFileSource(settings.watch_container_credentials_config, store)
+        credentials = CredentialsFileSource(settings.watch_container_credentials_config, store,
+                                           skipped=count_identity_skipped)
         credentials.load()
     if store.tables.service_accounts:
         log.info("service accounts loaded", count=len(store.tables.service_accounts),

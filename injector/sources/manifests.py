@@ -17,6 +17,7 @@ import yaml
 from injector.core.identity import (
     ConfigMapError,
     ConfigMapMapping,
+    PodIdentities,
     RoleMapping,
     parse_config_map,
     parse_pod_identities,
@@ -148,10 +149,11 @@ def load_config_map(path: str | Path, settings: MutationSettings) -> ConfigMapMa
     return config_map_mapping(docs[0], settings, path)
 
 
-def parse_identities_file(text: str, path: str | Path) -> frozenset[tuple[str, str]]:
-    """An empty file means no Pod Identity associations, as in the Go webhook."""
+def parse_identities_file(text: str, path: str | Path) -> PodIdentities:
+    """An empty file means no Pod Identity associations, as in the Go webhook. A bad entry is
+    left out (in `skipped`, for the caller to report); a file of the wrong shape is an error."""
     if not text.strip():
-        return frozenset()
+        return PodIdentities()
     try:
         return parse_pod_identities(orjson.loads(text))
     except orjson.JSONDecodeError as exc:
@@ -160,7 +162,7 @@ def parse_identities_file(text: str, path: str | Path) -> frozenset[tuple[str, s
         raise InputError(path, str(exc)) from None
 
 
-def load_pod_identities(path: str | Path) -> frozenset[tuple[str, str]]:
+def load_pod_identities(path: str | Path) -> PodIdentities:
     return parse_identities_file(read_text(path), path)
 
 

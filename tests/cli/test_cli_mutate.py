@@ -358,3 +358,20 @@ async def test_mutate_tells_everything_serve_tells(case: Case, runs, tmp_path: P
         assert pods[0] == pods[1] == case.expected
     assert [line for line in run.stderr.splitlines() if line.startswith("# warning: ")] == [
         f"# warning: {warning}" for warning in served.get("warnings", [])]
+
+
+def test_a_bad_identities_entry_is_skipped_with_a_warning_and_the_rest_are_used(tmp_path: Path):
+    """As `serve` does (docs/reference.md#identity-files), with the warning on stderr."""
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(POD_YAML, encoding="utf-8")
+    identities = tmp_path / "identities.json"
+    identities.write_text(json.dumps({"Identities": [
+        {"Namespace": BASELINE.namespace, "ServiceAccount": BASELINE.service_account_name},
+        {"namespace": 7},
+    ]}), encoding="utf-8")
+    run = run_main("-f", pod, "--namespace", BASELINE.namespace, "--container-credentials-config", identities)
+    assert run.returncode == 0, run.stderr
+    assert "AWS_CONTAINER_CREDENTIALS_FULL_URI" in run.stdout
+    warnings = [line for line in run.stderr.splitlines() if "warning" in line]
+    assert warnings == [f'pod-identity-injector mutate: warning: {identities}: identities[1] {{"namespace":7}} '
+                        'skipped: "namespace" must be a string']

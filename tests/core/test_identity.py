@@ -12,6 +12,7 @@ from injector.core.identity import (
     ConfigMapError,
     IdentityTables,
     Mode,
+    PodIdentities,
     parse_config_map,
     parse_go_bool,
     parse_go_int64,
@@ -370,30 +371,78 @@ def test_config_map_more_specific_glob_wins():
 
 
 def test_pod_identities_are_exact_namespace_service_account_pairs():
-    pairs = parse_pod_identities(
+    found = parse_pod_identities(
         {"identities": [{"namespace": "a", "serviceAccount": "x"}, {"namespace": "b", "serviceAccount": "y"}]}
     )
-    assert pairs == {("a", "x"), ("b", "y")}
+    assert found == PodIdentities(frozenset({("a", "x"), ("b", "y")}))
 
 
-@pytest.mark.parametrize("document", [{}, {"identities": None}, {"identities": []}])
+@pytest.mark.parametrize("document", [None, {}, {"identities": None}, {"identities": []}, {"other": 1}])
 def test_empty_pod_identities(document):
-    assert parse_pod_identities(document) == frozenset()
+    """`null` is an empty list to Go's decoder, and so is an absent or null "identities"."""
+    assert parse_pod_identities(document) == PodIdentities()
 
 
-@pytest.mark.parametrize(
-    "document",
-    [
-        [],
-        {"identities": {"a": "x"}},
-        {"identities": "a/x"},
-        {"identities": ["a/x"]},
-        {"identities": [{"namespace": "a"}]},
-    ],
-)
-def test_malformed_pod_identities_are_rejected(document):
+@pytest.mark.parametrize("document", [[], "a/x", 1, {"identities": {"a": "x"}}, {"identities": "a/x"}])
+def test_a_document_of_the_wrong_shape_is_rejected_whole(document):
     with pytest.raises(ValueError):
         parse_pod_identities(document)
+
+
+@pytest.mark.parametrize("entry", [
+    {"Namespace": "a", "ServiceAccount": "x"},
+    {"NAMESPACE": "a", "serviceaccount": "x"},
+    {"nameSpace": "a", "SERVICEACCOUNT": "x"},
+    {"namespace": "a", "\u017ferviceAccount": "x"},  # Go folds ſ (U+017F) to s
+])
+def test_keys_match_case_insensitively_as_go_decodes_them(entry):
+    assert parse_pod_identities({"Identities": [entry]}).pairs == {("a", "x")}
+
+
+@pytest.mark.parametrize("key", ["name_space", "namespace ", "namespacé", "na\u0131mespace", "namespaces"])
+def test_a_key_that_only_looks_alike_is_not_the_field(key):
+    found = parse_pod_identities({"identities": [{key: "a", "serviceAccount": "x"}]})
+    assert found.pairs == frozenset()
+    assert [bad.index for bad in found.skipped] == [0]
+
+
+def test_a_later_key_overwrites_an_earlier_one_and_null_overwrites_nothing():
+    """As Go's decoder fills a struct: member by member, in document order."""
+    found = parse_pod_identities({"identities": [
+        {"namespace": "first", "Namespace": "second", "serviceAccount": "x"},
+        {"namespace": "kept", "NAMESPACE": None, "serviceAccount": "y"},
+    ]})
+    assert found.pairs == {("second", "x"), ("kept", "y")}
+
+
+def test_unknown_members_are_ignored():
+    document = {"identities": [{"namespace": "a", "serviceAccount": "x", "roleArn": "arn:aws:iam::1:role/r"}],
+                "version": 2}
+    assert parse_pod_identities(document) == PodIdentities(frozenset({("a", "x")}))
+
+
+@pytest.mark.parametrize(("entry", "problem"), [
+    ("a/x", "an entry must be an object, not str"),
+    (None, "an entry must be an object, not null"),
+    (["a", "x"], "an entry must be an object, not list"),
+    ({"namespace": 1, "serviceAccount": "x"}, '"namespace" must be a string'),
+    ({"namespace": "a", "ServiceAccount": {"name": "x"}}, '"serviceAccount" must be a string'),
+    ({"namespace": "a"}, 'it needs a non-empty "namespace" and "serviceAccount"'),
+    ({"namespace": "", "serviceAccount": "x"}, 'it needs a non-empty "namespace" and "serviceAccount"'),
+    ({"namespace": None, "serviceAccount": "x"}, 'it needs a non-empty "namespace" and "serviceAccount"'),
+])
+def test_a_bad_entry_is_skipped_named_and_the_rest_are_kept(entry, problem):
+    found = parse_pod_identities({"identities": [{"namespace": "a", "serviceAccount": "x"}, entry,
+                                                 {"namespace": "b", "serviceAccount": "y"}]})
+    assert found.pairs == {("a", "x"), ("b", "y")}
+    assert [(bad.index, bad.problem) for bad in found.skipped] == [(1, problem)]
+    assert str(found.skipped[0]).startswith("identities[1] ")
+
+
+def test_a_skipped_entry_is_named_briefly():
+    found = parse_pod_identities({"identities": [{"namespace": "a" * 200}]})
+    assert found.skipped[0].entry.startswith('{"namespace":"aaa')
+    assert len(found.skipped[0].entry) <= 80
 
 
 # --- resolve: §precedence, §no-role, §common-settings -----------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from injector.server.metrics import Exposition, Metrics
+from injector.server.metrics import Exposition, Metrics, count_identity_skipped
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -73,3 +73,11 @@ def test_the_go_webhooks_request_metrics_keep_their_names_labels_and_microsecond
     assert sample(metrics, "http_request_latencies_bucket", **go, le="8e+06") == 2
     assert abs(sample(metrics, "http_request_latencies_sum", **go) - 300_400) < 1e-6
     assert sample(metrics, "http_request_duration_microseconds_count", **go) == 2
+
+
+def test_skipped_identities_entries_show_in_every_metrics_registry():
+    """The identities file's source counts before any `Metrics` exists (server/wiring.py)."""
+    name = "pod_identity_injector_pod_identity_entries_skipped_total"
+    before = sample(Metrics(), name)
+    count_identity_skipped()
+    assert sample(Metrics(), name) == before + 1

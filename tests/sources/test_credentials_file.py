@@ -1,6 +1,7 @@
 """The EKS Pod Identity identities file, kept loaded (docs/reference.md#identity-files):
-rewrites and volume swaps are picked up, invalid JSON keeps the previous set, a deleted or
-empty file means no associations."""
+rewrites and volume swaps are picked up, invalid JSON keeps the previous set, a bad entry is
+left out (logged once, counted) and the rest are used, a deleted or empty file means no
+associations."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_a_kubernetes_volume_swap_is_picked_up(tmp_path, store):
     assert store.tables.pod_identities == {("b", "two")}
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"identities": "all"}', '{"identities": [{"namespace": 1}]}', "[]"])
+@pytest.mark.parametrize("text", ["{not json", '{"identities": "all"}', '{"Identities": {"namespace": "a"}}', "[]"])
 def test_an_invalid_file_keeps_the_previous_set_and_says_why(tmp_path, store, text):
     path = tmp_path / "config.json"
     path.write_text(identities(("team", "app")))
@@ -94,6 +95,62 @@ def test_an_invalid_file_keeps_the_previous_set_and_says_why(tmp_path, store, te
     assert store.tables.pod_identities == {("team", "app")}
     assert [entry["event"] for entry in logs] == ["pod identity file invalid; keeping previous identities"]
     assert logs[0]["path"] == str(path)
+
+
+def test_keys_match_in_any_case_as_in_go(tmp_path, store):
+    path = tmp_path / "config.json"
+    path.write_text('{"Identities": [{"Namespace": "team", "ServiceAccount": "app"}]}')
+    assert CredentialsFileSource(str(path), store).load() is True
+    assert store.tables.pod_identities == {("team", "app")}
+
+
+def test_a_bad_entry_is_skipped_with_one_warning_and_one_count_and_the_rest_are_used(tmp_path, store):
+    path = tmp_path / "config.json"
+    path.write_text(identities(("team", "app")))
+    counted = []
+    source = CredentialsFileSource(str(path), store, skipped=lambda: counted.append(1))
+    source.load()
+    write(path, '{"identities": [{"namespace": "team", "serviceAccount": "app"}, {"namespace": 7},'
+                ' {"namespace": "team", "serviceAccount": "worker"}]}')
+    with capture_logs() as logs:
+        assert source.reload_if_changed() is True
+    assert store.tables.pod_identities == {("team", "app"), ("team", "worker")}
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [(w["event"], w["index"], w["entry"], w["problem"]) for w in warnings] == [
+        ("pod identity entry skipped", 1, '{"namespace":7}', '"namespace" must be a string')]
+    assert warnings[0]["path"] == str(path)
+    assert len(counted) == 1
+
+
+def test_a_bad_entry_is_reported_once_across_rewrites_that_keep_it(tmp_path, store):
+    path = tmp_path / "config.json"
+    bad = '{"namespace": "team"}'
+    path.write_text(f'{{"identities": [{bad}]}}')
+    counted = []
+    source = CredentialsFileSource(str(path), store, skipped=lambda: counted.append(1))
+    with capture_logs() as logs:
+        source.load()
+        write(path, f'{{"identities": [{{"namespace": "team", "serviceAccount": "app"}}, {bad}]}}')
+        assert source.reload_if_changed() is True
+        assert store.tables.pod_identities == {("team", "app")}
+        write(path, f'{{"identities": [{bad}, "again"]}}')
+        assert source.reload_if_changed() is True
+    skipped = [(entry["index"], entry["entry"]) for entry in logs if entry["event"] == "pod identity entry skipped"]
+    assert skipped == [(0, '{"namespace":"team"}'), (1, '"again"')]
+    assert len(counted) == 2
+
+
+def test_a_bad_entry_fixed_and_broken_again_is_reported_again(tmp_path, store):
+    path = tmp_path / "config.json"
+    path.write_text('{"identities": [{"namespace": "team"}]}')
+    counted = []
+    source = CredentialsFileSource(str(path), store, skipped=lambda: counted.append(1))
+    source.load()
+    write(path, identities(("team", "app")))
+    source.reload_if_changed()
+    write(path, '{"identities": [{"namespace": "team"}]}')
+    source.reload_if_changed()
+    assert len(counted) == 2
 
 
 def test_deleting_the_file_clears_the_associations(tmp_path, store):
