@@ -85,16 +85,17 @@ def windows_path(path: str) -> str:
     return "C:" + path.replace("/", "\\")
 
 
-def parse_skip_containers(value: str) -> tuple[frozenset[str], str | None]:
-    """Parse the skip-containers annotation as one CSV record, like Go's encoding/csv.
+def parse_skip_containers(value: str, annotation: str = "skip-containers") -> tuple[frozenset[str], str | None]:
+    """Parse the skip-containers (or include-containers) annotation as one CSV record, like Go's
+    encoding/csv.
 
     Returns the names (whitespace-trimmed, an improvement on the Go webhook) and an error
-    text; on error nothing is skipped.
+    text; on error the annotation is ignored.
     """
     value = value.lstrip("\r\n")  # encoding/csv skips empty lines before the record
     line = value.split("\n", 1)[0].rstrip("\r") if '"' not in value else value
     if not line:
-        return frozenset(), "skip-containers annotation is empty"
+        return frozenset(), f"{annotation} annotation is empty"
     fields: list[str] = []
     i, n = 0, len(line)
     while True:
@@ -146,6 +147,46 @@ def _layout(identity: Identity, settings: MutationSettings, windows: bool) -> _L
     if windows:
         token_file = windows_path(token_file)
     return _Layout(volume, mount, token, token_file, {first: first_value, second: token_file})
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerChoice:
+    """Which containers a pod's annotations leave without credentials (§skip-containers):
+    every one skip-containers names and, with include-containers, every one it does not name.
+    Skip wins over include."""
+
+    skip: frozenset[str] = frozenset()
+    include: frozenset[str] | None = None
+
+    def leaves_out(self, name: Any) -> bool:
+        return name in self.skip or (self.include is not None and name not in self.include)
+
+
+NO_CHOICE = ContainerChoice()
+
+
+def container_choice(annotations: dict[str, Any], spec: dict[str, Any], settings: MutationSettings,
+                     notes: list[str], warnings: list[str]) -> ContainerChoice:
+    """Read skip-containers and include-containers; a malformed one is ignored with a note and
+    a warning, a name that is no container gets a warning."""
+    if not annotations:
+        return NO_CHOICE
+    lists: dict[str, frozenset[str] | None] = {"skip-containers": None, "include-containers": None}
+    for name in lists:
+        key = settings.annotation(name)
+        if key not in annotations:
+            continue
+        raw = annotations[key]
+        names, error = parse_skip_containers(raw, name) if isinstance(raw, str) else (frozenset(), "not a string")
+        if error:
+            notes.append(f"pod annotation {key} ignored: {error}")
+            if name == "include-containers":
+                warnings.append(f"include-containers ignored ({error}): every container gets credentials")
+            continue
+        lists[name] = names
+        for unknown in unknown_containers(spec, names):
+            warnings.append(f"{name} names {unknown}, which is no container of this pod")
+    return ContainerChoice(lists["skip-containers"] or frozenset(), lists["include-containers"])
 
 
 def unknown_containers(spec: dict[str, Any], wanted: frozenset[str]) -> list[str]:
@@ -213,7 +254,7 @@ class _Draft:
     warnings: list[str] = field(default_factory=list)
 
 
-def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: frozenset[str], identity: Identity,
+def _plan_containers(draft: _Draft, list_name: str, containers: Any, choice: ContainerChoice, identity: Identity,
                      settings: MutationSettings, layout: _Layout) -> None:
     """Env and mount operations for one container list."""
     ops, notes = draft.ops, draft.notes
@@ -225,7 +266,7 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, skip: froze
             notes.append(f"{list_name}[{index}] is not an object; left alone")
             continue
         name = container.get("name")
-        if name in skip:
+        if choice.leaves_out(name):
             draft.skipped.append(str(name))
             continue
         env, mounts = container.get("env"), container.get("volumeMounts")
@@ -288,15 +329,7 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     annotations = mapping(mapping(metadata).get("annotations"))
 
     warnings: list[str] = []
-    skip: frozenset[str] = frozenset()
-    skip_key = settings.annotation("skip-containers") if annotations else ""
-    if skip_key in annotations:
-        raw = annotations[skip_key]
-        skip, error = parse_skip_containers(raw) if isinstance(raw, str) else (frozenset(), "not a string")
-        if error:
-            notes.append(f"pod annotation {skip_key} ignored: {error}")
-        for unknown in unknown_containers(spec, skip):
-            warnings.append(f"skip-containers names {unknown}, which is no container of this pod")
+    choice = container_choice(annotations, spec, settings, notes, warnings)
 
     layout = _layout(identity, settings, runs_on_windows(spec))
     expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)
@@ -333,6 +366,6 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
 
     draft = _Draft(ops, [], [], notes, warnings)
     for list_name in ("initContainers", "containers"):
-        _plan_containers(draft, list_name, spec.get(list_name), skip, identity, settings, layout)
+        _plan_containers(draft, list_name, spec.get(list_name), choice, identity, settings, layout)
     return Plan(ops, expiration, tuple(draft.injected), tuple(draft.skipped), tuple(notes), tuple(warnings))
 

@@ -38,6 +38,7 @@ from injector.core.planner import (
     ROLE_ARN,
     STS_REGIONAL_ENDPOINTS,
     WEB_IDENTITY_TOKEN_FILE,
+    container_choice,
     parse_skip_containers,
     plan_mutation,
     unknown_containers,
@@ -321,19 +322,22 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
         out.add("volume-name-collision", FAIL, s, f"the pod already has a volume {volume_name!r} ({kind}), not a "
                 "projected serviceAccountToken: the webhook leaves the pod unchanged (§volume-collision)",
                 f"rename the pod's volume {volume_name!r}")
-    skip_key = case.settings.annotation("skip-containers")
-    raw_skip = mapping(metadata(pod).get("annotations")).get(skip_key)
-    skip: frozenset[str] = frozenset()
-    if isinstance(raw_skip, str):
-        skip, error = parse_skip_containers(raw_skip)
+    chooser_keys = [case.settings.annotation(name) for name in ("skip-containers", "include-containers")]
+    annotations = mapping(metadata(pod).get("annotations"))
+    for key in chooser_keys:
+        raw = annotations.get(key)
+        if not isinstance(raw, str):
+            continue
+        name = key.rpartition("/")[2]
+        names, error = parse_skip_containers(raw, name)
         if error:
-            out.add("skip-containers-invalid", WARN, s, f"{skip_key} {raw_skip!r} is ignored: {error}",
+            out.add(f"{name}-invalid", WARN, s, f"{key} {raw!r} is ignored: {error}",
                     "write it as comma-separated container names")
-        for unknown in unknown_containers(mapping(pod.get("spec")), skip):
-            out.add("skip-containers-unknown", WARN, s, f"{skip_key} names {unknown!r}, which is no container of "
-                    "the pod", "fix the name")
+        for unknown in unknown_containers(mapping(pod.get("spec")), names) if not error else ():
+            out.add(f"{name}-unknown", WARN, s, f"{key} names {unknown!r}, which is no container of the pod",
+                    "fix the name")
     for note in plan.notes:
-        if skip_key not in note:
+        if not any(key in note for key in chooser_keys):
             out.add("plan-note", INFO, s, note)
     if not case.stored:
         if plan.blocked:
@@ -379,8 +383,7 @@ def _why_not_injected(case: Case, out: _Findings, causes: list[str], identity: I
 
 def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mapping[str, Any]) -> None:
     s = "containers"
-    skip_raw = mapping(metadata(pod).get("annotations")).get(case.settings.annotation("skip-containers"))
-    skip = parse_skip_containers(skip_raw)[0] if isinstance(skip_raw, str) else frozenset()
+    choice = container_choice(mapping(metadata(pod).get("annotations")), spec(pod), case.settings, [], [])
     for kind, container in containers_of(spec(pod)):
         name = str(container.get("name"))
         label = f"{'init container' if kind == 'initContainers' else 'container'} {name}"
@@ -401,9 +404,9 @@ def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mappi
             out.add("sdk-profile", WARN, s, f"{label} sets AWS_PROFILE={env['AWS_PROFILE']}: a profile with its "
                     "own credentials (or role_arn/source_profile) can take precedence over web identity",
                     "remove AWS_PROFILE unless the profile itself uses web_identity_token_file", container=name)
-        if name in skip:
-            out.add("container-skipped", WARN, s, f"{label} is in skip-containers: it gets no credentials",
-                    container=name)
+        if choice.leaves_out(name):
+            why = "is in skip-containers" if name in choice.skip else "is not in include-containers"
+            out.add("container-skipped", WARN, s, f"{label} {why}: it gets no credentials", container=name)
             continue
         if ROLE_ARN in env or WEB_IDENTITY_TOKEN_FILE in env:
             _web_identity_container(case, out, identity, pod, container, label, env, preset)
@@ -415,9 +418,11 @@ def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mappi
                     container=name)
             continue
         _region(out, label, name, env)
-    if all(c.get("name") in skip for _, c in containers_of(spec(pod))):
-        out.add("no-container-has-credentials", FAIL, s, "every container is in skip-containers: none gets "
-                "credentials", f"remove names from {case.settings.annotation('skip-containers')}")
+    if all(choice.leaves_out(c.get("name")) for _, c in containers_of(spec(pod))):
+        out.add("no-container-has-credentials", FAIL, s, "skip-containers and include-containers leave out every "
+                "container: none gets credentials", f"name the containers that need credentials in "
+                f"{case.settings.annotation('include-containers')}, or remove them from "
+                f"{case.settings.annotation('skip-containers')}")
 
 
 def _web_identity_container(case: Case, out: _Findings, identity: Identity, pod: Mapping[str, Any],

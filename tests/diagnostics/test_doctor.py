@@ -275,6 +275,21 @@ def test_a_skipped_container_has_no_credentials_and_a_misspelt_name_is_reported(
     assert code == 1 and codes(report, "fail") == ["no-container-has-credentials"]
 
 
+def test_include_containers_leaves_out_every_other_container_as_the_webhook_does(doctor):
+    """§include-containers: doctor runs the same choice as the planner; skip wins."""
+    the_pod = pod(containers=[{"name": "app"}, {"name": "proxy"}, {"name": "logger"}],
+                  annotations={"eks.amazonaws.com/include-containers": "app,proxy,ghost",
+                               "eks.amazonaws.com/skip-containers": "proxy"})
+    code, report = doctor(the_pod, ANNOTATED)
+    assert code == 0 and "include-containers-unknown" in codes(report, "warn")
+    left_out = {f["details"]["container"]: f["message"] for f in report["findings"] if f["code"] == "container-skipped"}
+    assert set(left_out) == {"proxy", "logger"}
+    assert "is in skip-containers" in left_out["proxy"] and "is not in include-containers" in left_out["logger"]
+    nobody = pod(annotations={"eks.amazonaws.com/include-containers": "ghost"})
+    code, report = doctor(nobody, ANNOTATED)
+    assert code == 1 and codes(report, "fail") == ["no-container-has-credentials"]
+
+
 def test_static_keys_beat_web_identity(doctor):
     the_pod = pod(containers=[{"name": "app", "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "AKIA…"}]}])
     code, report = doctor(the_pod, ANNOTATED)
