@@ -8,15 +8,15 @@ file, the installed distribution's metadata gives the version and git, lazily, t
 
 from __future__ import annotations
 
-import re
-import subprocess
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-
 try:
     from injector._buildinfo import COMMIT as _BUILD_COMMIT
     from injector._buildinfo import VERSION as __version__
 except ImportError:  # a checkout or an editable install: no build step wrote it
+    # Only here: a built image has _buildinfo, and every process it starts (serve's too) would
+    # otherwise pay for importlib.metadata, about 40 ms of start-up, for nothing.
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
     _BUILD_COMMIT = None
 
     def _installed_version() -> str:
@@ -36,6 +36,10 @@ except ImportError:  # a checkout or an editable install: no build step wrote it
 
 def _git_commit() -> str:
     """HEAD of the git checkout this package is imported from (+-dirty), or "" when it is not one."""
+    # Asked for by `version` alone: no other command's start-up pays for these.
+    import subprocess  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
     top = Path(__file__).resolve().parent.parent
     if not (top / ".git").exists():
         return ""
