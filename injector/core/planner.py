@@ -157,6 +157,8 @@ class ContainerChoice:
 
     skip: frozenset[str] = frozenset()
     include: frozenset[str] | None = None
+    # (annotation name, "invalid" or "unknown", the parse error or the name that is no container)
+    problems: tuple[tuple[str, str, str], ...] = ()
 
     def leaves_out(self, name: Any) -> bool:
         return name in self.skip or (self.include is not None and name not in self.include)
@@ -166,12 +168,13 @@ NO_CHOICE = ContainerChoice()
 
 
 def container_choice(annotations: dict[str, Any], spec: dict[str, Any], settings: MutationSettings,
-                     notes: list[str], warnings: list[str]) -> ContainerChoice:
-    """Read skip-containers and include-containers; a malformed one is ignored with a note and
-    a warning, a name that is no container gets a warning."""
+                     ) -> ContainerChoice:
+    """Read skip-containers and include-containers; a malformed one is ignored, and it and a
+    name that is no container are `problems` (the planner warns, doctor explains)."""
     if not annotations:
         return NO_CHOICE
     lists: dict[str, frozenset[str] | None] = {"skip-containers": None, "include-containers": None}
+    problems: list[tuple[str, str, str]] = []
     for name in lists:
         key = settings.annotation(name)
         if key not in annotations:
@@ -179,14 +182,11 @@ def container_choice(annotations: dict[str, Any], spec: dict[str, Any], settings
         raw = annotations[key]
         names, error = parse_skip_containers(raw, name) if isinstance(raw, str) else (frozenset(), "not a string")
         if error:
-            notes.append(f"pod annotation {key} ignored: {error}")
-            if name == "include-containers":
-                warnings.append(f"include-containers ignored ({error}): every container gets credentials")
+            problems.append((name, "invalid", error))
             continue
         lists[name] = names
-        for unknown in unknown_containers(spec, names):
-            warnings.append(f"{name} names {unknown}, which is no container of this pod")
-    return ContainerChoice(lists["skip-containers"] or frozenset(), lists["include-containers"])
+        problems += [(name, "unknown", unknown) for unknown in unknown_containers(spec, names)]
+    return ContainerChoice(lists["skip-containers"] or frozenset(), lists["include-containers"], tuple(problems))
 
 
 def unknown_containers(spec: dict[str, Any], wanted: frozenset[str]) -> list[str]:
@@ -329,7 +329,14 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
     annotations = mapping(mapping(metadata).get("annotations"))
 
     warnings: list[str] = []
-    choice = container_choice(annotations, spec, settings, notes, warnings)
+    choice = container_choice(annotations, spec, settings)
+    for name, problem, detail in choice.problems:
+        if problem == "unknown":
+            warnings.append(f"{name} names {detail}, which is no container of this pod")
+            continue
+        notes.append(f"pod annotation {settings.annotation(name)} ignored: {detail}")
+        if name == "include-containers":
+            warnings.append(f"include-containers ignored ({detail}): every container gets credentials")
 
     layout = _layout(identity, settings, runs_on_windows(spec))
     expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)

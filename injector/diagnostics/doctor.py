@@ -39,9 +39,7 @@ from injector.core.planner import (
     STS_REGIONAL_ENDPOINTS,
     WEB_IDENTITY_TOKEN_FILE,
     container_choice,
-    parse_skip_containers,
     plan_mutation,
-    unknown_containers,
 )
 from injector.core.pod import containers_of, env_of, mapping, metadata, spec, token_source, volume_kind, volumes_of
 from injector.core.role_arn import role_arn_problems
@@ -324,18 +322,14 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
                 f"rename the pod's volume {volume_name!r}")
     chooser_keys = [case.settings.annotation(name) for name in ("skip-containers", "include-containers")]
     annotations = mapping(metadata(pod).get("annotations"))
-    for key in chooser_keys:
-        raw = annotations.get(key)
-        if not isinstance(raw, str):
-            continue
-        name = key.rpartition("/")[2]
-        names, error = parse_skip_containers(raw, name)
-        if error:
-            out.add(f"{name}-invalid", WARN, s, f"{key} {raw!r} is ignored: {error}",
-                    "write it as comma-separated container names")
-        for unknown in unknown_containers(mapping(pod.get("spec")), names) if not error else ():
-            out.add(f"{name}-unknown", WARN, s, f"{key} names {unknown!r}, which is no container of the pod",
+    for name, problem, detail in container_choice(annotations, spec(pod), case.settings).problems:
+        key = case.settings.annotation(name)
+        if problem == "unknown":
+            out.add(f"{name}-unknown", WARN, s, f"{key} names {detail!r}, which is no container of the pod",
                     "fix the name")
+        elif isinstance(annotations[key], str):  # a value of another type cannot come from the API server
+            out.add(f"{name}-invalid", WARN, s, f"{key} {annotations[key]!r} is ignored: {detail}",
+                    "write it as comma-separated container names")
     for note in plan.notes:
         if not any(key in note for key in chooser_keys):
             out.add("plan-note", INFO, s, note)
@@ -383,7 +377,7 @@ def _why_not_injected(case: Case, out: _Findings, causes: list[str], identity: I
 
 def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mapping[str, Any]) -> None:
     s = "containers"
-    choice = container_choice(mapping(metadata(pod).get("annotations")), spec(pod), case.settings, [], [])
+    choice = container_choice(mapping(metadata(pod).get("annotations")), spec(pod), case.settings)
     for kind, container in containers_of(spec(pod)):
         name = str(container.get("name"))
         label = f"{'init container' if kind == 'initContainers' else 'container'} {name}"
