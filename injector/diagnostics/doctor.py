@@ -1,7 +1,7 @@
 """Why a pod has, or has not, working AWS credentials: the findings of `doctor`. Pure.
 
-Everything the checks need is gathered first into a `Case` (from files by `doctor_cli`, from
-the cluster by `doctor_live`); `diagnose` then walks the checks in the order a person debugs:
+Everything the checks need is gathered first into a `Case` (from files by `cli.doctor`, from
+the cluster by `diagnostics.live`); `diagnose` then walks the checks in the order a person debugs:
 the ServiceAccount, the webhook, the pod, each container's SDK, the token, the trust policy.
 Each `Finding` has a stable `code` (docs/doctor.md), what was found and the fix. The identity
 rules and the planner are the webhook's own, so the doctor cannot disagree with it.

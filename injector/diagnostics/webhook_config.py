@@ -2,7 +2,7 @@
 MutatingWebhookConfiguration: which of its webhooks is ours, its label selectors against the
 pod and its namespace, and whether its caBundle verifies a serving certificate.
 
-Kept apart from `doctor` (the findings) and `doctor_live` (the reads) so the selector and
+Kept apart from `doctor` (the findings) and `live` (the reads) so the selector and
 certificate rules are tested on plain values.
 """
 

@@ -9,7 +9,7 @@ been idle for its keep-alive timeout, and has no limit on how many there are. He
 * a request's headers must be complete within `--read-header-timeout` of the connection's
   opening (first request) or of the request's first byte (later ones), and must not exceed
   `--max-header-bytes` in all (HTTP 431);
-* the body must arrive within `--read-body-timeout` (the handler's side, `app.read_body`);
+* the body must arrive within `--read-body-timeout` (the handler's side, `routes.handle_mutate`);
 * a connection with no request in progress is closed after `--idle-timeout`;
 * at most `--max-connections` are open at once (handshakes included). A connection beyond
   that is let in by evicting another: the oldest that has not completed a request yet (a

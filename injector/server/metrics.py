@@ -82,6 +82,10 @@ def mark_certificate_checked() -> None:
     CERTIFICATE_CHECKED.set_to_current_time()
 
 
+# Counted by jobs that wiring builds before the process has a `Metrics`: every one registers them.
+EDGE_METRICS = (SERVICE_ACCOUNT_EVENTS, LOOKUPS_SHED, IDENTITIES_SKIPPED, CERTIFICATE_CHECKED)
+
+
 def count_service_account_event(outcome: str) -> None:
     SERVICE_ACCOUNT_EVENTS.labels(outcome).inc()
 
@@ -116,10 +120,8 @@ class Metrics:
         self.skipped = Counter(
             "pod_identity_injector_skipped", "Pods with an identity left unchanged on purpose, by reason.",
             ["reason"], registry=reg)
-        reg.register(SERVICE_ACCOUNT_EVENTS)  # module-level: the Event job counts before a Metrics exists
-        reg.register(LOOKUPS_SHED)  # likewise: the ServiceAccount source counts it
-        reg.register(IDENTITIES_SKIPPED)  # and the identities file's source this one
-        reg.register(CERTIFICATE_CHECKED)  # and the certificate controller sets this one
+        for metric in EDGE_METRICS:  # module-level: their jobs count before a Metrics exists
+            reg.register(metric)
         self.http_requests = Counter(
             "pod_identity_injector_http_requests", "HTTP requests on the webhook port.",
             ["method", "path", "code"], registry=reg)
@@ -163,7 +165,7 @@ class Metrics:
         return child
 
     # The serving path only counts; `publish()` adds the counts to the Prometheus objects, at
-    # every scrape of this process and every second (`app.refresh_gauges`), so a worker's counts
+    # every scrape of this process and every second (`routes.refresh_gauges`), so a worker's counts
     # reach the shared files within a second. A lock and several calls per admission were 3 %
     # of its CPU.
     def count_admission(self, mode: str, decision: str, seconds: float) -> None:

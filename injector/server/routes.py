@@ -4,7 +4,7 @@ It decides nothing itself: each review goes to `core.decision`.
 Request path of /mutate: body → `review.parse_review` → `IdentityStore.resolve_waiting` →
 `admission.decide` → `review.encode_response`. The handlers only translate between HTTP and
 that pure path; how each kind of bad input is answered is in docs/mutation.md#answers.
-Building the store and the sources is `startup`'s job, running processes is `server`'s.
+Building the store and the sources is `wiring`'s job, running processes is `processes`'.
 
 Each port has a handful of fixed paths, so a `Routes` table (a dict) stands in for
 `web.Application`: its router, middleware chain and response signals were 20-40 µs of each
@@ -329,7 +329,7 @@ class Routes:
         self._metrics = metrics
         self._max_body = max_body
         self._closing = closing
-        self._loop: asyncio.AbstractEventLoop | None = None  # set by `server`
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by `Routes.server`
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         response = await self._answer(request)

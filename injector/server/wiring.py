@@ -2,9 +2,9 @@
 identity sources and certificate controller.
 It builds and connects; it serves nothing and decides nothing.
 
-`prepare` does everything that can fail because of a flag or a file, in the foreground,
+`load_inputs` does everything that can fail because of a flag or a file, in the foreground,
 before any process listens; `connect_cluster` then connects what needs the API server.
-Nothing here starts a background task: the process roles in `server` run the jobs these
+Nothing here starts a background task: the process roles in `processes` run the jobs these
 objects offer, beside the app whose lifetime they share.
 """
 
