@@ -371,11 +371,7 @@ class Routes:
 
 def webhook_routes(state: ServerState) -> Routes:
     """The TLS port: /mutate, the probes (not counted) and, on request, the Go webhook's debug routes."""
-    routes = {
-        "/mutate": Route(partial(handle_mutate, state), counted=True),
-        "/healthz": Route(handle_healthz, GET),
-        "/readyz": Route(partial(handle_readyz, state), GET),
-    }
+    routes = {"/mutate": Route(partial(handle_mutate, state), counted=True), **_probes(state)}
     if state.settings.enable_debugging_handlers:
         routes["/debug/alpha/deny"] = Route(handle_debug_deny, counted=True)
         routes["/debug/alpha/500"] = Route(handle_debug_500, counted=True)
@@ -387,8 +383,12 @@ def webhook_routes(state: ServerState) -> Routes:
 def health_routes(state: ServerState) -> Routes:
     """The probes' own plain-HTTP port (--health-port): nothing a stranger can fill but its own
     connection slots, and a new connection evicts a stalled one (docs/reference.md#probes)."""
-    return Routes({"/healthz": Route(handle_healthz, GET), "/readyz": Route(partial(handle_readyz, state), GET)},
-                  state.metrics)
+    return Routes(_probes(state), state.metrics)
+
+
+def _probes(state: ServerState) -> dict[str, Route]:
+    """/healthz and /readyz, on the webhook port and on the probe port alike (not counted)."""
+    return {"/healthz": Route(handle_healthz, GET), "/readyz": Route(partial(handle_readyz, state), GET)}
 
 
 def metrics_routes(state: ServerState, exposition: Any) -> Routes:
