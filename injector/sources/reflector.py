@@ -135,21 +135,19 @@ class Reflector:
 
     async def _watch_unless_relisting(self, version: str) -> str:
         """`_watch`, ended early by `relist`."""
-        if self._relist.is_set():
-            self._relist.clear()
-            raise _RelistRequested
-        watch = asyncio.ensure_future(self._watch(version))
-        asked = asyncio.ensure_future(self._relist.wait())
-        try:
-            await asyncio.wait((watch, asked), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (watch, asked):
-                task.cancel()
-            await asyncio.gather(watch, asked, return_exceptions=True)
-        if self._relist.is_set():
-            self._relist.clear()
-            raise _RelistRequested
-        return watch.result()
+        if not self._relist.is_set():
+            watch = asyncio.ensure_future(self._watch(version))
+            asked = asyncio.ensure_future(self._relist.wait())
+            try:
+                await asyncio.wait((watch, asked), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (watch, asked):
+                    task.cancel()
+                await asyncio.gather(watch, asked, return_exceptions=True)
+            if not self._relist.is_set():
+                return watch.result()
+        self._relist.clear()
+        raise _RelistRequested
 
     # -- the sync --------------------------------------------------------------------------
     async def _sync(self) -> str:

@@ -1,5 +1,5 @@
 """The identity store: the lookup tables the server reads, and how the sources feed them.
-Lookups are synchronous dictionary reads; nothing here performs I/O.
+Lookups read memory; only a miss may wait, bounded by the grace period, on a source's lookup.
 
 A source writes one member of `IdentityTables` (ServiceAccounts, the ConfigMap mapping or
 the Pod Identity list) and says when it has completed its first load; the store answers
