@@ -92,13 +92,15 @@ def check_flag_values(settings: Any) -> None:
         if spec is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         least = spec.least if spec.least is not None else (0 if isinstance(value, float) else None)
-        reason = ("must be greater than 0" if spec.positive and value <= 0
-                  else ("must not be negative" if least == 0 else f"must be at least {least:g}")
-                  if least is not None and value < least
-                  else f"must be at most {spec.most:g}" if spec.most is not None and value > spec.most
-                  else "")
-        if reason:
-            raise SettingsError(f"--{spec.flag_name(f.name)}={_shown(value)}: {reason}")
+        if spec.positive and value <= 0:
+            reason = "must be greater than 0"
+        elif least is not None and value < least:
+            reason = "must not be negative" if least == 0 else f"must be at least {least:g}"
+        elif spec.most is not None and value > spec.most:
+            reason = f"must be at most {spec.most:g}"
+        else:
+            continue
+        raise SettingsError(f"--{spec.flag_name(f.name)}={_shown(value)}: {reason}")
 
 
 def clamp_expiration(seconds: int) -> int:
