@@ -514,6 +514,7 @@ VALUE_FLAGS = {
     "config.tokenExpiration": "token-expiration",
     "config.awsDefaultRegion": "aws-default-region",
     "config.stsRegionalEndpoint": "sts-regional-endpoint",
+    "config.roleSessionNameFromPod": "role-session-name-from-pod",
     "config.composeRoleArn": "compose-role-arn",
     "config.awsAccountId": "aws-account-id",
     "config.awsPartition": "aws-partition",

@@ -40,6 +40,8 @@ class Identity:
     audience: str
     regional_sts: bool
     token_expiration: int
+    region: str = ""  # from the ServiceAccount (docs/mutation.md#region); "" means the flag's
+    session_name: bool = False  # AWS_ROLE_SESSION_NAME from the pod's name (#session-name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ class RoleMapping:
     # equality, so an entry with warnings is never shared with the flag-defaults entry.
     warnings: tuple[str, ...] = ()
     annotated: tuple[str, ...] = ()  # which of our other annotations it has (for "no role-arn")
+    region: str = ""  # ours: the region annotation, "" when absent or invalid
+    session_name: bool = False  # ours: the role-session-name-from-pod annotation, else the flag
 
     def as_json(self) -> dict[str, Any]:
         """The Go webhook's debug dump shape (Go field names)."""
@@ -90,7 +94,18 @@ def parse_go_bool(text: str) -> bool | None:
     return None
 
 
-OUR_ANNOTATIONS = ("role-arn", "audience", "sts-regional-endpoints", "token-expiration")
+OUR_ANNOTATIONS = ("role-arn", "audience", "sts-regional-endpoints", "token-expiration", "region",
+                   "role-session-name-from-pod")
+# Near misses of these are worth a warning; "region" is left out, because other tools' keys end
+# in "/region" too (topology.kubernetes.io/region), and those are no typo of ours.
+NEAR_MISS_NAMES = tuple(name for name in OUR_ANNOTATIONS if name != "region")
+# An AWS region name: us-east-1, us-gov-west-1, cn-north-1, us-isob-east-1, …
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+\Z")
+
+
+def parse_region(raw: Any) -> str | None:
+    """The region annotation's value, or None when it does not look like a region name."""
+    return raw if isinstance(raw, str) and _REGION.match(raw) else None
 
 
 def _squash(name: str) -> str:
@@ -98,7 +113,7 @@ def _squash(name: str) -> str:
 
 
 def near_misses(annotations: Mapping[str, Any], settings: MutationSettings,
-                names: tuple[str, ...] = OUR_ANNOTATIONS) -> list[tuple[str, str, str]]:
+                names: tuple[str, ...] = NEAR_MISS_NAMES) -> list[tuple[str, str, str]]:
     """(key found, key meant, why) for keys the webhook does not read but a person meant it to."""
     found = []
     wanted = {_squash(n): n for n in names}
@@ -174,8 +189,29 @@ def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleM
         else:
             expiration = parsed_expiration
 
+    region = ""
+    raw = annotations.get(key("region"))
+    if raw is not None:
+        parsed_region = parse_region(raw)
+        if parsed_region is None:
+            problems.append(f"{key('region')} {raw!r} is not an AWS region name; using the default")
+            warnings.append(f"ServiceAccount region {raw!r:.30} is not an AWS region; "
+                            f"using {settings.aws_default_region or 'none'}")
+        else:
+            region = parsed_region
+
+    session_name = settings.role_session_name_from_pod
+    raw = annotations.get(key("role-session-name-from-pod"))
+    if raw is not None:
+        parsed = parse_go_bool(raw) if isinstance(raw, str) else None
+        if parsed is None:
+            problems.append(f"{key('role-session-name-from-pod')} {raw!r} is not a boolean; using the default")
+        else:
+            session_name = parsed
+
     annotated = tuple(name for name in OUR_ANNOTATIONS[1:] if key(name) in annotations)
-    return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems), tuple(warnings), annotated)
+    return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems), tuple(warnings), annotated,
+                       region, session_name)
 
 
 class ConfigMapError(ValueError):
@@ -214,6 +250,7 @@ def _config_map_entry(key: str, raw: Any, settings: MutationSettings) -> RoleMap
         audience=values["audience"] or settings.token_audience,
         regional_sts=values["regional_sts"],
         token_expiration=clamp_expiration(expiration),
+        session_name=settings.role_session_name_from_pod,
     )
 
 
@@ -386,10 +423,11 @@ def resolve(
         # Container credentials: only the common settings come from the SA or ConfigMap;
         # any role ARN is ignored. The ConfigMap wildcard is not consulted here.
         common = sa_entry or tables.config_map.lookup_exact(namespace, name)
-        regional_sts, expiration = (
-            (common.regional_sts, common.token_expiration) if common else (False, DEFAULT_TOKEN_EXPIRATION)
+        regional_sts, expiration, region = (
+            (common.regional_sts, common.token_expiration, common.region) if common
+            else (False, DEFAULT_TOKEN_EXPIRATION, "")
         )
-        identity = Identity(Mode.CONTAINER_CREDENTIALS, "", settings.cc_audience, regional_sts, expiration)
+        identity = Identity(Mode.CONTAINER_CREDENTIALS, "", settings.cc_audience, regional_sts, expiration, region)
         return Resolution(identity, "pod-identity-association", known, sa_entry.warnings if sa_entry else ())
 
     warnings = sa_entry.warnings if sa_entry else ()
@@ -408,4 +446,5 @@ def resolve(
 
 
 def _web_identity(entry: RoleMapping) -> Identity:
-    return Identity(Mode.WEB_IDENTITY, entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration)
+    return Identity(Mode.WEB_IDENTITY, entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration,
+                    entry.region, entry.session_name)

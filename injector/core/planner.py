@@ -37,6 +37,14 @@ AUTHORIZATION_TOKEN_FILE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
 REGION = "AWS_REGION"
 DEFAULT_REGION = "AWS_DEFAULT_REGION"
 STS_REGIONAL_ENDPOINTS = "AWS_STS_REGIONAL_ENDPOINTS"
+SESSION_NAME = "AWS_ROLE_SESSION_NAME"
+TOKEN_FILE_VARIABLES = (WEB_IDENTITY_TOKEN_FILE, AUTHORIZATION_TOKEN_FILE)
+SESSION_NAME_MAX = 64  # STS's limit for RoleSessionName
+# Env that makes an SDK pass over the injected credentials (docs/mutation.md#warnings).
+OVERRIDING_ENV = {
+    "AWS_ACCESS_KEY_ID": "SDKs use those keys, not the role",
+    "AWS_PROFILE": "its profile may take precedence over the role",
+}
 
 
 @dataclass(slots=True)  # built per admission, so not frozen (docs/performance.md#where-the-time-goes)
@@ -67,6 +75,7 @@ class _Layout:
     token_path: str
     token_file: str
     identity_env: dict[str, str]  # the mode's env pair, name → value, in the order they are added
+    file_env: str  # the member of the pair that names the token file
 
 
 @lru_cache(maxsize=64)  # a handful of (mount path, token path) pairs, asked for every pod
@@ -146,7 +155,7 @@ def _layout(identity: Identity, settings: MutationSettings, windows: bool) -> _L
     token_file = go_path_join(mount, token)
     if windows:
         token_file = windows_path(token_file)
-    return _Layout(volume, mount, token, token_file, {first: first_value, second: token_file})
+    return _Layout(volume, mount, token, token_file, {first: first_value, second: token_file}, second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,22 +223,44 @@ def token_expiration(annotations: dict[str, Any], identity: Identity, settings: 
 
 
 def _container_env(identity: Identity, settings: MutationSettings, layout: _Layout,
-                   present: set[str]) -> list[dict[str, str]] | None:
+                   present: set[str], session: dict[str, Any] | None) -> list[dict[str, Any]] | None:
     """The env entries to append, or None when the container is already complete (§env)."""
     identity_defined = not present.isdisjoint(layout.identity_env)
     region_defined = REGION in present or DEFAULT_REGION in present
     sts_defined = STS_REGIONAL_ENDPOINTS in present
     if identity_defined and region_defined and sts_defined:
         return None
-    env: list[dict[str, str]] = []
+    env: list[dict[str, Any]] = []
     if identity.regional_sts and not sts_defined:
         env.append({"name": STS_REGIONAL_ENDPOINTS, "value": "regional"})
-    if settings.aws_default_region and not region_defined:
-        env.append({"name": DEFAULT_REGION, "value": settings.aws_default_region})
-        env.append({"name": REGION, "value": settings.aws_default_region})
+    region = identity.region or settings.aws_default_region  # §region: the ServiceAccount's wins
+    if region and not region_defined:
+        env.append({"name": DEFAULT_REGION, "value": region})
+        env.append({"name": REGION, "value": region})
     if not identity_defined:
         env += [{"name": name, "value": value} for name, value in layout.identity_env.items()]
+        if session is not None and SESSION_NAME not in present:
+            env.append(session)
     return env
+
+
+def session_name_env(metadata: dict[str, Any], identity: Identity, warnings: list[str]) -> dict[str, Any] | None:
+    """AWS_ROLE_SESSION_NAME for an opted-in web-identity pod (§session-name), or None.
+
+    The pod's name comes through the downward API, so a pod made from generateName (whose name
+    the API server picks after admission) gets its final name. STS wants 2-64 characters of
+    `[\\w+=,.@-]`: pod names are always in that set, and a generated name is at most 63 long;
+    a longer chosen name is cut to 64 here, and a one-character name gets no session name.
+    """
+    if not identity.session_name or identity.mode is not Mode.WEB_IDENTITY:
+        return None
+    name = metadata.get("name")
+    if isinstance(name, str) and len(name) > SESSION_NAME_MAX:
+        return {"name": SESSION_NAME, "value": name[:SESSION_NAME_MAX]}
+    if isinstance(name, str) and len(name) == 1:
+        warnings.append(f"pod name {name!r} is too short for an STS session name; {SESSION_NAME} not set")
+        return None
+    return {"name": SESSION_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 
 
 def _append(ops: list[Operation], base: str, member: str, current: Any, items: list[Any]) -> None:
@@ -255,7 +286,7 @@ class _Draft:
 
 
 def _plan_containers(draft: _Draft, list_name: str, containers: Any, choice: ContainerChoice, identity: Identity,
-                     settings: MutationSettings, layout: _Layout) -> None:
+                     settings: MutationSettings, layout: _Layout, session: dict[str, Any] | None) -> None:
     """Env and mount operations for one container list."""
     ops, notes = draft.ops, draft.notes
     if not isinstance(containers, list):
@@ -276,19 +307,57 @@ def _plan_containers(draft: _Draft, list_name: str, containers: Any, choice: Con
             notes.append(f"{list_name}[{index}] has a malformed env or volumeMounts; left alone")
             continue
         present = names_of(env)
-        preset = _preset(env, layout) if not present.isdisjoint(layout.identity_env) else None
-        if preset:
-            draft.warnings.append(f"container {name} presets {', '.join(preset)}; no credentials injected into it")
-        new_env = _container_env(identity, settings, layout, present)
-        if new_env is None:
+        draft.warnings += _env_warnings(name, env, present, layout)
+        new_env = _container_env(identity, settings, layout, present, session)
+        mount_missing = layout.volume_name not in names_of(mounts)
+        # §env, ours: where Go stops early although the env names our file, the mount is added.
+        add_mount = mount_missing and (new_env is not None or _literal(env, layout.file_env) == layout.token_file)
+        final_mounts = [*(mounts or ()), *([mount] if add_mount else [])]
+        for variable in TOKEN_FILE_VARIABLES:
+            path = _literal(env, variable)
+            if path and path != layout.token_file and not _mounted(path, final_mounts):
+                draft.warnings.append(f"container {name} sets {variable} to a path no volume of it mounts")
+        if add_mount and any(isinstance(m, dict) and m.get("mountPath") == layout.mount_path for m in mounts or ()):
+            # Go's result too (its issue #159): the API server refuses two mounts at one path.
+            draft.warnings.append(f"container {name} already mounts a volume at {layout.mount_path}; "
+                                  "the pod will be refused")
+        if not new_env and not add_mount:
             continue  # already complete: untouched, not even a mount (Go's early exit)
         base = f"/spec/{list_name}/{index}"
-        _append(ops, base, "env", env, new_env)
-        mount_missing = layout.volume_name not in names_of(mounts)
-        if mount_missing:
+        _append(ops, base, "env", env, new_env or [])
+        if add_mount:
             _append(ops, base, "volumeMounts", mounts, [dict(mount)])
-        if new_env or mount_missing:
-            draft.injected.append(str(name))
+            if new_env is None:
+                draft.warnings.append(f"container {name} names the token file but does not mount it; mount added")
+        draft.injected.append(str(name))
+
+
+def _literal(env: Any, name: str) -> str:
+    """The literal value of env entry `name` ("" when absent or from valueFrom)."""
+    for item in env or ():
+        if isinstance(item, dict) and item.get("name") == name and "valueFrom" not in item:
+            value = item.get("value")
+            return value if isinstance(value, str) else ""
+    return ""
+
+
+def _mounted(path: str, mounts: Any) -> bool:
+    """Whether a volume mount of the container holds `path` (a Windows path read as Linux)."""
+    path = path.removeprefix("C:").replace("\\", "/")
+    return any(isinstance(m, dict) and isinstance(m.get("mountPath"), str) and m["mountPath"].rstrip("/")
+               and path.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts or ())
+
+
+def _env_warnings(name: Any, env: Any, present: set[str], layout: _Layout) -> list[str]:
+    """What in a container's own env keeps it from using the injected credentials (§warnings)."""
+    warnings = [f"container {name} sets {key}: {why}" for key, why in OVERRIDING_ENV.items() if key in present]
+    given = [key for key in layout.identity_env if key in present]
+    if len(given) == 1:
+        missing = next(key for key in layout.identity_env if key not in present)
+        warnings.append(f"container {name}: {given[0]} without {missing}; nothing injected")
+    elif given and (preset := _preset(env, layout)):
+        warnings.append(f"container {name} presets {', '.join(preset)}; no credentials injected into it")
+    return warnings
 
 
 def _preset(env: Any, layout: _Layout) -> list[str]:
@@ -337,6 +406,11 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         notes.append(f"pod annotation {settings.annotation(name)} ignored: {detail}")
         if name == "include-containers":
             warnings.append(f"include-containers ignored ({detail}): every container gets credentials")
+        else:
+            warnings.append(f"skip-containers ignored ({detail}): no container is skipped")
+    names = [container.get("name") for _, container in containers_of(spec)]
+    if names and all(isinstance(name, str) and choice.leaves_out(name) for name in names):
+        warnings.append("skip-containers and include-containers leave out every container; none gets credentials")
 
     layout = _layout(identity, settings, runs_on_windows(spec))
     expiration = token_expiration(annotations, identity, settings, jitter, notes, warnings)
@@ -371,8 +445,11 @@ def plan_mutation(pod: dict[str, Any], identity: Identity, settings: MutationSet
         # Inserted first, as the Go webhook does.
         ops.append({"op": "add", "path": "/spec/volumes/0", "value": _volume(layout, identity.audience, expiration)})
 
+    if spec.get("hostNetwork") is True:
+        warnings.append("hostNetwork pod: an SDK that misses its token may use the node's role (instance metadata)")
+    session = session_name_env(mapping(metadata), identity, warnings)
     draft = _Draft(ops, [], [], notes, warnings)
     for list_name in ("initContainers", "containers"):
-        _plan_containers(draft, list_name, spec.get(list_name), choice, identity, settings, layout)
+        _plan_containers(draft, list_name, spec.get(list_name), choice, identity, settings, layout, session)
     return Plan(ops, expiration, tuple(draft.injected), tuple(draft.skipped), tuple(notes), tuple(warnings))
 

@@ -119,6 +119,9 @@ class MutationSettings:
     aws_default_region: str = flag("", "inject AWS_DEFAULT_REGION and AWS_REGION with this value")
     sts_regional_endpoint: bool = flag(
         False, "inject AWS_STS_REGIONAL_ENDPOINTS=regional unless a ServiceAccount annotation says otherwise")
+    role_session_name_from_pod: bool = flag(
+        False, "inject AWS_ROLE_SESSION_NAME from the pod's name (downward API), so CloudTrail shows which pod "
+        "assumed the role, unless a ServiceAccount annotation says otherwise (web identity only)")
     compose_role_arn: bool = flag(
         False, "allow role-arn annotations holding only a role name; the account and partition are "
         "--aws-account-id/--aws-partition or, without --aws-account-id, this EC2 instance's (instance metadata)")

@@ -27,6 +27,7 @@ from injector.core.identity import (
     IdentityTables,
     Mode,
     near_misses,
+    parse_expiration,
     resolve,
     service_account_entry,
 )
@@ -322,7 +323,8 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
                 f"rename the pod's volume {volume_name!r}")
     chooser_keys = [case.settings.annotation(name) for name in ("skip-containers", "include-containers")]
     annotations = mapping(metadata(pod).get("annotations"))
-    for name, problem, detail in container_choice(annotations, spec(pod), case.settings).problems:
+    choice = container_choice(annotations, spec(pod), case.settings)
+    for name, problem, detail in choice.problems:
         key = case.settings.annotation(name)
         if problem == "unknown":
             out.add(f"{name}-unknown", WARN, s, f"{key} names {detail!r}, which is no container of the pod",
@@ -330,8 +332,26 @@ def _check_pod(case: Case, out: _Findings, identity: Identity) -> dict[str, Any]
         elif isinstance(annotations[key], str):  # a value of another type cannot come from the API server
             out.add(f"{name}-invalid", WARN, s, f"{key} {annotations[key]!r} is ignored: {detail}",
                     "write it as comma-separated container names")
+    if spec(pod).get("hostNetwork") is True:
+        out.add("host-network", WARN, s, "the pod uses hostNetwork: it reaches the node's instance metadata, so an "
+                "SDK that cannot read its token file falls back to the node's role without an error",
+                "keep hostNetwork off where you can; else make sure the token file is there (containers below)")
+    key = case.settings.annotation("token-expiration")
+    if annotations.get(key) is not None and parse_expiration(annotations[key]) is None:
+        out.add("pod-token-expiration-invalid", WARN, s, f"pod annotation {key} {annotations[key]!r} is not an "
+                "integer: the ServiceAccount's lifetime is used", "write it in seconds, e.g. 3600")
+    name = metadata(pod).get("name")
+    if identity.session_name and identity.mode is Mode.WEB_IDENTITY and isinstance(name, str) and len(name) == 1:
+        out.add("session-name-too-short", WARN, s, f"the pod's name {name!r} is shorter than the 2 characters STS "
+                "wants in a session name: AWS_ROLE_SESSION_NAME is not set", "give the pod a longer name")
+    names = [c.get("name") for _, c in containers_of(spec(pod))]
+    if names and all(isinstance(n, str) and choice.leaves_out(n) for n in names):
+        out.add("no-container-has-credentials", FAIL, s, "skip-containers and include-containers leave out every "
+                "container: none gets credentials", f"name the containers that need credentials in "
+                f"{case.settings.annotation('include-containers')}, or remove them from "
+                f"{case.settings.annotation('skip-containers')}")
     for note in plan.notes:
-        if not any(key in note for key in chooser_keys):
+        if not any(key in note for key in chooser_keys) and "token-expiration" not in note:
             out.add("plan-note", INFO, s, note)
     if not case.stored:
         if plan.blocked:
@@ -398,6 +418,10 @@ def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mappi
             out.add("sdk-profile", WARN, s, f"{label} sets AWS_PROFILE={env['AWS_PROFILE']}: a profile with its "
                     "own credentials (or role_arn/source_profile) can take precedence over web identity",
                     "remove AWS_PROFILE unless the profile itself uses web_identity_token_file", container=name)
+        if _mount_added_for_preset_file(original, container, identity, case.settings):
+            out.add("token-mount-added", WARN, s, f"{label} names the token file in its env but does not mount it: "
+                    "the webhook adds the mount (the Go webhook would not, and the SDK would find no file)",
+                    "add the mount to the manifest, or leave the AWS_* pair to the webhook", container=name)
         if choice.leaves_out(name):
             why = "is in skip-containers" if name in choice.skip else "is not in include-containers"
             out.add("container-skipped", WARN, s, f"{label} {why}: it gets no credentials", container=name)
@@ -407,16 +431,27 @@ def _check_containers(case: Case, out: _Findings, identity: Identity, pod: Mappi
         elif CREDENTIALS_FULL_URI in env:
             _container_credentials(case, out, pod, container, label, env, preset)
         else:
-            out.add("container-no-credentials", FAIL, s, f"{label} has neither {ROLE_ARN} nor "
-                    f"{CREDENTIALS_FULL_URI}: the SDK finds no credentials", "see the findings above",
-                    container=name)
+            if not any(f.code == "volume-name-collision" for f in out):  # said once, for the pod
+                out.add("container-no-credentials", FAIL, s, f"{label} has neither {ROLE_ARN} nor "
+                        f"{CREDENTIALS_FULL_URI}: the SDK finds no credentials", "see the findings above",
+                        container=name)
             continue
         _region(out, label, name, env)
-    if all(choice.leaves_out(c.get("name")) for _, c in containers_of(spec(pod))):
-        out.add("no-container-has-credentials", FAIL, s, "skip-containers and include-containers leave out every "
-                "container: none gets credentials", f"name the containers that need credentials in "
-                f"{case.settings.annotation('include-containers')}, or remove them from "
-                f"{case.settings.annotation('skip-containers')}")
+
+
+def _mount_added_for_preset_file(original: Mapping[str, Any], container: Mapping[str, Any], identity: Identity,
+                                 settings: MutationSettings) -> bool:
+    """Whether the webhook mounts our volume into a container that named our token file itself."""
+    cc = identity.mode is Mode.CONTAINER_CREDENTIALS
+    volume = settings.cc_volume_name if cc else WEB_IDENTITY_VOLUME_NAME
+    variable = AUTHORIZATION_TOKEN_FILE if cc else WEB_IDENTITY_TOKEN_FILE
+    mount_path = settings.cc_mount_path if cc else settings.token_mount_path
+    named = env_of(original).get(variable, "").removeprefix("C:").replace("\\", "/")
+    mounted = {mapping(m).get("name") for m in original.get("volumeMounts") or ()}
+    now = {mapping(m).get("name") for m in container.get("volumeMounts") or ()}
+    return (named.startswith(mount_path.rstrip("/") + "/") and volume not in mounted and volume in now
+            and all(k in env_of(original) for k in ((CREDENTIALS_FULL_URI, AUTHORIZATION_TOKEN_FILE) if cc
+                                                     else (ROLE_ARN, WEB_IDENTITY_TOKEN_FILE))))
 
 
 def _web_identity_container(case: Case, out: _Findings, identity: Identity, pod: Mapping[str, Any],

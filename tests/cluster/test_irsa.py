@@ -112,3 +112,21 @@ def test_a_trust_policy_for_another_service_account_is_refused_as_aws_refuses_it
     assert (finding["code"], finding["status"]) == ("trust-policy-condition", "fail")
     assert f"{report['code']}: {report['message']}" in finding["message"]
     assert [f["code"] for f in verdict["findings"] if f["status"] == "fail"] == ["trust-policy-condition"]
+
+
+def test_an_opted_in_service_account_names_each_session_after_its_pod(
+        kubectl: Kubectl, namespace: str, sts: Standin) -> None:
+    """docs/mutation.md#session-name: the session STS sees, and CloudTrail would log, is the
+    pod's name, also for a pod made from generateName, whose name is chosen after admission."""
+    kubectl.apply(service_account(namespace, "app", "irsa-app", role_session_name_from_pod="true"))
+    pod = sdk_pod(namespace, "", "app")
+    del pod["metadata"]["name"]
+    pod["metadata"]["generateName"] = "reporter-"
+    name = kubectl("create", "-f", "-", "-o", "jsonpath={.metadata.name}", stdin=json.dumps(pod))
+    assert name.startswith("reporter-") and len(name) == len("reporter-") + 5
+    report = sdk_report(kubectl, namespace, name)
+    assert report["ok"], report
+    assert report["arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/irsa-app/{name}"
+    sessions = [d["session"] for d in sts.decisions() if d.get("action") == "AssumeRoleWithWebIdentity"
+                and d.get("verdict") == "allow"]
+    assert sessions and set(sessions) == {name}

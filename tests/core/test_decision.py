@@ -81,14 +81,14 @@ COLLIDING = {"metadata": {"name": "web"}, "spec": {"serviceAccountName": "app", 
 
 @pytest.mark.parametrize("pod, resolution, reason, warnings", [
     (PRESET, found(WEB), "mutated",
-     ("pod-identity-injector: container c presets AWS_ROLE_ARN; no credentials injected into it",)),
+     ("pod-identity-injector: container c: AWS_ROLE_ARN without AWS_WEB_IDENTITY_TOKEN_FILE; nothing injected",)),
     (COLLIDING, found(WEB), "volume-collision",
      ("pod-identity-injector: volume aws-iam-token (emptyDir) already exists; pod left without AWS credentials",)),
     (POD, Resolution(None, "service-account-has-no-role", True, ("ServiceAccount has audience but no role",)),
      "service-account-has-no-role", ("pod-identity-injector: ServiceAccount has audience but no role",)),
     (PRESET, Resolution(WEB, "service-account-annotation", True, ("from the ServiceAccount",)), "mutated",
      ("pod-identity-injector: from the ServiceAccount",
-      "pod-identity-injector: container c presets AWS_ROLE_ARN; no credentials injected into it")),
+      "pod-identity-injector: container c: AWS_ROLE_ARN without AWS_WEB_IDENTITY_TOKEN_FILE; nothing injected")),
     (POD, found(WEB), "mutated", ()),
 ])
 def test_the_decision_carries_the_prefixed_warnings_of_the_service_account_then_the_plan(

@@ -223,7 +223,7 @@ def test_a_stored_pod_that_was_mutated(doctor, tmp_path):
 def test_a_volume_named_like_the_token_volume(doctor):
     the_pod = pod(volumes=[{"name": "aws-iam-token", "emptyDir": {}}])
     code, report = doctor(the_pod, ANNOTATED)
-    assert code == 1 and codes(report, "fail") == ["volume-name-collision", "container-no-credentials"]
+    assert code == 1 and codes(report, "fail") == ["volume-name-collision"]  # not repeated per container
     assert "emptyDir" in finding(report, "volume-name-collision")["message"]
 
 
@@ -257,12 +257,28 @@ def test_a_preset_role_arn_blocks_the_pair(doctor):
     assert code == 1 and codes(report, "fail") == ["env-preset"]
 
 
-def test_everything_preset_leaves_the_container_without_the_mount(doctor):
+def test_everything_preset_gets_the_mount_go_would_leave_out_with_a_warning(doctor):
+    """§env (ours): the early exit no longer leaves the env naming a file that is not there."""
     env = [{"name": "AWS_ROLE_ARN", "value": ROLE}, {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": TOKEN_FILE},
+           {"name": "AWS_REGION", "value": "eu-west-1"}, {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"}]
+    code, report = doctor(pod(containers=[{"name": "app", "env": env}]), ANNOTATED)
+    assert code == 0 and codes(report, "warn") == ["token-mount-added"]
+    assert "sdk-web-identity" in codes(report, "ok")
+
+
+def test_a_preset_token_file_that_nothing_mounts_fails(doctor):
+    env = [{"name": "AWS_ROLE_ARN", "value": ROLE}, {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/mine/token"},
            {"name": "AWS_REGION", "value": "eu-west-1"}, {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"}]
     code, report = doctor(pod(containers=[{"name": "app", "env": env}]), ANNOTATED)
     assert code == 1 and codes(report, "fail") == ["env-preset"]
     assert "no volume is mounted" in finding(report, "env-preset")["message"]
+
+
+def test_a_host_network_pod_is_warned_about(doctor):
+    the_pod = pod()
+    the_pod["spec"]["hostNetwork"] = True
+    code, report = doctor(the_pod, ANNOTATED)
+    assert code == 0 and "host-network" in codes(report, "warn")
 
 
 def test_a_skipped_container_has_no_credentials_and_a_misspelt_name_is_reported(doctor):

@@ -185,7 +185,7 @@ app.kubernetes.io/part-of: pod-identity-injector
 {{- $args = append $args (printf "--%s=%v" $flag (int64 $value)) -}}
 {{- end -}}
 {{- end -}}
-{{- range $key, $flag := dict "stsRegionalEndpoint" "sts-regional-endpoint" "composeRoleArn" "compose-role-arn" "enableDebuggingHandlers" "enable-debugging-handlers" -}}
+{{- range $key, $flag := dict "stsRegionalEndpoint" "sts-regional-endpoint" "roleSessionNameFromPod" "role-session-name-from-pod" "composeRoleArn" "compose-role-arn" "enableDebuggingHandlers" "enable-debugging-handlers" -}}
 {{- if index $c $key -}}
 {{- $args = append $args (printf "--%s=true" $flag) -}}
 {{- end -}}
