@@ -93,7 +93,22 @@ def offline_case(args: argparse.Namespace, settings: MutationSettings) -> Case:
     return Case(pod, namespace, found, settings, pod_identities=identities, issuer=args.issuer or "", **kwargs)
 
 
+def _with_chain(case: Case, args: argparse.Namespace) -> Case:
+    """--role-arn and --target-trust-policy: the Pod Identity role chain to check."""
+    if args.role_arn and not args.target_trust_policy:
+        raise UsageError("--role-arn names the first link of a chain: give the target's --target-trust-policy FILE")
+    if not args.target_trust_policy:
+        return case
+    try:
+        text = Path(args.target_trust_policy).read_text()
+        policy = trust_policy.parse_policy(text)
+    except (OSError, UnicodeDecodeError, trust_policy.PolicyError) as exc:
+        raise UsageError(f"--target-trust-policy {args.target_trust_policy}: {exc}") from None
+    return replace(case, association_role=args.role_arn, target_policy=policy)
+
+
 def _with_policy(case: Case, args: argparse.Namespace) -> Case:
+    case = _with_chain(case, args)
     if not args.trust_policy and not args.fetch_trust_policy:
         return case
     if args.trust_policy and args.fetch_trust_policy:

@@ -140,6 +140,10 @@ def _add_doctor(sub: Any) -> None:
              help="offline: the EKS Pod Identity identities file (JSON)")
     add_flag(p, "--trust-policy", default="", metavar="FILE", help="the role's trust policy (as IAM returns it)")
     add_flag(p, "--fetch-trust-policy", action="store_true", help="read the trust policy with IAM GetRole (boto3)")
+    add_flag(p, "--role-arn", default="", metavar="ARN",
+             help="EKS Pod Identity: the association's role, the first link of a chain to --target-trust-policy")
+    add_flag(p, "--target-trust-policy", default="", metavar="FILE",
+             help="EKS Pod Identity: the trust policy of the association's target role (role chaining)")
     add_flag(p, "--issuer", default="", metavar="URL", help="the OIDC issuer (live default: the cluster's)")
     add_flag(p, "--ca-file", default="", metavar="FILE", help="live: trust this CA when fetching the issuer's keys")
     add_flag(p, "--webhook-configuration", default="", metavar="NAME",
@@ -154,6 +158,9 @@ def _add_doctor(sub: Any) -> None:
     add_flag(p, "service_accounts", nargs="*", metavar="NAMESPACE:SERVICEACCOUNT")
     add_flag(p, "--pod-identity", action="store_true",
              help="the trust policy EKS Pod Identity needs instead (pods.eks.amazonaws.com; no pairs, no issuer)")
+    add_flag(p, "--chained-from", default="", metavar="ROLE_ARN",
+             help="with --pod-identity: the trust policy of a target role that the association's role ROLE_ARN "
+                  "chains to")
     add_flag(p, "--issuer", default="", metavar="URL", help="the OIDC issuer (default: the live cluster's)")
     add_flag(p, "--account", required=True, metavar="ID", help="the AWS account of the role and OIDC provider")
     add_flag(p, "--partition", default="aws", help="aws, aws-cn, aws-us-gov, …")

@@ -11,6 +11,7 @@ import re
 import sys
 
 from injector.cli.exits import OK, say
+from injector.core.role_arn import role_arn_problems
 from injector.core.settings import PARTITIONS
 from injector.diagnostics import trust_policy
 from injector.diagnostics.doctor import issuer_problems
@@ -23,6 +24,9 @@ _PAIR = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?):([a-z0-9]([-a-z0-9.]*[a-z0-
 def run_trust_policy(args: argparse.Namespace) -> int:
     if args.pod_identity:
         return _pod_identity(args)
+    if args.chained_from:
+        return say("trust-policy", "--chained-from goes with --pod-identity (a target role of an EKS Pod Identity "
+                   "association)")
     if not args.service_accounts:
         return say("trust-policy", "name at least one NAMESPACE:SERVICEACCOUNT (or --pod-identity)")
     pairs = []
@@ -61,5 +65,10 @@ def _pod_identity(args: argparse.Namespace) -> int:
                    "association names them (aws eks create-pod-identity-association)")
     if not re.fullmatch(r"\d{12}", args.account):
         return say("trust-policy", f"--account {args.account!r} is not a 12-digit AWS account id")
+    if args.chained_from:
+        if role_arn_problems(args.chained_from):
+            return say("trust-policy", f"--chained-from {args.chained_from!r} is not an IAM role ARN")
+        print(json.dumps(trust_policy.generate_chain_target(args.chained_from), indent=2))
+        return OK
     print(json.dumps(trust_policy.generate_pod_identity(args.account, args.partition), indent=2))
     return OK

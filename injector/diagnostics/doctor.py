@@ -105,6 +105,9 @@ class Case:
     issuer: str = ""
     token: TokenCheck | None = None
     policy: Mapping[str, Any] | None = None
+    # EKS Pod Identity role chaining: the association's role and its target's trust policy.
+    association_role: str = ""
+    target_policy: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = ()
 
     @property
@@ -574,10 +577,13 @@ def _check_token(case: Case, out: _Findings, identity: Identity, pod: Mapping[st
 
 def _check_trust_policy(case: Case, out: _Findings, identity: Identity, audiences: tuple[str, ...]) -> None:
     s = "trust-policy"
-    if case.policy is None:
-        return
     if identity.mode is not Mode.WEB_IDENTITY:
-        _check_pod_identity_trust(case, out)
+        if case.policy is not None:
+            _check_pod_identity_trust(case, out)
+        if case.target_policy is not None:
+            _check_chain(case, out)
+        return
+    if case.policy is None:
         return
     partition, account = _partition_account(identity.role_arn)
     sub = trust_policy.subject(case.namespace, case.service_account_name)
@@ -622,6 +628,27 @@ def _check_pod_identity_trust(case: Case, out: _Findings) -> None:
     if not gaps:
         out.add("trust-policy-pod-identity-allows", OK, s, f"{trust_policy.POD_IDENTITY_SERVICE} may assume the "
                 "role and tag the session (conditions are not evaluated)")
+
+
+def _check_chain(case: Case, out: _Findings) -> None:
+    """EKS Pod Identity with a target role: the agent assumes the association's role, then the
+    target role with the session tags (docs/doctor.md#trust-policy)."""
+    s = "trust-policy"
+    assert case.target_policy is not None
+    if not case.association_role:
+        out.add("target-chain-unchecked", WARN, s, "a target role's trust policy was given but not the "
+                "association's role, which it must trust", "pass --role-arn ARN (aws eks "
+                "describe-pod-identity-association shows roleArn)")
+        return
+    gaps = trust_policy.chain_gaps(case.target_policy, case.association_role)
+    fix = f"use: pod-identity-injector trust-policy --pod-identity --chained-from {case.association_role} " \
+          "--account ACCOUNT"
+    for code, message in gaps:
+        out.add(code, FAIL, s, f"{message} — the Pod Identity Agent cannot chain to the target role"
+                + (" (the session tags EKS set must be passed on)" if code.endswith("tag-session") else ""), fix)
+    if not gaps:
+        out.add("target-trust-policy-allows", OK, s, f"the target role trusts {case.association_role} to assume it "
+                "and pass the session tags on (conditions are not evaluated)")
 
 
 def diagnose(case: Case) -> Report:

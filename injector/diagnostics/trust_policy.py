@@ -325,6 +325,58 @@ def pod_identity_gaps(policy: Mapping[str, Any]) -> list[tuple[str, str]]:
             for action in POD_IDENTITY_ACTIONS if action not in allowed]
 
 
+def _role_covered(statement: Mapping[str, Any], role_arn: str) -> bool:
+    """Whether Principal.AWS names `role_arn`, its account (root ARN or bare id) or everyone."""
+    principal = statement.get("Principal")
+    if principal == "*":
+        return True
+    named = [str(p) for p in _listify(principal.get("AWS", []))] if isinstance(principal, dict) else []
+    partition, _, rest = role_arn.removeprefix("arn:").partition(":iam::")
+    account = rest.split(":", 1)[0]
+    return any(p in ("*", role_arn, account, f"arn:{partition}:iam::{account}:root") for p in named)
+
+
+def chain_gaps(policy: Mapping[str, Any], source_role_arn: str) -> list[tuple[str, str]]:
+    """What keeps the Pod Identity Agent from chaining from the association's role
+    (`source_role_arn`) to a target role with this trust policy: the target must trust the
+    source role (or its account) with sts:AssumeRole, and with sts:TagSession, because the
+    session tags EKS set are passed on. [] when nothing does; conditions are not judged."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    trusted = False
+    for statement in _listify(policy.get("Statement", [])):
+        if not isinstance(statement, Mapping) or not _role_covered(statement, source_role_arn):
+            continue
+        actions = _actions_of(statement)
+        if statement.get("Effect") == "Deny":
+            denied |= actions
+        elif statement.get("Effect") == "Allow":
+            trusted = True
+            allowed |= actions
+    if denied:
+        return [("target-trust-policy-explicit-deny", f"a Deny statement for {source_role_arn} covers "
+                 f"{', '.join(sorted(denied))}")]
+    if not trusted:
+        return [("target-trust-policy-principal", f"no Allow statement trusts {source_role_arn} or its account "
+                 "(Principal.AWS)")]
+    return [("target-trust-policy-tag-session" if action == "sts:TagSession" else "target-trust-policy-action",
+             f"the statements trusting {source_role_arn} do not allow {action}")
+            for action in POD_IDENTITY_ACTIONS if action not in allowed]
+
+
+def generate_chain_target(source_role_arn: str) -> dict[str, Any]:
+    """The trust policy a Pod Identity target role needs: the association's role may assume it
+    and pass its session tags on."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": source_role_arn},
+            "Action": list(POD_IDENTITY_ACTIONS),
+        }],
+    }
+
+
 def generate_pod_identity(account: str, partition: str = "aws") -> dict[str, Any]:
     """The trust policy EKS Pod Identity needs: its service may assume the role and tag the
     session, for clusters of `account` only (aws:SourceAccount). `partition` is accepted for

@@ -413,7 +413,63 @@ def test_a_wildcard_action_covers_both(doctor):
     assert code == 0 and "trust-policy-pod-identity-allows" in codes(report, "ok")
 
 
+SOURCE_ROLE = "arn:aws:iam::111122223333:role/pod-identity-app"
+
+
+def chained(doctor: Doctor, target: dict, *, role: str = SOURCE_ROLE) -> tuple[int, dict]:
+    """A Pod Identity pod whose association chains from `role` to a target role trusting `target`."""
+    identities = doctor.write("ids.json", json.dumps({"identities": [{"namespace": "team", "serviceAccount": "app"}]}))
+    args = ("--container-credentials-config", identities, "--target-trust-policy",
+            doctor.write("target.json", json.dumps(target)), *(("--role-arn", role) if role else ()))
+    return doctor(pod(), sa(), args=args)
+
+
+def _target_policy(**statement) -> dict:
+    return {"Statement": [{"Effect": "Allow", "Principal": {"AWS": SOURCE_ROLE},
+                           "Action": ["sts:AssumeRole", "sts:TagSession"], **statement}]}
+
+
+def test_a_generated_target_role_trust_policy_lets_the_chain_through(doctor, capsys):
+    assert cli.main(["trust-policy", "--pod-identity", "--account", "444455556666",
+                     "--chained-from", SOURCE_ROLE]) == 0
+    generated = json.loads(capsys.readouterr().out)
+    assert generated["Statement"] == [{"Effect": "Allow", "Principal": {"AWS": SOURCE_ROLE},
+                                       "Action": ["sts:AssumeRole", "sts:TagSession"]}]
+    code, report = chained(doctor, generated)
+    assert code == 0 and "target-trust-policy-allows" in codes(report, "ok")
+
+
+@pytest.mark.parametrize(("target", "code"), [
+    # Role chaining passes the session tags EKS set on: without TagSession the agent's
+    # AssumeRole is refused (eks-pod-identity-agent #80).
+    (_target_policy(Action="sts:AssumeRole"), "target-trust-policy-tag-session"),
+    (_target_policy(Action="sts:TagSession"), "target-trust-policy-action"),
+    (_target_policy(Principal={"AWS": "arn:aws:iam::111122223333:role/someone-else"}),
+     "target-trust-policy-principal"),
+    (_target_policy(Principal={"Service": "pods.eks.amazonaws.com"}), "target-trust-policy-principal"),
+    ({"Statement": [*_target_policy()["Statement"], {**_target_policy()["Statement"][0], "Effect": "Deny"}]},
+     "target-trust-policy-explicit-deny"),
+])
+def test_a_target_role_that_refuses_the_chain(doctor, target, code):
+    exit_code, report = chained(doctor, target)
+    assert exit_code == 1 and codes(report, "fail") == [code]
+    assert f"--chained-from {SOURCE_ROLE}" in finding(report, code)["fix"]
+
+
+@pytest.mark.parametrize("principal", ["111122223333", "arn:aws:iam::111122223333:root", "*"])
+def test_a_target_role_trusting_the_whole_source_account_allows_the_chain(doctor, principal):
+    code, report = chained(doctor, _target_policy(Principal={"AWS": [principal]}))
+    assert code == 0 and "target-trust-policy-allows" in codes(report, "ok")
+
+
+def test_a_target_policy_without_the_association_role_is_a_warning_not_a_guess(doctor):
+    code, report = chained(doctor, _target_policy(), role="")
+    assert code == 0 and "target-chain-unchecked" in codes(report, "warn")
+
+
 @pytest.mark.parametrize("argv, says", [
+    (["--pod-identity", "--account", "111122223333", "--chained-from", "not-an-arn"], "is not an IAM role ARN"),
+    (["--account", "111122223333", "--chained-from", SOURCE_ROLE, "team:app"], "goes with --pod-identity"),
     (["--pod-identity", "--account", "111122223333", "team:app"], "takes no NAMESPACE:SERVICEACCOUNT"),
     (["--account", "111122223333"], "name at least one NAMESPACE:SERVICEACCOUNT"),
 ])
