@@ -382,7 +382,8 @@ async def test_a_preset_env_var_is_answered_with_a_warning_and_logged(client, ap
     preset = [{"name": "app", "image": "busybox", "env": [{"name": "AWS_ROLE_ARN", "value": "arn:x"}]}]
     with capture_logs() as logs:
         _, answer = await review(client, _with_containers(pod_review(api_version=api_version), preset))
-    expected = ["pod-identity-injector: container app presets AWS_ROLE_ARN; no credentials injected into it"]
+    expected = ["pod-identity-injector: container app: AWS_ROLE_ARN without AWS_WEB_IDENTITY_TOKEN_FILE; "
+                "nothing injected"]
     assert answer["response"]["warnings"] == expected and answer["response"]["allowed"] is True
     line = next(entry for entry in logs if entry["event"] == "admission")
     assert (line["log_level"], line["decision"], line["warnings"]) == ("info", "mutated", expected)
