@@ -13,6 +13,7 @@ jlink) and npm; each reaches only its own registry. What takes time is cached un
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -139,7 +140,8 @@ def build_js(out: Path) -> None:
 
 
 def build_context(out: Path) -> Path:
-    """OUT/Dockerfile and OUT/sdk/…: everything the image's COPY takes. Returns OUT."""
+    """OUT/Dockerfile and OUT/sdk/…: everything the image's COPY takes. Returns OUT. One build
+    per cache at a time (the image build and the unit tier may run side by side)."""
     sdk = out / "sdk"
     shutil.rmtree(sdk, ignore_errors=True)
     (sdk / "python").mkdir(parents=True)
@@ -147,15 +149,20 @@ def build_context(out: Path) -> Path:
     shutil.copy2(HERE / "Dockerfile", out / "Dockerfile")
     shutil.copy2(HERE / "run.py", sdk / "run.py")
     shutil.copy2(HERE / "python" / "main.py", sdk / "python" / "main.py")
-    for name, step in (("go", build_go), ("java", build_java), ("js", build_js)):
-        log(f"{name}…")
-        step(sdk)
+    with open(CACHE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, step in (("go", build_go), ("java", build_java), ("js", build_js)):
+            log(f"{name}…")
+            step(sdk)
     return out
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--update-maven-lock"]:
-        update_maven_lock()
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / "lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            update_maven_lock()
         raise SystemExit(0)
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         raise SystemExit(__doc__)
