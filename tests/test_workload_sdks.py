@@ -15,22 +15,31 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import test_standins
 from cluster.sdk import SDKS, refused, used_provider
 from cluster.workload.build import build_context
-from test_standins import ACCOUNT, AgentWorld, World
-
-# The stand-ins and what plays around them, as tests/test_standins.py runs them (its fixtures
-# `world` and `agent`, registered here under their own names).
-standins_world, standins_agent = test_standins.world, test_standins.agent
+from test_standins import ACCOUNT, AgentWorld, World, running_agent, running_world
 
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory) -> Path:
     return build_context(tmp_path_factory.mktemp("workload"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[World]:
+    """The stand-ins and what plays around them, as tests/test_standins.py runs them."""
+    with running_world(tmp_path_factory.mktemp("standins")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def agent(world: World, tmp_path_factory) -> Iterator[AgentWorld]:
+    with running_agent(world, tmp_path_factory.mktemp("agent")) as running:
+        yield running
 
 
 def injected_env(tmp_path: Path, service_account: dict, *extra: str) -> dict[str, str]:
