@@ -54,7 +54,7 @@ run: certs
 lint: $(STAMP)
 	$(BIN)/ruff check injector tests benchmarks
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile tests/cluster/workload/Dockerfile
 	$(BIN)/python tools/release/versions.py check --cli $(BIN)/pod-identity-injector
 
 # The unit, server and chart tiers: everything but tests/e2e and tests/cluster.

@@ -11,6 +11,7 @@ Each refusal is one row: the token or role that breaks one rule, and the error A
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import http.server
 import ipaddress
@@ -315,9 +316,9 @@ def _statement(provider: str, condition: dict | None = None, effect: str = "Allo
     return stmt
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp("standins")
+@contextlib.contextmanager
+def running_world(directory: Path) -> Iterator[World]:
+    """The STS stand-in and what plays around it (PKI, issuer, keys, roles), in `directory`."""
     pki = make_pki(directory)
     issuer = OidcIssuer(pki)
     key = SigningKey("key-1", rsa.generate_private_key(65537, 2048), "RS256")
@@ -359,6 +360,12 @@ def world(tmp_path_factory) -> Iterator[World]:
     rc = sts.stop()
     issuer.server.shutdown()
     assert rc == 0, f"SIGTERM must end the STS stand-in with 0, got {rc}: {sts.log.read_text()[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[World]:
+    with running_world(tmp_path_factory.mktemp("standins")) as running:
+        yield running
 
 
 @pytest.fixture
@@ -631,9 +638,9 @@ class AgentWorld:
         return token
 
 
-@pytest.fixture(scope="module")
-def agent(world: World, tmp_path_factory) -> Iterator[AgentWorld]:
-    directory = tmp_path_factory.mktemp("agent")
+@contextlib.contextmanager
+def running_agent(world: World, directory: Path) -> Iterator[AgentWorld]:
+    """The agent stand-in beside `world`'s STS, with a TokenReview endpoint played here."""
     reviews = FakeTokenReviews(world.pki)
     kubeconfig = directory / "admin.kubeconfig"
     kubeconfig.write_text(json.dumps({
@@ -652,6 +659,12 @@ def agent(world: World, tmp_path_factory) -> Iterator[AgentWorld]:
     rc = standin.stop()
     reviews.server.shutdown()
     assert rc == 0, f"SIGTERM must end the agent stand-in with 0, got {rc}: {standin.log.read_text()[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def agent(world: World, tmp_path_factory) -> Iterator[AgentWorld]:
+    with running_agent(world, tmp_path_factory.mktemp("agent")) as running:
+        yield running
 
 
 def test_the_sdk_gets_agent_credentials_that_the_sts_standin_accepts(agent: AgentWorld, clean_aws_env,

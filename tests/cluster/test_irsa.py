@@ -1,6 +1,7 @@
 """The IRSA chain end to end, in real pods: the webhook injects, the kubelet projects the token,
-boto3's default chain calls AssumeRoleWithWebIdentity on an STS stand-in that checks the token
-against the cluster's discovery document and JWKS and the role's trust policy, as AWS does.
+each SDK's default chain (boto3, Go v2, Java v2, JavaScript v3: tests/cluster/sdk.py) calls
+AssumeRoleWithWebIdentity on an STS stand-in that checks the token against the cluster's
+discovery document and JWKS and the role's trust policy, as AWS does.
 
 For each pod, `pod-identity-injector doctor` runs live against the same cluster with the same
 trust policy, and its verdict must be the stand-in's: credentials or not, and the same error
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import STATE, Kubectl
-from .sdk import sdk_pod, sdk_report
+from .sdk import SDKS, refused, sdk_pod, sdk_report, used_provider
 from .standin_fixtures import ACCOUNT, ISSUER, Standin, new_secret, start_sts, trust_policy
 
 ROLE = f"arn:aws:iam::{ACCOUNT}:role"
@@ -67,12 +68,13 @@ def service_account(namespace: str, name: str, role: str, **annotations: str) ->
                         **{f"eks.amazonaws.com/{k.replace('_', '-')}": v for k, v in annotations.items()}}}}
 
 
+@pytest.mark.parametrize("sdk", SDKS)
 def test_the_sdk_assumes_the_role_with_the_injected_token(kubectl: Kubectl, namespace: str, sts: Standin,
-                                                          tmp_path: Path) -> None:
-    kubectl.apply(service_account(namespace, "app", "irsa-app"), sdk_pod(namespace, "sdk", "app"))
+                                                          tmp_path: Path, sdk: str) -> None:
+    kubectl.apply(service_account(namespace, "app", "irsa-app"), sdk_pod(namespace, "sdk", "app", sdk))
     report = sdk_report(kubectl, namespace, "sdk")
-    assert report["method"] == "assume-role-with-web-identity"
     assert report["ok"], report
+    assert report["sdk"] == sdk and used_provider(report, "web-identity"), report
     assert report["arn"].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/irsa-app/")
     assert report["account"] == ACCOUNT
     assert report["token"]["iss"] == ISSUER and report["token"]["aud"] == ["sts.amazonaws.com"]
@@ -84,11 +86,12 @@ def test_the_sdk_assumes_the_role_with_the_injected_token(kubectl: Kubectl, name
     assert trust_finding(verdict)["code"] == "trust-policy-allows"
 
 
+@pytest.mark.parametrize("sdk", SDKS)
 def test_audience_expiration_and_regional_sts_annotations_reach_the_sdk(
-        kubectl: Kubectl, namespace: str, sts: Standin, tmp_path: Path) -> None:
+        kubectl: Kubectl, namespace: str, sts: Standin, tmp_path: Path, sdk: str) -> None:
     kubectl.apply(service_account(namespace, "custom", "irsa-custom", audience="custom-audience",
                                   token_expiration="3600", sts_regional_endpoints="true"),
-                  sdk_pod(namespace, "sdk", "custom"))
+                  sdk_pod(namespace, "sdk", "custom", sdk))
     report = sdk_report(kubectl, namespace, "sdk")
     assert report["ok"], report
     assert report["arn"].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/irsa-custom/")
@@ -99,18 +102,18 @@ def test_audience_expiration_and_regional_sts_annotations_reach_the_sdk(
     assert verdict["exitCode"] == 0 and trust_finding(verdict)["code"] == "trust-policy-allows", verdict["findings"]
 
 
+@pytest.mark.parametrize("sdk", SDKS)
 def test_a_trust_policy_for_another_service_account_is_refused_as_aws_refuses_it(
-        kubectl: Kubectl, namespace: str, sts: Standin, tmp_path: Path) -> None:
-    kubectl.apply(service_account(namespace, "other", "irsa-other"), sdk_pod(namespace, "sdk", "other"))
+        kubectl: Kubectl, namespace: str, sts: Standin, tmp_path: Path, sdk: str) -> None:
+    kubectl.apply(service_account(namespace, "other", "irsa-other"), sdk_pod(namespace, "sdk", "other", sdk))
     report = sdk_report(kubectl, namespace, "sdk")
-    assert report["ok"] is False
-    assert (report["code"], report["message"]) == ("AccessDenied",
-                                                   "Not authorized to perform sts:AssumeRoleWithWebIdentity")
+    assert refused(report, "AccessDenied", "403"), report
+    assert "Not authorized to perform sts:AssumeRoleWithWebIdentity" in report["error"], report
     verdict = doctor(tmp_path, namespace, "sdk", "irsa-other")
     assert verdict["credentials"] is False and verdict["exitCode"] == 1
     finding = trust_finding(verdict)
     assert (finding["code"], finding["status"]) == ("trust-policy-condition", "fail")
-    assert f"{report['code']}: {report['message']}" in finding["message"]
+    assert "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity" in finding["message"]
     assert [f["code"] for f in verdict["findings"] if f["status"] == "fail"] == ["trust-policy-condition"]
 
 

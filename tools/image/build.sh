@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the webhook image from the repo's Dockerfile as users build it (`docker build .`,
 # classic builder), the pod sandbox (pause) image and the cluster tier's workload image (the
-# AWS SDK, tests/cluster/workload), in the private daemon (dockerd.sh), with the base made
+# AWS SDKs, tests/cluster/workload), in the private daemon (dockerd.sh), with the base made
 # locally (base.sh); `docker save`s each to an archive for `ctr -n k8s.io images import ARCHIVE`.
 #
 #   tools/image/build.sh [--tag REF] [--no-app] [--no-pause | --pause-only] [--no-workload] [--force] [--keep-daemon]
@@ -125,7 +125,26 @@ if ((pause)); then
     rm -rf "$ctx"; ctx=""
 fi
 
+# workload_image: the SDK programs built from their pinned dependencies into a context
+# (tests/cluster/workload/build.py: go, mvn, a JDK, npm), then the image. Its inputs: every file
+# under tests/cluster/workload, the Go and Java versions that build there, and the base.
+workload_image() {
+    local inputs archive
+    inputs=$( {
+        (cd "$REPO_ROOT" && find tests/cluster/workload -type f -not -path '*/__pycache__/*' -print0)
+    } | hash_files)
+    inputs=$(printf '%s %s %s\n' "$inputs" "$(GOTOOLCHAIN=local go env GOVERSION)" "$(java -version 2>&1 | head -n1)" |
+        sha256sum | cut -d' ' -f1)
+    inputs=$(with_base "$inputs")
+    archive=$(img_archive_path "$WORKLOAD_IMAGE")
+    ctx=$(mktemp -d "$IMG_CACHE/workload.XXXXXX")
+    if ((force)) || ! up_to_date "$WORKLOAD_IMAGE" "$inputs" "$archive"; then
+        python3 "$REPO_ROOT/tests/cluster/workload/build.py" "$ctx" >/dev/null
+    fi
+    image "$WORKLOAD_IMAGE" "$inputs" "$ctx" host
+    rm -rf "$ctx"; ctx=""
+}
+
 if ((workload)); then
-    inputs=$(printf '%s\0' tests/cluster/workload/Dockerfile | hash_files)
-    image "$WORKLOAD_IMAGE" "$(with_base "$inputs")" "$REPO_ROOT/tests/cluster/workload" host
+    workload_image
 fi

@@ -20,7 +20,7 @@ export DOCKER_BUILDKIT=0
 # The base the Dockerfile's FROM names, and the pause image containerd's sandbox_image should be.
 BASE_IMAGE=python:3.11-slim-bookworm
 PAUSE_IMAGE=localhost/pause:3.10
-# The cluster tier's workload: boto3 as a pod runs it (tests/cluster/workload/Dockerfile).
+# The cluster tier's workload: the AWS SDKs as pods run them (tests/cluster/workload).
 WORKLOAD_IMAGE=localhost/aws-sdk-workload:dev
 
 IMG_TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
