@@ -117,12 +117,14 @@ def test_a_trust_policy_for_another_service_account_is_refused_as_aws_refuses_it
     assert [f["code"] for f in verdict["findings"] if f["status"] == "fail"] == ["trust-policy-condition"]
 
 
+@pytest.mark.parametrize("sdk", SDKS)
 def test_an_opted_in_service_account_names_each_session_after_its_pod(
-        kubectl: Kubectl, namespace: str, sts: Standin) -> None:
+        kubectl: Kubectl, namespace: str, sts: Standin, sdk: str) -> None:
     """docs/mutation.md#session-name: the session STS sees, and CloudTrail would log, is the
-    pod's name, also for a pod made from generateName, whose name is chosen after admission."""
+    pod's name, also for a pod made from generateName, whose name is chosen after admission;
+    every SDK reads AWS_ROLE_SESSION_NAME."""
     kubectl.apply(service_account(namespace, "app", "irsa-app", role_session_name_from_pod="true"))
-    pod = sdk_pod(namespace, "", "app")
+    pod = sdk_pod(namespace, "", "app", sdk)
     del pod["metadata"]["name"]
     pod["metadata"]["generateName"] = "reporter-"
     name = kubectl("create", "-f", "-", "-o", "jsonpath={.metadata.name}", stdin=json.dumps(pod))
