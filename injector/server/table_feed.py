@@ -17,7 +17,8 @@ Messages are orjson arrays, each framed by its length (4 bytes, big-endian):
                           ["pod_identities", [[namespace, name], ...]]  ["fetched", "ns/name"]
     worker → supervisor   ["fetch", namespace, name]
 
-where ENTRY is [role_arn, audience, regional_sts, token_expiration, problems, warnings, annotated].
+where ENTRY is [role_arn, audience, regional_sts, token_expiration, problems, warnings, annotated,
+region, session_name]: every field of `RoleMapping`, in order.
 """
 
 from __future__ import annotations
@@ -47,13 +48,13 @@ class FeedError(Exception):
 # -- encoding --------------------------------------------------------------------------------
 def _entry(entry: RoleMapping) -> list[Any]:
     return [entry.role_arn, entry.audience, entry.regional_sts, entry.token_expiration, entry.problems,
-            entry.warnings, entry.annotated]
+            entry.warnings, entry.annotated, entry.region, entry.session_name]
 
 
 def _mapping(raw: list[Any]) -> RoleMapping:
-    role_arn, audience, regional_sts, expiration, problems, warnings, annotated = raw
+    role_arn, audience, regional_sts, expiration, problems, warnings, annotated, region, session_name = raw
     return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems), tuple(warnings),
-                       tuple(annotated))
+                       tuple(annotated), region, session_name)
 
 
 def frame(message: list[Any]) -> bytes:

@@ -4,6 +4,7 @@ tables can rely on."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 
 import pytest
@@ -15,7 +16,14 @@ from injector.sources.store import IdentityStore
 
 SETTINGS = MutationSettings()
 ROLE = "arn:aws:iam::111122223333:role/app"
-ENTRY = RoleMapping(ROLE, "sts.amazonaws.com", True, 3600, ("a problem",), ("a warning",), ("audience",))
+# Every field set to something other than its default, so a field the feed forgets shows.
+ENTRY = RoleMapping(ROLE, "sts.amazonaws.com", True, 3600, ("a problem",), ("a warning",), ("audience",),
+                    "eu-central-1", True)
+
+
+def test_the_entry_in_these_tests_sets_every_field_of_a_role_mapping():
+    defaults = RoleMapping("", "", False, 0)
+    assert all(getattr(ENTRY, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoleMapping))
 
 
 def roundtrip(update):
@@ -41,7 +49,8 @@ def test_every_kind_of_update_arrives_as_it_was_sent(update):
     got = roundtrip(update)
     assert got == update
     if update[0] == "put":  # problems take no part in equality; they travel all the same
-        assert got[2].problems == ENTRY.problems and got[2].warnings == ENTRY.warnings
+        assert [getattr(got[2], f.name) for f in dataclasses.fields(RoleMapping)] == [
+            getattr(ENTRY, f.name) for f in dataclasses.fields(RoleMapping)]
     if update[0] == "config_map":
         assert got[1].rejected == update[1].rejected
 
