@@ -87,9 +87,11 @@ def listen_failure(flag: str, port: int, address: str, exc: OSError) -> str:
     """One line: which flag's port, why it failed, and what to change."""
     where = f"{flag}={port}" + (f" on {address}" if address else "")
     if exc.errno == errno.EACCES and port < 1024:
-        return (f"{where}: cannot listen: permission denied. Ports below 1024 need NET_BIND_SERVICE: keep it "
-                f"in the container's capabilities (capabilities.add: [NET_BIND_SERVICE] where ALL are "
-                f"dropped), or use --port=8443 with the Service's targetPort to match (docs/migrate.md#port-443)")
+        return (f"{where}: cannot listen: permission denied. Ports below 1024 need NET_BIND_SERVICE, which the "
+                f"image's file capability gives only where the container keeps that capability (capabilities.add: "
+                f"[NET_BIND_SERVICE] where ALL are dropped) and allowPrivilegeEscalation is not false; or set the "
+                f"pod sysctl net.ipv4.ip_unprivileged_port_start=0, or use --port=8443 with the Service's "
+                f"targetPort to match (docs/migrate.md#port-443)")
     if exc.errno == errno.EADDRINUSE:
         return (f"{where}: cannot listen: address already in use; another process in this pod (or another "
                 f"webhook container) holds it")
