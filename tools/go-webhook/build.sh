@@ -15,7 +15,7 @@ version=$(sed -n 's/^require github.com\/aws\/amazon-eks-pod-identity-webhook \(
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/pod-identity-injector-go-webhook/$version
 image=localhost/go-pod-identity-webhook:$version
 proxy=$(go env GOPROXY | tr ',|' '\n\n' | grep -vx direct | paste -sd, -)
-export GOPROXY=$proxy GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" GOWORK=off
+export GOPROXY=$proxy GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" GOWORK=off
 mkdir -p "$cache"
 
 source_dir() {
@@ -29,7 +29,7 @@ if [[ ${1:-} == --deploy ]]; then
 fi
 
 archive=$cache/go-pod-identity-webhook.tar
-if [[ -s $archive && -s $cache/inputs && $(cat "$cache/inputs") == $(sha256sum "$here/go.mod" "$0" | sha256sum) ]]; then
+if [[ -s $archive && -s $cache/inputs && $(cat "$cache/inputs") == $(sha256sum "$here/go.mod" "$here/go.sum" "$0" | sha256sum) ]]; then
   echo "$archive"
   exit 0
 fi
@@ -51,5 +51,5 @@ docker build -q -t "$image" "$work/context" >&2
 docker save -o "$archive.tmp" "$image"
 mv -f "$archive.tmp" "$archive"
 [[ $started == 0 ]] || bash "$here/../image/dockerd.sh" stop >&2
-sha256sum "$here/go.mod" "$0" | sha256sum > "$cache/inputs"
+sha256sum "$here/go.mod" "$here/go.sum" "$0" | sha256sum > "$cache/inputs"
 echo "$archive"
