@@ -29,7 +29,7 @@ if [[ ${1:-} == --deploy ]]; then
 fi
 
 archive=$cache/go-pod-identity-webhook.tar
-if [[ -s $archive && -s $cache/inputs && $(cat "$cache/inputs") == $(sha256sum "$here/go.mod" "$here/go.sum" "$0" | sha256sum) ]]; then
+if [[ -s $archive && -s $cache/inputs && $(cat "$cache/inputs") == $(cat "$here/go.mod" "$here/go.sum" "$0" | sha256sum) ]]; then
   echo "$archive"
   exit 0
 fi
@@ -51,5 +51,5 @@ docker build -q -t "$image" "$work/context" >&2
 docker save -o "$archive.tmp" "$image"
 mv -f "$archive.tmp" "$archive"
 [[ $started == 0 ]] || bash "$here/../image/dockerd.sh" stop >&2
-sha256sum "$here/go.mod" "$here/go.sum" "$0" | sha256sum > "$cache/inputs"
+cat "$here/go.mod" "$here/go.sum" "$0" | sha256sum > "$cache/inputs"
 echo "$archive"
