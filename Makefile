@@ -119,8 +119,14 @@ chart-lint:
 # A single-node cluster of real components in a network namespace of its own (root; see
 # tools/local-cluster/README.md): builds what is missing, installs the chart with its defaults.
 .PHONY: cluster-up cluster-down cluster-test cluster-images
+# CERT_MANAGER=1: cert-manager too (tools/cert-manager; built here, where the module proxy is
+# reachable, then installed from inside the cluster's namespace).
+CERT_MANAGER ?= 0
+CERT_MANAGER_LOAD ?= ctr -a $(or $(LOCAL_CLUSTER_STATE),/var/lib/pii-local-cluster)/containerd/containerd.sock -n k8s.io images import
 cluster-up: $(STAMP) plane cluster-images
 	$(BIN)/python tools/local-cluster/cluster.py up
+	@if [ "$(CERT_MANAGER)" = 1 ]; then bash tools/cert-manager/build.sh >/dev/null \
+	  && LOAD_IMAGE="$(CERT_MANAGER_LOAD)" tools/local-cluster/run -- bash tools/cert-manager/install.sh; fi
 
 # Debian packages, helm/kubectl and the images, beside the Kubernetes build.
 cluster-images: $(STAMP)
