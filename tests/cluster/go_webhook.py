@@ -57,14 +57,24 @@ def image_of(archive: str) -> str:
     return "localhost/go-pod-identity-webhook:" + Path(archive).parent.name
 
 
-def manifests(deploy: Path, image: str) -> list[dict]:
-    """The deploy/ manifests as the Go project's Makefile applies them (IMAGE replaced), with the
-    image already on the node (no pull) and cert-manager's part done by `certificate_objects`."""
+def published(deploy: Path, image: str) -> list[dict]:
+    """The deploy/ manifests exactly as the Go project's Makefile applies them: IMAGE replaced."""
     documents = [d for f in sorted(deploy.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
     for document in documents:
         if document["kind"] == "Deployment":
             for container in document["spec"]["template"]["spec"]["containers"]:
+                assert container["image"] == "IMAGE"
                 container["image"] = image
+    return documents
+
+
+def manifests(deploy: Path, image: str) -> list[dict]:
+    """`published`, with the image already on the node (no pull: it is in no registry) and
+    cert-manager's part done by `certificate_objects`."""
+    documents = published(deploy, image)
+    for document in documents:
+        if document["kind"] == "Deployment":
+            for container in document["spec"]["template"]["spec"]["containers"]:
                 container["imagePullPolicy"] = "IfNotPresent"
     documents, ca_bundle = certificate_objects(documents)
     for document in documents:
@@ -88,3 +98,5 @@ def remove(kubectl: Kubectl) -> None:
         kubectl("-n", NAMESPACE, "delete", *target, "--ignore-not-found", "--wait=false")
     kubectl("delete", "clusterrole", NAME, "--ignore-not-found")
     kubectl("delete", "clusterrolebinding", NAME, "--ignore-not-found")
+    kubectl("-n", NAMESPACE, "delete", "certificate", NAME, "--ignore-not-found", check=False)
+    kubectl("delete", "clusterissuer", "selfsigned", "--ignore-not-found", check=False)
