@@ -145,7 +145,15 @@ CLUSTER_PYTEST := LOCAL_CLUSTER_TIER=1 tools/local-cluster/run -- $(BIN)/pytest 
 cluster-test: cluster-up
 	$(CLUSTER_PYTEST) tests/cluster/test_smoke.py
 
-e2e-cluster: cluster-up
+# Images the migration scenarios add (built where the module proxy is reachable, before the
+# tests enter the cluster's namespace): cert-manager and the Go webhook (tools/cert-manager,
+# tools/go-webhook), side by side with cluster-up under make -j.
+.PHONY: cluster-extras
+cluster-extras:
+	bash tools/go-webhook/build.sh >/dev/null
+	bash tools/cert-manager/build.sh >/dev/null
+
+e2e-cluster: cluster-up cluster-extras
 	@mkdir -p .bench && rm -f .bench/reliability.jsonl
 	LOCAL_CLUSTER_FIGURES=$(CURDIR)/.bench/reliability.jsonl $(CLUSTER_PYTEST) tests/cluster
 	@cat .bench/reliability.jsonl
