@@ -42,6 +42,11 @@ for binary in controller cainjector webhook; do
   printf 'FROM scratch\nCOPY %s /app/cmd/%s\nUSER 1000:1000\nENTRYPOINT ["/app/cmd/%s"]\n' \
     "$binary" "$binary" "$binary" > "$work/$binary/Dockerfile"
 done
+# tools/image's daemon and its lock: one user at a time, and whoever started it stops it.
+images_cache=${POD_IDENTITY_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pod-identity-injector-images}
+mkdir -p "$images_cache"
+exec 9>"$images_cache/lock"
+flock 9
 eval "$(bash "$here/../image/dockerd.sh" env)"
 started=0
 if ! docker info >/dev/null 2>&1; then
@@ -55,5 +60,6 @@ for binary in controller cainjector webhook; do
   mv -f "$cache/cert-manager-$binary.tar.tmp" "$cache/cert-manager-$binary.tar"
 done
 [[ $started == 0 ]] || bash "$here/../image/dockerd.sh" stop >&2
+exec 9>&-
 echo "$inputs" > "$cache/inputs"
 for binary in controller cainjector webhook; do echo "$cache/cert-manager-$binary.tar"; done
