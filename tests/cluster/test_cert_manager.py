@@ -73,6 +73,11 @@ def cert_manager_mode(request, kubectl: Kubectl) -> Iterator[str]:
     finally:
         kubectl.helm("upgrade", RELEASE, CHART, "-n", RELEASE_NAMESPACE, "--reset-values", *IMAGE_VALUES,
                      "--wait", "--timeout", "5m", timeout=320)
+        # cert-manager's Secret outlives its Certificate, and the chart does not adopt a Secret it
+        # did not make (a later install would refuse it): gone, the next upgrade renders the chart's.
+        kubectl("-n", RELEASE_NAMESPACE, "delete", "secret", f"{RELEASE}-tls", "--ignore-not-found")
+        kubectl.helm("upgrade", RELEASE, CHART, "-n", RELEASE_NAMESPACE, "--reset-values", *IMAGE_VALUES,
+                     "--wait", "--timeout", "5m", timeout=320)
         if request.param == "existing-issuer":
             for kind, name in (("clusterissuer", ISSUER), ("clusterissuer", "test-selfsigned")):
                 kubectl("delete", kind, name, "--ignore-not-found", check=False)
