@@ -33,9 +33,14 @@ LABEL org.opencontainers.image.title="pod-identity-injector" \
 COPY --from=build /opt/venv /opt/venv
 # The Go webhook's Deployments run `/webhook --flag=…`; flags alone mean `serve` here, so
 # switching a Deployment needs only a new image. The base's own pip (the official image has
-# one) is not needed at run time either.
+# one) is not needed at run time either. The interpreter gets the file capability
+# cap_net_bind_service=+p (permitted, not effective; no setcap needed): the Go webhook's
+# manifests listen on 443, and the webhook makes the capability effective only for a port below
+# 1024 (docs/image.md#port-443).
 RUN ln -s /opt/venv/bin/pod-identity-injector /webhook \
-    && (pip uninstall --yes pip setuptools wheel >/dev/null 2>&1 || true)
+    && (pip uninstall --yes pip setuptools wheel >/dev/null 2>&1 || true) \
+    && python3 -c "import os, struct; os.setxattr(os.path.realpath('/opt/venv/bin/python3'), \
+'security.capability', struct.pack('<5I', 0x02000000, 1 << 10, 0, 0, 0))"
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # Numeric non-root user (runAsNonRoot can verify it); nothing is written outside /tmp,
 # so the root filesystem can be read-only (mount an emptyDir at /tmp for self-managed certs).

@@ -119,8 +119,14 @@ chart-lint:
 # A single-node cluster of real components in a network namespace of its own (root; see
 # tools/local-cluster/README.md): builds what is missing, installs the chart with its defaults.
 .PHONY: cluster-up cluster-down cluster-test cluster-images
+# CERT_MANAGER=1: cert-manager too (tools/cert-manager; built here, where the module proxy is
+# reachable, then installed from inside the cluster's namespace).
+CERT_MANAGER ?= 0
+CERT_MANAGER_LOAD ?= ctr -a $(or $(LOCAL_CLUSTER_STATE),/var/lib/pii-local-cluster)/containerd/containerd.sock -n k8s.io images import
 cluster-up: $(STAMP) plane cluster-images
 	$(BIN)/python tools/local-cluster/cluster.py up
+	@if [ "$(CERT_MANAGER)" = 1 ]; then bash tools/cert-manager/build.sh >/dev/null \
+	  && LOAD_IMAGE="$(CERT_MANAGER_LOAD)" tools/local-cluster/run -- bash tools/cert-manager/install.sh; fi
 
 # Debian packages, helm/kubectl and the images, beside the Kubernetes build.
 cluster-images: $(STAMP)
@@ -139,7 +145,15 @@ CLUSTER_PYTEST := LOCAL_CLUSTER_TIER=1 tools/local-cluster/run -- $(BIN)/pytest 
 cluster-test: cluster-up
 	$(CLUSTER_PYTEST) tests/cluster/test_smoke.py
 
-e2e-cluster: cluster-up
+# Images the migration scenarios add (built where the module proxy is reachable, before the
+# tests enter the cluster's namespace): cert-manager and the Go webhook (tools/cert-manager,
+# tools/go-webhook), side by side with cluster-up under make -j.
+.PHONY: cluster-extras
+cluster-extras:
+	bash tools/go-webhook/build.sh >/dev/null
+	bash tools/cert-manager/build.sh >/dev/null
+
+e2e-cluster: cluster-up cluster-extras
 	@mkdir -p .bench && rm -f .bench/reliability.jsonl
 	LOCAL_CLUSTER_FIGURES=$(CURDIR)/.bench/reliability.jsonl $(CLUSTER_PYTEST) tests/cluster
 	@cat .bench/reliability.jsonl

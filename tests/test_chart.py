@@ -221,13 +221,13 @@ def test_default_webhook_configuration(helm):
     assert "caBundle" not in hook["clientConfig"]
 
 
-def test_namespace_selector_excludes_release_namespace_and_kube_system(helm):
+def test_namespace_selector_excludes_the_release_namespace_and_sends_kube_system_as_the_go_webhook_does(helm):
+    """IRSA add-ons live in kube-system; the Go webhook and EKS mutate them (docs/migrate.md#kube-system)."""
     (hook,) = webhooks(render(helm))
     selector = hook["namespaceSelector"]
-    assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NS, "kube-system"]} in \
-        selector["matchExpressions"]
+    assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NS]} in selector["matchExpressions"]
     assert not matches(selector, ns_labels(NS))
-    assert not matches(selector, ns_labels("kube-system"))
+    assert matches(selector, ns_labels("kube-system"))
     assert matches(selector, ns_labels("default"))
     assert matches(selector, ns_labels("team-a"))
 
@@ -996,7 +996,8 @@ def test_helm_test_follows_strict_mode_and_prefix(helm):
 
 
 def test_helm_test_skipped_when_its_namespace_is_not_mutated(helm):
-    for sets in (("tests.namespace=kube-system",), (f"tests.namespace={NS}",), ("tests.enabled=false",)):
+    for sets in (("tests.namespace=kube-system", "webhook.namespaceSelector.excludeNamespaces={kube-system}"),
+                 (f"tests.namespace={NS}",), ("tests.enabled=false",)):
         docs = render(helm, "default", *sets)
         assert not [d for d in docs if is_hook(d)]
         assert not [d for d in docs if (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "test"]
@@ -1038,7 +1039,22 @@ def test_notes_tell_how_to_annotate_a_service_account(helm):
     assert "kubectl -n <namespace> annotate serviceaccount <serviceaccount>" in notes
     assert "eks.amazonaws.com/role-arn=arn:aws:iam::<account-id>:role/<role-name>" in notes
     assert f"helm test {RELEASE} -n {NS}" in notes
-    assert f"{NS}, kube-system" in notes
+    assert f"never pods in the namespaces {NS};" in notes
+    assert "WARNING" not in notes
+
+
+@pytest.mark.parametrize(("namespace", "sets", "fix"), [
+    (NS, ["--set", "webhook.namespaceSelector.excludeNamespaces={kube-system}"],
+     "Remove kube-system from webhook.namespaceSelector.excludeNamespaces"),
+    ("kube-system", [], "Install the chart in a namespace of its own"),
+])
+def test_notes_warn_first_when_kube_system_add_ons_would_go_without_credentials(helm, namespace, sets, fix):
+    result = run_helm("install", RELEASE, str(CHART), "--namespace", namespace, "--dry-run=client", *sets)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    warning = notes.index("WARNING: pods in kube-system are NOT sent to this webhook")
+    assert warning < notes.index("Which pods are sent to the webhook")
+    assert fix in notes and "pod-identity-injector audit -n kube-system" in notes
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)

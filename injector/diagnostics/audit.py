@@ -21,6 +21,10 @@ from injector.diagnostics.live import LiveCluster, LiveError, SharedReads, case_
 # Findings that only restate that the pod was not mutated; the reason is in the others.
 _RESTATING = frozenset({"pod-not-injected"})
 _ROLLOUT_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+# The add-ons most often missed after a migration run there (docs/migrate.md#kube-system).
+KUBE_SYSTEM_NOTE = ("; the Go webhook and EKS mutate kube-system, where IRSA add-ons run "
+                    "(aws-load-balancer-controller, aws-ebs-csi-driver, cluster-autoscaler, Karpenter): "
+                    "take it out of the webhook's excluded namespaces")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +113,15 @@ async def run(args: argparse.Namespace, settings: MutationSettings) -> list[Entr
 def render_audit(entries: list[Entry]) -> str:
     if not entries:
         return "every pod whose ServiceAccount has an identity carries its credentials"
+    excluded = sorted({e.namespace for e in entries if "namespace-not-selected" in e.reasons})
+    lines = [f"namespace {namespace} is not sent to the webhook (its namespaceSelector): no pod there gets credentials"
+             + (KUBE_SYSTEM_NOTE if namespace == "kube-system" else "") for namespace in excluded]
     rows = [("NAMESPACE", "POD", "SERVICEACCOUNT", "OWNER", "REASON")]
     rows += [(e.namespace, e.pod, e.service_account, f"{e.owner_kind}/{e.owner_name}", ",".join(e.reasons))
              for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(value.ljust(width) for value, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
-             for row in rows]
+    lines += ["  ".join(value.ljust(width) for value, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+              for row in rows]
     lines.append("")
     lines += [f"{e.namespace}/{e.pod}: {m}" for e in entries for m in e.messages[:1]]
     lines += sorted({f"restart: {e.restart}" for e in entries})

@@ -295,7 +295,7 @@ def _check_webhook(case: Case, out: _Findings, stored_missing: bool) -> list[str
         if not matches:
             out.add("namespace-not-selected", FAIL if not case.stored or stored_missing else WARN, s,
                     f"the webhook's namespaceSelector excludes namespace {case.namespace}: {why}",
-                    "label the namespace so the selector matches, or change the webhook's namespaceSelector")
+                    _namespace_fix(case.namespace, why))
             causes.append("namespace-not-selected")
     for code, message in case.webhook.problems:
         out.add(code, severity, s, message, _WEBHOOK_FIXES.get(code, ""))
@@ -693,3 +693,14 @@ def render(report: Report) -> str:
         role = report.identity.role_arn or report.identity.mode.value if report.identity else ""
         lines.append(f"result: the pod gets credentials ({role})")
     return "\n".join(lines)
+
+
+def _namespace_fix(namespace: str, why: str) -> str:
+    """Excluded by name (the chart's list, or its own namespace), no label helps."""
+    if not why.startswith("kubernetes.io/metadata.name NotIn"):
+        return "label the namespace so the selector matches, or change the webhook's namespaceSelector"
+    fix = (f"take {namespace} out of the webhook's namespaceSelector (chart: webhook.namespaceSelector."
+           f"excludeNamespaces); the chart's own namespace is always excluded, so install it in a namespace of its own")
+    if namespace == "kube-system":
+        fix += ". The Go webhook and EKS mutate kube-system, where IRSA add-ons run (docs/migrate.md#kube-system)"
+    return fix

@@ -15,6 +15,9 @@ from typing import Any
 import aiohttp
 import orjson
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from injector.core.settings import SettingsError
 
 ListCall = Callable[..., Awaitable[Any]]
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -40,7 +43,17 @@ class KubeError(Exception):
 
 
 async def api_client(kubeconfig: str = "", kube_api: str = "") -> client.ApiClient:
-    """--kubeconfig, else in-cluster config, else the default kubeconfig; --kube-api overrides the URL."""
+    """--kubeconfig, else in-cluster config, else the default kubeconfig; --kube-api overrides the URL.
+    No usable configuration is a `SettingsError`: start-up ends with one line saying so."""
+    try:
+        configuration = await _configuration(kubeconfig, kube_api)
+    except (ConfigException, OSError) as exc:
+        where = f"--kubeconfig={kubeconfig}" if kubeconfig else "no --kubeconfig or in-cluster token: ~/.kube/config"
+        raise SettingsError(f"cannot configure the API client ({where}): {exc}") from None
+    return client.ApiClient(configuration=configuration)
+
+
+async def _configuration(kubeconfig: str, kube_api: str) -> client.Configuration:
     configuration = client.Configuration()
     if kubeconfig:
         await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
@@ -52,7 +65,7 @@ async def api_client(kubeconfig: str = "", kube_api: str = "") -> client.ApiClie
         await config.load_kube_config(client_configuration=configuration)
     if kube_api:
         configuration.host = kube_api.rstrip("/")
-    return client.ApiClient(configuration=configuration)
+    return configuration
 
 
 async def _read_json(response: Any) -> Any:

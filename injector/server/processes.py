@@ -53,11 +53,12 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
     uvloop = None
 
-from injector.core.settings import ServeSettings
+from injector.core.settings import ServeSettings, SettingsError
 from injector.server.connections import ConnectionLimits, ConnectionStats, GuardedSite
 from injector.server.heap import trim_heap, trim_heap_every
 from injector.server.logs import configure_logging, flush_logs
 from injector.server.metrics import Exposition, Metrics, use_multiprocess_dir
+from injector.server.ports import allow_low_ports, check_can_listen, listen_failure, listening_ports
 from injector.server.routes import (
     ServerJobs,
     ServerState,
@@ -91,7 +92,10 @@ def run(settings: ServeSettings) -> int:
     """`serve`: validate everything up front, then serve until SIGTERM/SIGINT."""
     configure_logging(settings.log_format, settings.log_level)
     settings = replace(settings, workers=settings.workers or available_cpus())
+    if any(port < 1024 for _, port in listening_ports(settings)):
+        log.info("port below 1024: NET_BIND_SERVICE", effective=allow_low_ports())
     inputs = load_inputs(settings)  # fail fast, in the foreground, on bad files or flags
+    check_can_listen(settings)  # a port that cannot be had: one line now, not one per worker
     # Everything imported and inputs lives as long as the process, and none of it is garbage:
     # out of the collector's sight, a full collection no longer walks ~80k objects (70-90 ms
     # each, here, and one before the fork), and no collection writes to their pages.
@@ -154,16 +158,22 @@ async def _serve(state: ServerState, jobs: list[Any], *, then: Callable[[], Awai
     background.start()
     runner = web.ServerRunner(webhook_routes(state).server(access_log=None), shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
-    await _listen(runner, settings, settings.port, ssl_context=tls.server_context(), reuse_port=reuse_port)
     serving = Serving(runner, background)
-    if settings.health_port:  # the kubelet's own port (docs/reference.md#probes)
-        serving.health_runner = web.ServerRunner(health_routes(state).server(access_log=None))
-        await serving.health_runner.setup()
-        await _listen(serving.health_runner, settings, settings.health_port, reuse_port=reuse_port)
-    if exposition is not None and settings.metrics_port:
-        serving.metrics_runner = web.ServerRunner(metrics_routes(state, exposition).server(access_log=None))
-        await serving.metrics_runner.setup()
-        await _listen(serving.metrics_runner, settings, settings.metrics_port)
+    try:
+        await _listen(runner, settings, "--port", settings.port, ssl_context=tls.server_context(),
+                      reuse_port=reuse_port)
+        if settings.health_port:  # the kubelet's own port (docs/reference.md#probes)
+            serving.health_runner = web.ServerRunner(health_routes(state).server(access_log=None))
+            await serving.health_runner.setup()
+            await _listen(serving.health_runner, settings, "--health-port", settings.health_port,
+                          reuse_port=reuse_port)
+        if exposition is not None and settings.metrics_port:
+            serving.metrics_runner = web.ServerRunner(metrics_routes(state, exposition).server(access_log=None))
+            await serving.metrics_runner.setup()
+            await _listen(serving.metrics_runner, settings, "--metrics-port", settings.metrics_port)
+    except SettingsError:
+        await serving.close()  # the jobs too: the process ends with one line (cli/main.py), nothing else
+        raise
     log.info("serving", port=settings.port, metrics_port=settings.metrics_port if serving.metrics_runner else None,
              health_port=settings.health_port or None, pid=os.getpid())
     return serving
@@ -277,6 +287,9 @@ def _fork_workers(inputs: ServingInputs, count: int) -> list[Worker]:
                         other_theirs.close()
                 _die_with(supervisor)
                 code = _run_loop(worker_process(inputs, index, theirs))
+            except SettingsError as exc:  # its port, taken since the supervisor's check
+                log.error("worker cannot serve", worker=index, error=str(exc))
+                code = 2
             except BaseException:
                 log.exception("worker failed", worker=index)
             finally:
@@ -403,11 +416,16 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _listen(runner: web.BaseRunner, settings: ServeSettings, port: int, **kwargs: Any) -> web.TCPSite:
-    """Listen on `port` with the slow-client limits (docs/reference.md#connections)."""
+async def _listen(runner: web.BaseRunner, settings: ServeSettings, flag: str, port: int,
+                  **kwargs: Any) -> web.TCPSite:
+    """Listen on `port` with the slow-client limits (docs/reference.md#connections); a port that
+    cannot be had is a `SettingsError` naming `flag`."""
     site = GuardedSite(runner, settings.bind_address or None, port, limits=connection_limits(settings),
                        stats=ConnectionStats(), backlog=1024, **kwargs)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        raise SettingsError(listen_failure(flag, port, settings.bind_address, exc)) from None
     return site
 
 

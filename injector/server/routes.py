@@ -392,8 +392,10 @@ def _probes(state: ServerState) -> dict[str, Route]:
 
 
 def metrics_routes(state: ServerState, exposition: Any) -> Routes:
-    """The plain-HTTP port: /metrics and, on request, the identity cache debug routes."""
-    routes = {"/metrics": Route(partial(handle_metrics, exposition), GET)}
+    """The plain-HTTP port: /metrics, /healthz and, on request, the identity cache debug routes.
+    /healthz is here as in the Go webhook up to v0.5.5, whose manifests (kOps's addon, the
+    community chart) still probe it on this port (docs/migrate.md#probes)."""
+    routes = {"/metrics": Route(partial(handle_metrics, exposition), GET), "/healthz": Route(handle_healthz, GET)}
     if state.settings.enable_debugging_handlers:
         routes["/debug/alpha/cache"] = Route(partial(handle_debug_cache, state), GET)
         routes["/debug/alpha/cache/clear"] = Route(partial(handle_debug_cache_clear, state))

@@ -73,7 +73,22 @@ def test_skip_containers_are_left_alone(kubectl: Kubectl, namespace: str) -> Non
     assert found["proxy"]["env"] == {} and "aud" not in found["proxy"]
 
 
-@pytest.mark.parametrize("excluded", ["kube-system", RELEASE_NAMESPACE])
+def test_an_add_on_in_kube_system_gets_credentials_as_with_the_go_webhook(kubectl: Kubectl) -> None:
+    """IRSA add-ons (aws-load-balancer-controller, Karpenter, ...) run in kube-system; the Go
+    webhook and EKS mutate them, and so does the chart by default (docs/migrate.md#kube-system)."""
+    namespace, name = "kube-system", "irsa-add-on-check"
+    kubectl.apply(service_account(namespace, name), {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": pod_spec(name, [container("main")])})
+    try:
+        wait_phase(kubectl, namespace, name, ("Running",))
+        assert_credentials(reports(kubectl, namespace, name, ["main"])["main"], namespace, name)
+    finally:
+        kubectl("-n", namespace, "delete", "pod", name, "--wait=false", check=False)
+        kubectl("-n", namespace, "delete", "serviceaccount", name, check=False)
+
+
+@pytest.mark.parametrize("excluded", [RELEASE_NAMESPACE])
 def test_pods_in_excluded_namespaces_stay_untouched(kubectl: Kubectl, excluded: str) -> None:
     name = "excluded-check"
     kubectl.apply(service_account(excluded, name), {

@@ -27,3 +27,12 @@ def test_the_listing_names_pod_owner_reason_and_restart():
     assert "restart: kubectl -n team rollout restart deployment/web" in text
     assert entry.as_json()["owner"] == {"kind": "Deployment", "name": "web"}
     assert render_audit([]).startswith("every pod")
+
+
+def test_an_excluded_kube_system_is_said_first_with_the_add_ons_it_leaves_without_credentials():
+    entry = Entry("kube-system", "aws-load-balancer-controller-7d-x", "aws-load-balancer-controller",
+                  "arn:aws:iam::111122223333:role/lbc", "Deployment", "aws-load-balancer-controller",
+                  ("namespace-not-selected",), ("the webhook's namespaceSelector excludes namespace kube-system: …",))
+    first = render_audit([entry]).splitlines()[0]
+    assert first.startswith("namespace kube-system is not sent to the webhook")
+    assert "the Go webhook and EKS mutate kube-system" in first and "aws-load-balancer-controller" in first

@@ -107,3 +107,18 @@ def test_webhook_findings_explain_a_pod_the_webhook_never_saw():
 def test_ca_bundle_problem_is_empty_when_the_bundle_signed_it():
     assert "no caBundle" in ca_bundle_problem("", b"")
     assert "not base64 PEM" in ca_bundle_problem(base64.b64encode(b"junk").decode(), b"")
+
+
+def test_a_namespace_excluded_by_name_is_fixed_by_the_list_not_by_a_label():
+    account = {"metadata": {"name": "lbc", "annotations": {"eks.amazonaws.com/role-arn":
+                                                          "arn:aws:iam::111122223333:role/lbc"}}}
+    the_pod = {"metadata": {"name": "p"}, "spec": {"serviceAccountName": "lbc", "containers": [{"name": "a"}]}}
+    hook = {**HOOK, "namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["webhook-system", "kube-system"]}]}}
+    view = WebhookView("pod-identity-webhook", hook, ())
+    report = diagnose(Case(the_pod, "kube-system", account, MutationSettings(), live=True,
+                           namespace_labels={"kubernetes.io/metadata.name": "kube-system"}, webhook=view,
+                           webhook_searched=True))
+    (finding,) = [f for f in report.findings if f.code == "namespace-not-selected"]
+    assert "take kube-system out of the webhook's namespaceSelector" in finding.fix
+    assert "The Go webhook and EKS mutate kube-system" in finding.fix

@@ -145,7 +145,7 @@ async def test_skip_label_keeps_the_pod_away_from_the_webhook(admin, namespace, 
 
 
 async def test_the_webhooks_own_namespace_is_excluded(admin, webhook):
-    """deploy/webhook-configuration.yaml excludes the webhook's namespace (and kube-system)
+    """deploy/webhook-configuration.yaml excludes the webhook's namespace
     even where the rest of the selector matches."""
     await admin.call(admin.core.patch_namespace, WEBHOOK_NAMESPACE, {"metadata": {"labels": webhook.namespace_labels}})
     await admin.service_account(WEBHOOK_NAMESPACE, "excluded-app", ANNOTATIONS)

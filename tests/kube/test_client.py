@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
+from injector.core.settings import SettingsError
 from injector.kube import client as kube
 
 
@@ -68,3 +69,10 @@ async def test_a_watch_that_goes_silent_ends_at_its_idle_deadline(monkeypatch):
 def test_the_deadlines_are_set_for_a_busy_cluster_not_for_ever():
     assert kube.CALL_TIMEOUT.total and kube.CALL_TIMEOUT.sock_read and kube.CALL_TIMEOUT.connect
     assert kube.WATCH_CALL_TIMEOUT.total is None and kube.WATCH_CALL_TIMEOUT.sock_read == kube.WATCH_IDLE
+
+
+def test_an_unusable_kubeconfig_is_a_settings_error_naming_it(tmp_path):
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nkind: Config\n")
+    with pytest.raises(SettingsError, match=f"cannot configure the API client \\(--kubeconfig={broken}\\)"):
+        asyncio.run(kube.api_client(str(broken)))

@@ -338,6 +338,14 @@ async def test_the_metrics_port_renders_the_go_names_and_dumps_the_cache_on_requ
         assert await (await metrics.get("/debug/alpha/cache")).json() == {}
 
 
+async def test_the_metrics_port_answers_healthz_as_older_go_manifests_probe_it():
+    """kOps's addon and the community chart probe /healthz on port 9999 (docs/migrate.md#probes)."""
+    state = make_state()
+    async with client_of(metrics_routes(state, Exposition(state.metrics))) as metrics:
+        response = await metrics.get("/healthz")
+        assert response.status == 200 and await response.text() == "ok"
+
+
 async def test_the_debug_clear_empties_what_the_go_webhook_clears_and_asks_the_sources_to_list_again():
     """docs/reference.md#debug-routes: the ServiceAccount and ConfigMap tables, refilled by a
     relist; the EKS Pod Identity list, which nothing would refill, is kept."""

@@ -43,6 +43,7 @@ import platform
 import py_compile
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -94,6 +95,11 @@ ARCHES = {
 MANYLINUX = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_17",
              "manylinux2014")
 NONROOT = 65532
+# The interpreter may bind ports below 1024 as nonroot: the file capability cap_net_bind_service=+p
+# (struct vfs_cap_data, revision 2, permitted only: the kernel never refuses the exec where the
+# container's bounding set lacks it; the webhook makes it effective when a port below 1024 is asked
+# for, injector/server/ports.py). A PAX xattr record, as docker and containerd write and apply it.
+FILE_CAPABILITIES = {f"usr/bin/{PYTHON}": struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)}
 VENV = "opt/venv"
 SITE = f"{VENV}/lib/{PYTHON}/site-packages"
 ENV = ["PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
@@ -483,6 +489,10 @@ def layer(layout: Layout, root: Path, work: Path, epoch: int) -> tuple[dict, str
             # long name, as pax does (800 of them here); pax only for what ustar cannot hold.
             tar.format = tarfile.USTAR_FORMAT if len(rel) <= 255 and len(info.linkname) <= 100 \
                 else tarfile.PAX_FORMAT
+            if rel in FILE_CAPABILITIES and info.isreg():
+                value = FILE_CAPABILITIES[rel].decode("utf-8", "surrogateescape")
+                info.pax_headers = {"SCHILY.xattr.security.capability": value}
+                tar.format = tarfile.PAX_FORMAT
             if info.isreg():
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
