@@ -6,7 +6,7 @@ import json
 import time
 
 from .conftest import Kubectl
-from .standin_fixtures import POD_CA_BUNDLE, SDK_IMAGE
+from .standin_fixtures import POD_CA_BUNDLE, SDK_IMAGE, STS_URL
 
 # In the pod: which credential provider boto3's default chain picked, and what STS says we are.
 PROGRAM = r"""
@@ -46,7 +46,7 @@ def sdk_pod(namespace: str, name: str, service_account: str) -> dict:
                      "name": "sdk", "image": SDK_IMAGE, "imagePullPolicy": "Never",
                      "command": ["python3", "-c", PROGRAM],
                      # Only what points the SDK at the stand-ins; the credentials come from the webhook.
-                     "env": [{"name": "AWS_ENDPOINT_URL_STS", "value": "https://192.0.2.10:8443"},
+                     "env": [{"name": "AWS_ENDPOINT_URL_STS", "value": STS_URL},
                              {"name": "AWS_CA_BUNDLE", "value": POD_CA_BUNDLE},
                              {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"}],
                      "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},

@@ -34,7 +34,7 @@ FAULT_AT = 5.0
 # the pod status update, the endpoints controller, the API server's endpoints informer.
 ENDPOINT_WINDOW = 5.0
 FIGURES = os.environ.get("LOCAL_CLUSTER_FIGURES", "")
-CLUSTER = Path(__file__).resolve().parents[2] / "tools" / "local-cluster" / "cluster.py"
+CLUSTER = Path(__file__).resolve().parents[2] / "tools" / "kind" / "cluster.py"
 
 
 @pytest.fixture
