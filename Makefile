@@ -17,7 +17,7 @@ help:
 	@echo "make bench-side-by-side GO_WEBHOOK=... - the Go webhook and serve in alternating rounds"
 	@echo "make bench-instructions - instructions per admission, per step (valgrind; does not drift)"
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
-	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
+	@echo "make cluster-up   - a one-node kind cluster (built offline) with the chart installed from a registry"
 	@echo "make cluster-down - stop it and remove everything it made"
 	@echo "make release REGISTRY=host[:port][/path] [VERSION=x.y.z] - image (amd64+arm64), chart, SBOMs, signatures"
 	@echo "make release-test - make release against a fresh loopback registry, then what users check"
@@ -116,25 +116,27 @@ chart-lint:
 			|| exit 1; \
 	done
 
-# A single-node cluster of real components in a network namespace of its own (root; see
-# tools/local-cluster/README.md): builds what is missing, installs the chart with its defaults.
+# The cluster tier's cluster: kind (tools/kind/README.md), one node, built offline (node image
+# from the Go module proxy and Debian, cached in ~/.cache), our image and chart released to a
+# registry on kind's network and installed from it with the chart's defaults. Root.
 .PHONY: cluster-up cluster-down cluster-test cluster-images
-cluster-up: $(STAMP) plane cluster-images
-	$(BIN)/python tools/local-cluster/cluster.py up
+cluster-up: $(STAMP) cluster-images
+	$(BIN)/python tools/kind/cluster.py up
 
-# Debian packages, helm/kubectl and the images, beside the Kubernetes build.
-cluster-images: $(STAMP)
-	$(BIN)/python tools/local-cluster/cluster.py images
+# kind, the node image, the workload image, helm and the release tools. After `plane`, so that
+# the two Kubernetes builds never share the two cores on a cold machine.
+cluster-images: $(STAMP) plane
+	$(BIN)/python tools/kind/cluster.py images
 
 # Needs nothing but python3: it must work even when the venv or the cluster is half gone.
 cluster-down:
-	python3 tools/local-cluster/cluster.py down
+	python3 tools/kind/cluster.py down
 
-# The cluster tier, inside the cluster's namespace. Each target brings the cluster up if it is
+# The cluster tier, with the cluster's kubeconfig. Each target brings the cluster up if it is
 # not (and leaves it up); fails, never skips, when it cannot start. cluster-test is the smoke
 # tier alone; e2e-cluster is every scenario (IRSA and Pod Identity through the real SDK,
 # workload shapes, the chart's life, faults under load), its figures in .bench/reliability.jsonl.
-CLUSTER_PYTEST := LOCAL_CLUSTER_TIER=1 tools/local-cluster/run -- $(BIN)/pytest -q -p no:cacheprovider
+CLUSTER_PYTEST := LOCAL_CLUSTER_TIER=1 tools/kind/run -- $(BIN)/pytest -q -p no:cacheprovider
 .PHONY: e2e-cluster
 cluster-test: cluster-up
 	$(CLUSTER_PYTEST) tests/cluster/test_smoke.py

@@ -432,12 +432,16 @@ def daemon_up() -> bool:
 
 def cmd_down(_: argparse.Namespace) -> int:
     if daemon_up():
-        run([KIND, "delete", "cluster", "--name", NAME], check=False, capture=True)
+        # The daemon is kind's own (tests only): every cluster, container and network on it goes,
+        # `make e2e-kind`'s included.
+        for cluster in run([KIND, "get", "clusters"], check=False, capture=True).stdout.split():
+            run([KIND, "delete", "cluster", "--name", cluster], check=False, capture=True)
         with contextlib.suppress(SystemExit):
-            ids = docker("ps", "-aq", "--filter", f"label=io.x-k8s.kind.cluster={NAME}").split()
+            ids = docker("ps", "-aq").split()
             if ids:
-                docker("rm", "-f", *ids)
-        docker("network", "rm", NETWORK, check=False)
+                docker("rm", "-f", "-v", *ids)
+            for network in docker("network", "ls", "-q", "--filter", "type=custom").split():
+                docker("network", "rm", network, check=False)
         run(["bash", str(REPO / "tools/image/dockerd.sh"), "stop"], check=False)
     sys.path.insert(0, str(REPO / "tools/release"))
     import registry
@@ -465,7 +469,7 @@ def leftovers() -> list[str]:
         found.append(f"{pid_file}")
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
     found += [f"link {line.split(':')[1].strip()}" for line in links.splitlines()
-              if f" {BRIDGE}:" in line or f"master {BRIDGE} " in line]
+              if any(f" {b}" in line for b in (f"{BRIDGE}:", f"master {BRIDGE} ", "pii-kind-e2e0"))]
     mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     found += [f"mount {m.split()[4]}" for m in mounts if m.split()[4].startswith((str(daemon_dir), str(STATE)))]
     registry_pid = STATE / "registry" / "pid"
