@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -130,7 +129,8 @@ def build_artifacts() -> dict:
     archives = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or not archives:
         raise SystemExit(f"kind-cluster: tools/image/build.sh exited {result.returncode} with {archives}")
-    workload = subprocess.run(["bash", "-c", f'. "{REPO}/tools/image/lib.sh" >/dev/null 2>&1; printf %s "$WORKLOAD_IMAGE"'],
+    workload = subprocess.run(["bash", "-c",
+                               f'. "{REPO}/tools/image/lib.sh" >/dev/null 2>&1; printf %s "$WORKLOAD_IMAGE"'],
                               capture_output=True, text=True, check=True).stdout
     return {"kind": KIND, "node_image": node_image, "helm": helm, "kubectl": str(Path(helm).with_name("kubectl")),
             "images": archives, "workload_image": workload, **build_release()}
@@ -153,7 +153,8 @@ def build_release() -> dict:
         timeout=1800, env=os.environ.copy())
     for arch in ("amd64", "arm64"):
         out = run([sys.executable, str(REPO / "tools/image/run.py"), "--layout", str(LAYOUT), "--ref",
-                   f"{version}-{arch}", "--", "version"], capture=True, timeout=300, env=os.environ.copy()).stdout.strip()
+                   f"{version}-{arch}", "--", "version"], capture=True, timeout=300,
+                  env=os.environ.copy()).stdout.strip()
         if out.split()[:1] != [version]:
             raise SystemExit(f"kind-cluster: the linux/{arch} image printed {out!r}, not {version}")
     return {"version": version, "layout": str(LAYOUT), "cosign": tools["COSIGN"]}
@@ -244,8 +245,8 @@ def network_up() -> None:
     """kind's bridge network, the agent's address on it, and routes to pods and Services via the node."""
     if not docker("network", "ls", "-q", "--filter", f"name=^{NETWORK}$").strip():
         docker("network", "create", "--driver", "bridge", "--subnet", SUBNET, "--gateway", HOST_IP,
-               "-o", f"com.docker.network.bridge.name={BRIDGE}", "-o", "com.docker.network.bridge.enable_ip_masquerade=false",
-               NETWORK)
+               "-o", f"com.docker.network.bridge.name={BRIDGE}",
+               "-o", "com.docker.network.bridge.enable_ip_masquerade=false", NETWORK)
     run(["ip", "addr", "replace", f"{POD_IDENTITY_AGENT_IP}/32", "dev", BRIDGE], env=os.environ.copy())
 
 
@@ -284,7 +285,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                   str(STATE / "kind.json"), "--kubeconfig", str(STATE / "admin.kubeconfig"), "--wait", "180s"],
                  env=env, check=False, timeout=600)
     if result.returncode != 0:
-        log(f"kind create cluster failed; `make cluster-down` removes what was made")
+        log("kind create cluster failed; `make cluster-down` removes what was made")
         return result.returncode
     os.chmod(STATE / "admin.kubeconfig", 0o600)
     (STATE / "cluster.json").write_text(json.dumps({
@@ -311,7 +312,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     log(f"chart installed, both replicas Ready ({time.monotonic() - t0:.1f} s)")
     check_mutation(artifacts)
     log(f"a test pod was mutated ({time.monotonic() - t0:.1f} s)")
-    log(f"up in {time.monotonic() - started:.0f} s (build {built - started:.0f} s, start {time.monotonic() - built:.0f} s)")
+    log(f"up in {time.monotonic() - started:.0f} s (build {built - started:.0f} s, "
+        f"start {time.monotonic() - built:.0f} s)")
     print_usage()
     return 0
 
@@ -346,7 +348,8 @@ def install_chart(artifacts: dict) -> None:
     key, then `helm install` from the OCI registry with the chart's defaults; the kubelet pulls."""
     summary = json.loads((STATE / "release.json").read_text())
     version, ca = artifacts["version"], str(STATE / "pki/ca.crt")
-    for reference in (f"{REGISTRY}/pod-identity-injector:{version}", f"{REGISTRY}/charts/pod-identity-injector:{version}"):
+    for reference in (f"{REGISTRY}/pod-identity-injector:{version}",
+                      f"{REGISTRY}/charts/pod-identity-injector:{version}"):
         run([artifacts["cosign"], "verify", "--key", summary["public_key"], "--insecure-ignore-tlog=true", reference],
             capture=True, env=dict(os.environ, SSL_CERT_FILE=ca))
         log(f"cosign verify {reference}: verified")
