@@ -27,14 +27,15 @@ mkdir -p "$KIND_BIN"
 # stamp_ok FILE KEY: FILE exists and was built for KEY (FILE.stamp holds the key).
 stamp_ok() { [[ -e $1 && -f $1.stamp && $(<"$1.stamp") == "$2" ]]; }
 stamp() { printf '%s\n' "$2" >"$1.stamp"; }
-self_hash=$(cat "$KIND_TOOLS/build.sh" "$KIND_TOOLS/lib.sh" | sha256sum | cut -c1-12)
+# Bump when the way the Go binaries are built changes: their stamps then no longer match.
+RECIPE=1
 
 # go_main NAME MODULE@VERSION OUTDIR PACKAGE...: builds main packages of a module that cannot
 # be `go install`ed (replace or exclude directives) inside a throwaway main module of our own,
 # with the module's exclude directives copied (replace directives are not needed by these).
 go_main() {
     local name=$1 modver=$2 outdir=$3; shift 3
-    local key="$modver $self_hash" p missing=0
+    local key="$modver recipe $RECIPE" p missing=0
     for p in "$@"; do stamp_ok "$outdir/${p##*/}" "$key" || missing=1; done
     ((missing)) || return 0
     local src=$KIND_CACHE/src/$name gomod
@@ -71,17 +72,17 @@ LDFLAGS_EXTRA="-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
     go_main crictl "sigs.k8s.io/cri-tools@$CRICTL_VERSION" "$KIND_BIN/node" sigs.k8s.io/cri-tools/cmd/crictl
 go_main coredns "github.com/coredns/coredns@$COREDNS_VERSION" "$KIND_BIN/coredns-$COREDNS_VERSION" \
     github.com/coredns/coredns
-if ! stamp_ok "$KIND_BIN/pause" "$self_hash"; then
+if ! stamp_ok "$KIND_BIN/pause" "$(sha256sum <"$REPO_ROOT/tools/image/pause/pause.go" | cut -c1-12)"; then
     (cd "$REPO_ROOT/tools/image/pause" && GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" \
         -o "$KIND_BIN/pause" .)
-    stamp "$KIND_BIN/pause" "$self_hash"
+    stamp "$KIND_BIN/pause" "$(sha256sum <"$REPO_ROOT/tools/image/pause/pause.go" | cut -c1-12)"
 fi
 
 # Kubernetes: tools/kind/kube in a main module pinned to KUBE_VERSION as tools/kube-test-plane
 # pins its own (every staging module required at v0.0.0 replaced by v0.MINOR.PATCH).
 kube_dir=$KIND_CACHE/kube/v$KUBE_VERSION
 KUBE=$kube_dir/kube
-kube_key="v$KUBE_VERSION $(cat "$KIND_TOOLS/kube/main.go" | sha256sum | cut -c1-12) $self_hash"
+kube_key="v$KUBE_VERSION $(sha256sum <"$KIND_TOOLS/kube/main.go" | cut -c1-12) recipe $RECIPE"
 if ! stamp_ok "$KUBE" "$kube_key"; then
     src=$KIND_CACHE/src/kube-v$KUBE_VERSION
     rm -rf "$src"; mkdir -p "$src" "$kube_dir"

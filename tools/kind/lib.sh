@@ -36,7 +36,8 @@ export GONOSUMDB=${GONOSUMDB:-k8s.io}
 export POD_IDENTITY_IMAGES_CACHE=$KIND_CACHE/daemon
 export POD_IDENTITY_DOCKERD_RUNTIME=$KIND_TOOLS/runc-without-sys-resource
 export DOCKER_HOST=unix://$POD_IDENTITY_IMAGES_CACHE/docker.sock DOCKER_BUILDKIT=0
-DOCKER=${DOCKER:-$(command -v docker)}
+# Debian's client matches Debian's daemon (tools/image/lib.sh); any client works.
+DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker)}
 
 kind_log() { printf '[kind] %s\n' "$*" >&2; }
 kind_die() { kind_log "error: $*"; exit 1; }

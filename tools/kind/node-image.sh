@@ -135,18 +135,24 @@ docker build -q -f "$ctx/Dockerfile.node" -t "$NODE_IMAGE-unpopulated" "$ctx" >/
 node=pii-kind-build-$$
 kind_log "importing the images into the node's containerd"
 docker run -d --name "$node" --privileged --entrypoint /usr/local/bin/containerd "$NODE_IMAGE-unpopulated" >/dev/null
-for ((i = 0; i < 60; i++)); do docker exec "$node" ctr version >/dev/null 2>&1 && break; sleep 0.5; done
+for ((i = 0; ; i++)); do
+    docker exec "$node" ctr version >/dev/null 2>&1 && break
+    ((i < 60)) || { docker logs "$node" 2>&1 | tail -n 20 >&2; kind_die "the node's containerd did not answer"; }
+    sleep 0.5
+done
 docker cp "$ctx/images.tar" "$node:/images.tar"
 docker exec "$node" ctr -n k8s.io images import --all-platforms --no-unpack /images.tar >&2
 docker exec "$node" ctr -n k8s.io images ls -q >&2
 docker exec "$node" rm -f /images.tar
 docker stop -t 10 "$node" >/dev/null
-docker commit \
-    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
-    --change 'STOPSIGNAL SIGRTMIN+3' --change 'ENV container=docker' \
-    --change "LABEL pii.kind.inputs=$node_key" \
-    --message "kind node for Kubernetes $v, built offline by tools/kind/node-image.sh" \
-    "$node" "$NODE_IMAGE" >/dev/null
-docker rmi "$NODE_IMAGE-unpopulated" >/dev/null
+docker commit --message "kind node for Kubernetes $v, built offline by tools/kind/node-image.sh" \
+    "$node" "$NODE_IMAGE-populated" >/dev/null
+# What kind's base image sets; `docker commit --change` of this daemon has no STOPSIGNAL.
+printf '%s\n' "FROM $NODE_IMAGE-populated" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
+    'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' 'CMD []' "LABEL pii.kind.inputs=$node_key" |
+    docker build -q -t "$NODE_IMAGE" - >/dev/null
+docker rm -f "$node" >/dev/null; node=""
+docker rmi "$NODE_IMAGE-unpopulated" "$NODE_IMAGE-populated" >/dev/null
+docker image prune -f >/dev/null   # earlier builds' images, untagged by this one
 kind_log "node image $NODE_IMAGE built in $((SECONDS - t_all)) s ($(docker image ls --format '{{.Size}}' "$NODE_IMAGE"))"
 echo "$NODE_IMAGE"
