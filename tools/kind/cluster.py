@@ -68,7 +68,7 @@ def log(message: str) -> None:
 
 def lib_env() -> dict[str, str]:
     """The environment of tools/kind/lib.sh: kind's Docker daemon, the Go settings."""
-    out = subprocess.run(["bash", "-c", f'. "{HERE}/lib.sh" && env -0'], capture_output=True, check=True).stdout
+    out = subprocess.run(["bash", "-c", f'set -a; . "{HERE}/lib.sh" && env -0'], capture_output=True, check=True).stdout
     return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
 
 
