@@ -55,8 +55,11 @@ RELEASE = "pod-identity-injector"
 RELEASE_NAMESPACE = "pod-identity-injector"
 REGISTRY = f"{HOST_IP}:5000"
 CHART_REF = f"oci://{REGISTRY}/charts/pod-identity-injector"
-RELEASE_CACHE = CACHE / "pod-identity-injector-release"
-LAYOUT = RELEASE_CACHE / "local-cluster-image"
+# The release's cache of its own (apt and pip caches, the OCI layout, SBOMs, the chart): another
+# `make release` on the machine (the release tier, a session's) never writes under this one.
+RELEASE_CACHE = CACHE / "pod-identity-injector-kind-release"
+LAYOUT = RELEASE_CACHE / "image"
+RELEASE_ENV = {"POD_IDENTITY_RELEASE_CACHE": str(RELEASE_CACHE)}
 CHECK_NAMESPACE = "cluster-check"
 CHECK_ROLE_ARN = "arn:aws:iam::111122223333:role/cluster-check"
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
@@ -113,15 +116,16 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.5) -> float:
 
 # -- what the cluster needs, built (each step cached; a no-op when current) --------------------
 def cmd_images(_: argparse.Namespace) -> int:
+    """kind, the node image, the workload image and helm; `up` then finds them current."""
     if os.geteuid() != 0:
         raise SystemExit("kind-cluster: needs root (Docker daemon, debootstrap)")
     started = time.monotonic()
-    build_artifacts()
-    log(f"node image, workload image, helm and release tools ready in {time.monotonic() - started:.0f} s")
+    build_artifacts(release=False)
+    log(f"node image, workload image and helm ready in {time.monotonic() - started:.0f} s")
     return 0
 
 
-def build_artifacts() -> dict:
+def build_artifacts(release: bool = True) -> dict:
     node_image = script_output(["bash", str(HERE / "build.sh")], "tools/kind/build.sh", env=os.environ.copy())
     helm = script_output(["bash", str(REPO / "tools/get-helm.sh")], "helm download")
     result = subprocess.run(["bash", str(REPO / "tools/image/build.sh"), "--no-app", "--no-pause"],
@@ -133,7 +137,7 @@ def build_artifacts() -> dict:
                                f'. "{REPO}/tools/image/lib.sh" >/dev/null 2>&1; printf %s "$WORKLOAD_IMAGE"'],
                               capture_output=True, text=True, check=True).stdout
     return {"kind": KIND, "node_image": node_image, "helm": helm, "kubectl": str(Path(helm).with_name("kubectl")),
-            "images": archives, "workload_image": workload, **build_release()}
+            "images": archives, "workload_image": workload, **(build_release() if release else {})}
 
 
 def build_release() -> dict:
@@ -141,6 +145,7 @@ def build_release() -> dict:
     each architecture's image starts and prints its version (arm64 under qemu-user)."""
     version = subprocess.run([sys.executable, str(REPO / "tools/release/versions.py"), "show"], capture_output=True,
                              text=True, check=True).stdout.strip()
+    env = dict(os.environ, **RELEASE_ENV)
     tools = dict(line.split("=", 1) for line in subprocess.run(
         ["bash", str(REPO / "tools/release/tools.sh")], stdout=subprocess.PIPE, text=True, check=True,
         timeout=3600).stdout.split())
@@ -148,13 +153,12 @@ def build_release() -> dict:
     import registry
 
     registry.ensure_installed()
-    run(["bash", str(REPO / "tools/release/tools.sh"), "deps"], capture=True, timeout=600, env=os.environ.copy())
+    run(["bash", str(REPO / "tools/release/tools.sh"), "deps"], capture=True, timeout=600, env=env)
     run([sys.executable, str(REPO / "tools/image/assemble.py"), "--out", str(LAYOUT), "--version", version],
-        timeout=1800, env=os.environ.copy())
+        timeout=1800, env=env)
     for arch in ("amd64", "arm64"):
         out = run([sys.executable, str(REPO / "tools/image/run.py"), "--layout", str(LAYOUT), "--ref",
-                   f"{version}-{arch}", "--", "version"], capture=True, timeout=300,
-                  env=os.environ.copy()).stdout.strip()
+                   f"{version}-{arch}", "--", "version"], capture=True, timeout=300, env=env).stdout.strip()
         if out.split()[:1] != [version]:
             raise SystemExit(f"kind-cluster: the linux/{arch} image printed {out!r}, not {version}")
     return {"version": version, "layout": str(LAYOUT), "cosign": tools["COSIGN"]}
@@ -258,7 +262,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log("already up; `make cluster-down` first to start afresh")
         print_usage()
         return 0
-    if STATE.exists() or leftovers():
+    if STATE.exists() or (daemon_up() and docker("ps", "-aq").strip()):
         log("leftovers of an earlier cluster found: cleaning up first")
         cmd_down(args)
     started = time.monotonic()
@@ -329,7 +333,7 @@ def release(artifacts: dict) -> None:
     """`make release` against our registry, with the image assembled before; then the chart pulled
     back for the tests' upgrades (STATE/chart)."""
     ca = str(STATE / "pki/ca.crt")
-    env = dict(os.environ, RELEASE_LAYOUT=artifacts["layout"], REGISTRY_CA=ca, PYTHON=sys.executable)
+    env = dict(os.environ, RELEASE_LAYOUT=artifacts["layout"], REGISTRY_CA=ca, PYTHON=sys.executable, **RELEASE_ENV)
     result = subprocess.run(["bash", str(REPO / "tools/release/release.sh"), REGISTRY, artifacts["version"]],
                             env=env, stdout=subprocess.PIPE, text=True, timeout=1800, check=False)
     if result.returncode != 0:
