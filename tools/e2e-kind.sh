@@ -93,7 +93,7 @@ if [[ $MODE == offline ]]; then
     NETWORK=$NETWORK_OFFLINE
     export KIND_EXPERIMENTAL_DOCKER_NETWORK=$NETWORK
     docker network inspect "$NETWORK" >/dev/null 2>&1 ||
-        docker network create --driver bridge --subnet "$SUBNET_OFFLINE" \
+        docker network create --driver bridge --subnet "$SUBNET_OFFLINE" --gateway "${SUBNET_OFFLINE%.0/24}.1" \
             -o com.docker.network.bridge.name=pii-kind-e2e0 "$NETWORK" >/dev/null
 fi
 command -v kind >/dev/null 2>&1 ||
