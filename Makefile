@@ -73,7 +73,9 @@ test: lint
 	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e kind-tiers release-test
 
 .PHONY: kind-tiers
-kind-tiers:
+# After `plane` here, so that the sub-makes find it built instead of building it a second time
+# beside the e2e tier's.
+kind-tiers: $(STAMP) plane
 	@status=0; $(MAKE) --no-print-directory e2e-cluster || status=1; \
 		$(MAKE) --no-print-directory e2e-kind || status=1; exit $$status
 
