@@ -22,9 +22,9 @@ dockerd_pid() {
         fi
     fi
     for c in /proc/[0-9]*/cmdline; do
-        if tr '\0' '\n' <"$c" 2>/dev/null | grep -qxF -e "--data-root" && \
-            tr '\0' '\n' <"$c" 2>/dev/null | grep -qxF -e "$DOCKERD_DATA" && \
-            [[ $(tr '\0' '\n' <"$c" 2>/dev/null | head -n1) == *dockerd ]]; then
+        if tr '\0' '\n' 2>/dev/null <"$c" | grep -qxF -e "--data-root" && \
+            tr '\0' '\n' 2>/dev/null <"$c" | grep -qxF -e "$DOCKERD_DATA" && \
+            [[ $(tr '\0' '\n' 2>/dev/null <"$c" | head -n1) == *dockerd ]]; then
             pid=${c#/proc/}; printf '%s\n' "${pid%/cmdline}"; return 0
         fi
     done
