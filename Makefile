@@ -17,7 +17,7 @@ help:
 	@echo "make bench-side-by-side GO_WEBHOOK=... - the Go webhook and serve in alternating rounds"
 	@echo "make bench-instructions - instructions per admission, per step (valgrind; does not drift)"
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
-	@echo "make cluster-up   - a local single-node cluster (real kubelet, containerd) with the chart installed"
+	@echo "make cluster-up   - a one-node kind cluster (built offline) with the chart installed from a registry"
 	@echo "make cluster-down - stop it and remove everything it made"
 	@echo "make release REGISTRY=host[:port][/path] [VERSION=x.y.z] - image (amd64+arm64), chart, SBOMs, signatures"
 	@echo "make release-test - make release against a fresh loopback registry, then what users check"
@@ -66,9 +66,18 @@ unit: $(STAMP)
 # about as long as the longest alone. The Kubernetes binary and the images build in parallel
 # too (on a cold machine, the longest steps). Each job's output is printed when it ends; a
 # failing tier does not stop the others (--keep-going), and make then exits non-zero.
+# The two kind tiers (the cluster tier, then the e2e tier against kind) run one after the other
+# on kind's Docker daemon, beside the rest.
 TEST_JOBS ?= 4
 test: lint
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster release-test
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e kind-tiers release-test
+
+.PHONY: kind-tiers
+# After `plane` here, so that the sub-makes find it built instead of building it a second time
+# beside the e2e tier's.
+kind-tiers: $(STAMP) plane
+	@status=0; $(MAKE) --no-print-directory e2e-cluster || status=1; \
+		$(MAKE) --no-print-directory e2e-kind || status=1; exit $$status
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
@@ -81,9 +90,10 @@ e2e: $(STAMP) plane
 plane:
 	bash tools/kube-test-plane/build.sh >/dev/null
 
-# The same tier against a kind cluster; needs Docker and kind (docs/e2e.md). Builds the image,
-# installs the chart in the cluster (`helm test`), runs tests/e2e with E2E_KUBECONFIG, deletes
-# the cluster: `make e2e-kind E2E_KIND_ARGS=--keep` keeps it.
+# The same tier against a kind cluster (docs/e2e.md): with a Docker engine, kind's stock node
+# image; without one (here, CI), tools/kind's offline node image. Builds the image, installs the
+# chart in the cluster (`helm test`), runs tests/e2e with E2E_KUBECONFIG, deletes the cluster:
+# `make e2e-kind E2E_KIND_ARGS=--keep` keeps it.
 .PHONY: e2e-kind
 e2e-kind: $(STAMP)
 	bash tools/e2e-kind.sh $(E2E_KIND_ARGS)
@@ -116,31 +126,32 @@ chart-lint:
 			|| exit 1; \
 	done
 
-# A single-node cluster of real components in a network namespace of its own (root; see
-# tools/local-cluster/README.md): builds what is missing, installs the chart with its defaults.
+# The cluster tier's cluster: kind (tools/kind/README.md), one node, built offline (node image
+# from the Go module proxy and Debian, cached in ~/.cache), our image and chart released to a
+# registry on kind's network and installed from it with the chart's defaults. Root.
 .PHONY: cluster-up cluster-down cluster-test cluster-images
-# CERT_MANAGER=1: cert-manager too (tools/cert-manager; built here, where the module proxy is
-# reachable, then installed from inside the cluster's namespace).
+# CERT_MANAGER=1: cert-manager too (tools/cert-manager: built from the Go module proxy, images
+# loaded into the node, installed from its own chart).
 CERT_MANAGER ?= 0
-CERT_MANAGER_LOAD ?= ctr -a $(or $(LOCAL_CLUSTER_STATE),/var/lib/pii-local-cluster)/containerd/containerd.sock -n k8s.io images import
-cluster-up: $(STAMP) plane cluster-images
-	$(BIN)/python tools/local-cluster/cluster.py up
+cluster-up: $(STAMP) cluster-images
+	$(BIN)/python tools/kind/cluster.py up
 	@if [ "$(CERT_MANAGER)" = 1 ]; then bash tools/cert-manager/build.sh >/dev/null \
-	  && LOAD_IMAGE="$(CERT_MANAGER_LOAD)" tools/local-cluster/run -- bash tools/cert-manager/install.sh; fi
+	  && LOAD_IMAGE="python3 tools/kind/cluster.py load" tools/kind/run -- bash tools/cert-manager/install.sh; fi
 
-# Debian packages, helm/kubectl and the images, beside the Kubernetes build.
-cluster-images: $(STAMP)
-	$(BIN)/python tools/local-cluster/cluster.py images
+# kind, the node image, the workload image, helm and the release tools. After `plane`, so that
+# the two Kubernetes builds never share the two cores on a cold machine.
+cluster-images: $(STAMP) plane
+	$(BIN)/python tools/kind/cluster.py images
 
 # Needs nothing but python3: it must work even when the venv or the cluster is half gone.
 cluster-down:
-	python3 tools/local-cluster/cluster.py down
+	python3 tools/kind/cluster.py down
 
-# The cluster tier, inside the cluster's namespace. Each target brings the cluster up if it is
+# The cluster tier, with the cluster's kubeconfig. Each target brings the cluster up if it is
 # not (and leaves it up); fails, never skips, when it cannot start. cluster-test is the smoke
 # tier alone; e2e-cluster is every scenario (IRSA and Pod Identity through the real SDK,
 # workload shapes, the chart's life, faults under load), its figures in .bench/reliability.jsonl.
-CLUSTER_PYTEST := LOCAL_CLUSTER_TIER=1 tools/local-cluster/run -- $(BIN)/pytest -q -p no:cacheprovider
+CLUSTER_PYTEST := LOCAL_CLUSTER_TIER=1 tools/kind/run -- $(BIN)/pytest -q -p no:cacheprovider
 .PHONY: e2e-cluster
 cluster-test: cluster-up
 	$(CLUSTER_PYTEST) tests/cluster/test_smoke.py

@@ -1,9 +1,10 @@
-"""Fixtures of the cluster tier: the local cluster of `make cluster-up`, used as an admin uses it.
+"""Fixtures of the cluster tier: the kind cluster of `make cluster-up`, used as an admin uses it.
 
-The tier runs inside the cluster's network namespace (`tools/local-cluster/run -- pytest
-tests/cluster`, which `make cluster-test` does), and only when LOCAL_CLUSTER_TIER=1: a plain
-`pytest` of the repository does not collect it. Once collected it never skips: a cluster that
-is not up fails every test.
+The tier runs with the cluster's kubeconfig (`tools/kind/run -- pytest tests/cluster`, which
+`make cluster-test` does), and only when LOCAL_CLUSTER_TIER=1: a plain `pytest` of the
+repository does not collect it. Once collected it never skips: a cluster that is not up fails
+every test. The cluster's addresses (CLUSTER: its host address on kind's network, the token
+issuer, the Pod Identity Agent's address) are in STATE/cluster.json (tools/kind/cluster.py).
 """
 
 from __future__ import annotations
@@ -21,16 +22,22 @@ import pytest
 if os.environ.get("LOCAL_CLUSTER_TIER") != "1":
     collect_ignore_glob = ["test_*.py"]
 
-STATE = Path(os.environ.get("LOCAL_CLUSTER_STATE", "/var/lib/pii-local-cluster"))
+STATE = Path(os.environ.get("KIND_CLUSTER_STATE", "/var/lib/pii-kind-cluster"))
 RELEASE = "pod-identity-injector"
 RELEASE_NAMESPACE = "pod-identity-injector"
-# The image test workloads run (python3, coreutils; imported into containerd by `up`). Ours is
+# The image test workloads run (python3, coreutils; loaded into the node by `up`). Ours is
 # not preloaded: the chart was installed from the node's registry (RELEASED), the kubelet pulled it.
 IMAGE = "localhost/aws-sdk-workload:dev"
 
 
+def cluster() -> dict:
+    """The cluster's addresses (tools/kind/cluster.py): host_ip (this host on kind's network, where
+    the registry and the stand-ins listen), issuer, agent_ip, node_ip, name, node, network."""
+    return json.loads((STATE / "cluster.json").read_text())
+
+
 def released() -> dict:
-    """What `up` released to the node's registry (tools/local-cluster/cluster.py release()): registry,
+    """What `up` released to the cluster's registry (tools/kind/cluster.py release()): registry,
     version, image and chart references and digests, the CA, the chart package pulled back."""
     return json.loads((STATE / "release.json").read_text())
 
@@ -76,14 +83,13 @@ class Kubectl:
 def kubectl() -> Kubectl:
     kubeconfig = STATE / "admin.kubeconfig"
     if not kubeconfig.is_file() or not (STATE / "artifacts.json").is_file():
-        pytest.fail(f"the local cluster is not up ({kubeconfig} missing): run `make cluster-up` first")
+        pytest.fail(f"the kind cluster is not up ({kubeconfig} missing): run `make cluster-up` first")
     artifacts = json.loads((STATE / "artifacts.json").read_text())
     client = Kubectl(artifacts["kubectl"], artifacts["helm"], kubeconfig)
     try:
         client("get", "--raw", "/readyz")
     except (AssertionError, OSError) as exc:
-        pytest.fail(f"the local cluster's API server does not answer (run inside the namespace: "
-                    f"tools/local-cluster/run -- …): {exc}")
+        pytest.fail(f"the kind cluster's API server does not answer (`make cluster-up`): {exc}")
     return client
 
 

@@ -2,7 +2,7 @@
 Go module at the pinned version, its image built offline), for the migration scenarios.
 
 Harness needs sit in the first two functions, so that another cluster harness ports them alone:
-`load_image` (here: containerd's `ctr images import` on the local cluster's socket) and
+`load_image` (here: `tools/kind/cluster.py load`, kind's `load image-archive`) and
 `certificate_objects` (here: with no cert-manager in the cluster, the Secret and caBundle that
 cert-manager would make from the manifests' Certificate)."""
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 from injector.certificates.authority import cert_to_pem, generate_ca, generate_serving_cert, key_to_pem
 
-from .conftest import STATE, Kubectl
+from .conftest import Kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tools" / "go-webhook" / "build.sh"
@@ -27,8 +28,7 @@ CERT_MANAGER_KINDS = {"ClusterIssuer", "Certificate"}
 
 def load_image(archive: str) -> None:
     """Make the image of `archive` (a `docker save`) available to the node without a registry."""
-    sock = str(STATE / "containerd" / "containerd.sock")
-    subprocess.run(["ctr", "-a", sock, "-n", "k8s.io", "images", "import", archive], check=True,
+    subprocess.run([sys.executable, str(REPO / "tools" / "kind" / "cluster.py"), "load", archive], check=True,
                    capture_output=True, timeout=300)
 
 

@@ -6,7 +6,7 @@ import json
 import time
 
 from .conftest import Kubectl
-from .standin_fixtures import POD_CA_BUNDLE, SDK_IMAGE
+from .standin_fixtures import POD_CA_BUNDLE, SDK_IMAGE, STS_URL
 
 # The SDKs of the workload image (tests/cluster/workload): each program uses its SDK's default
 # credential chain and calls sts:GetCallerIdentity; `run.py SDK` runs it and prints the report.
@@ -48,7 +48,7 @@ def sdk_pod(namespace: str, name: str, service_account: str, sdk: str = "boto3")
                      # The CA in each SDK's way: AWS_CA_BUNDLE (boto3, Go; Java's program makes a
                      # trust store of it in /tmp), NODE_EXTRA_CA_CERTS (Node.js); the region in
                      # AWS_REGION too (Java and JavaScript read no AWS_DEFAULT_REGION).
-                     "env": [{"name": "AWS_ENDPOINT_URL_STS", "value": "https://192.0.2.10:8443"},
+                     "env": [{"name": "AWS_ENDPOINT_URL_STS", "value": STS_URL},
                              {"name": "AWS_CA_BUNDLE", "value": POD_CA_BUNDLE},
                              {"name": "NODE_EXTRA_CA_CERTS", "value": POD_CA_BUNDLE},
                              {"name": "AWS_REGION", "value": "us-east-1"},

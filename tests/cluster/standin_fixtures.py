@@ -1,5 +1,5 @@
-"""The AWS stand-ins (tests/cluster/standins) as processes on the node's addresses, for the
-IRSA and Pod Identity scenarios."""
+"""The AWS stand-ins (tests/cluster/standins) as processes on this host's addresses on kind's
+network, which pods reach through their node, for the IRSA and Pod Identity scenarios."""
 
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .conftest import STATE
+from .conftest import STATE, cluster
 
 STANDINS = Path(__file__).resolve().parent / "standins"
-NODE_IP = "192.0.2.10"
-AGENT_IP = "169.254.170.23"
+_CLUSTER = cluster() if (STATE / "cluster.json").exists() else {}
+# Where the STS stand-in listens: this host on kind's network (the name is the old harness's,
+# whose stand-ins ran on its node's address).
+NODE_IP = _CLUSTER.get("host_ip", "172.29.213.1")
+AGENT_IP = _CLUSTER.get("agent_ip", "169.254.170.23")
 ACCOUNT = "111122223333"
-ISSUER = f"https://{NODE_IP}"
-ISSUER_HOST = NODE_IP
+ISSUER = _CLUSTER.get("issuer", f"https://{NODE_IP}:6443")
+ISSUER_HOST = ISSUER.removeprefix("https://")
+STS_URL = f"https://{NODE_IP}:8443"
 SDK_IMAGE = "localhost/aws-sdk-workload:dev"
 # In every pod: the cluster CA, which signed the STS stand-in's certificate.
 POD_CA_BUNDLE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from . import load
-from .conftest import RELEASE, RELEASE_NAMESPACE, STATE, Kubectl
+from .conftest import RELEASE, RELEASE_NAMESPACE, Kubectl
 from .test_chart_lifecycle import CHART, IMAGE_VALUES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,8 +23,8 @@ ISSUER = "test-ca"  # an existing ClusterIssuer, as an admin would already have
 
 
 def load_image_command() -> str:
-    """How this harness loads an image archive into the node (no registry): containerd's own."""
-    return f"ctr -a {STATE / 'containerd' / 'containerd.sock'} -n k8s.io images import"
+    """How this harness loads an image archive into the node (no registry): kind's own."""
+    return f"{sys.executable} {REPO / 'tools' / 'kind' / 'cluster.py'} load"
 
 
 def ensure_cert_manager(kubectl: Kubectl) -> None:

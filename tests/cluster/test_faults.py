@@ -34,7 +34,7 @@ FAULT_AT = 5.0
 # the pod status update, the endpoints controller, the API server's endpoints informer.
 ENDPOINT_WINDOW = 5.0
 FIGURES = os.environ.get("LOCAL_CLUSTER_FIGURES", "")
-CLUSTER = Path(__file__).resolve().parents[2] / "tools" / "local-cluster" / "cluster.py"
+CLUSTER = Path(__file__).resolve().parents[2] / "tools" / "kind" / "cluster.py"
 
 
 @pytest.fixture
@@ -87,7 +87,8 @@ def _run_scenario(kubectl: Kubectl, namespace: str, name: str, fault: Callable[[
 
 
 def _webhook_pids() -> dict[str, int]:
-    """Pod name → host PID of the webhook container's first process (its supervisor)."""
+    """Pod name → host PID of the webhook container's first process (its supervisor). In kind the
+    container's PID namespace is nested in the node's: PID 1 in the last, innermost one."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -99,7 +100,7 @@ def _webhook_pids() -> dict[str, int]:
         except OSError:
             continue
         nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
-        if len(nspid) == 2 and nspid[1] == "1" and any(b"pod-identity-injector" in a for a in cmdline) \
+        if len(nspid) >= 2 and nspid[-1] == "1" and any(b"pod-identity-injector" in a for a in cmdline) \
                 and b"serve" in cmdline:
             host = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"HOSTNAME=")), "")
             found[host] = int(entry.name)

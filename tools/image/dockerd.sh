@@ -6,6 +6,7 @@
 #   tools/image/dockerd.sh env      print `export DOCKER_HOST=…; export DOCKER_BUILDKIT=0`
 # Data-root, exec-root, socket, pidfile and log are under $IMG_CACHE (see lib.sh), never the
 # repo. Needs root and the Debian packages docker.io (dockerd, containerd, runc).
+# POD_IDENTITY_IMAGES_CACHE chooses the daemon (tools/kind runs its own beside the images' one).
 set -euo pipefail
 # shellcheck source=tools/image/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,9 +22,9 @@ dockerd_pid() {
         fi
     fi
     for c in /proc/[0-9]*/cmdline; do
-        if tr '\0' '\n' <"$c" 2>/dev/null | grep -qxF -e "--data-root" && \
-            tr '\0' '\n' <"$c" 2>/dev/null | grep -qxF -e "$DOCKERD_DATA" && \
-            [[ $(tr '\0' '\n' <"$c" 2>/dev/null | head -n1) == *dockerd ]]; then
+        if tr '\0' '\n' 2>/dev/null <"$c" | grep -qxF -e "--data-root" && \
+            tr '\0' '\n' 2>/dev/null <"$c" | grep -qxF -e "$DOCKERD_DATA" && \
+            [[ $(tr '\0' '\n' 2>/dev/null <"$c" | head -n1) == *dockerd ]]; then
             pid=${c#/proc/}; printf '%s\n' "${pid%/cmdline}"; return 0
         fi
     done
@@ -63,8 +64,15 @@ start() {
     fi
     mkdir -p "$IMG_CACHE" "$DOCKERD_DATA" "$DOCKERD_EXEC"
     local driver; driver=$(storage_driver)
-    # An empty config file: /etc/docker/daemon.json (if any) belongs to the host's daemon.
-    [[ -f $IMG_CACHE/daemon.json ]] || echo '{}' >"$IMG_CACHE/daemon.json"
+    # Our own config file: /etc/docker/daemon.json (if any) belongs to the host's daemon. Empty,
+    # or, with POD_IDENTITY_DOCKERD_RUNTIME=PATH (tools/kind), that runc wrapper as the default
+    # runtime; rewritten at every start, so the setting follows the environment.
+    if [[ -n ${POD_IDENTITY_DOCKERD_RUNTIME:-} ]]; then
+        printf '{"runtimes": {"wrapped-runc": {"path": "%s"}}, "default-runtime": "wrapped-runc"}\n' \
+            "$POD_IDENTITY_DOCKERD_RUNTIME" >"$IMG_CACHE/daemon.json"
+    else
+        echo '{}' >"$IMG_CACHE/daemon.json"
+    fi
     img_log "starting dockerd ($driver) on $DOCKER_HOST, log $DOCKERD_LOG"
     # --iptables/--ip-masq/--ip-forward=false, --bridge=none: no host network changes; builds
     # and runs use --network=host or --network=none. --oom-score-adjust=0: lowering it needs
