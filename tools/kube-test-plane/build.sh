@@ -10,6 +10,7 @@
 #            default: the pinned one (go.mod). Other releases are refused: pin them first.
 #   --e2e    only kube-apiserver and etcd, all that the e2e tier starts (minutes less to
 #            build); an up-to-date binary with every component of that version serves too.
+#   --cached never build: print the path if the binary is current, else exit 4.
 #
 # Idempotent: if the cached binary already reports the requested Kubernetes
 # version and was built from the current inputs (the version's go.mod and go.sum,
@@ -17,19 +18,21 @@
 # built and no Go is needed.
 #
 # Environment:
-#   KUBE_TEST_PLANE_BIN  output path for the pinned version (default
-#                        ~/.cache/kube-test-plane/v<version>/kube-test-plane[-e2e])
+#   KUBE_TEST_PLANE_BIN  output path for the pinned version, always with every component
+#                        (default ~/.cache/kube-test-plane/v<version>/kube-test-plane[-e2e])
 #   GOFLAGS              appended to the flags set here, e.g. GOFLAGS=-p=2
 # Progress and compiler output go to stderr; only the path goes to stdout.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 e2e=0
+cached_only=0
 want=""
 for arg in "$@"; do
   case $arg in
     --e2e) e2e=1 ;;
-    -*) echo "usage: $0 [--e2e] [VERSION]" >&2; exit 2 ;;
+    --cached) cached_only=1 ;;
+    -*) echo "usage: $0 [--e2e] [--cached] [VERSION]" >&2; exit 2 ;;
     *) want=${arg#v} ;;
   esac
 done
@@ -56,6 +59,9 @@ if [[ $got != "$v" ]]; then
   exit 1
 fi
 etcd=$(sed -n 's/^[[:space:]]*go\.etcd\.io\/etcd\/server\/v3[[:space:]]\{1,\}v\([0-9.]*\).*/\1/p' "$here/$modfile" | head -1)
+
+# KUBE_TEST_PLANE_BIN names the pinned binary that every tier shares: all components.
+[[ $v == "$pinned" && -n ${KUBE_TEST_PLANE_BIN:-} ]] && e2e=0
 
 # Build tags (main.go): the components, and the API differences of older releases.
 tags=""
@@ -95,13 +101,13 @@ fi
 if ((e2e)); then
   # The binary with every component runs the e2e tier just as well.
   full_tags=${tags/kubetestplane_e2e/}; full_tags=${full_tags#,}
-  if [[ $v == "$pinned" && -n ${KUBE_TEST_PLANE_BIN:-} ]]; then full=$KUBE_TEST_PLANE_BIN; else full=$cache/kube-test-plane; fi
-  if current "$full" "$(fingerprint "$full_tags")" all; then
-    echo "$full"
+  if current "$cache/kube-test-plane" "$(fingerprint "$full_tags")" all; then
+    echo "$cache/kube-test-plane"
     exit 0
   fi
 fi
 
+((cached_only)) && exit 4
 if ! command -v go >/dev/null 2>&1; then
   echo "kube-test-plane: $out is missing or stale and no Go toolchain is on PATH" >&2
   exit 3
