@@ -11,6 +11,8 @@ METRICS_PORT ?= 9999
 help:
 	@echo "make run    - generate local certificates and serve the webhook on https://127.0.0.1:$(PORT)"
 	@echo "make test   - lint and run the whole test suite"
+	@echo "make e2e [KUBE_VERSION=v1.30.14] - the e2e tier (real kube-apiserver + etcd), against that minor"
+	@echo "make e2e-matrix - the e2e tier against every supported Kubernetes minor (docs/compatibility.md)"
 	@echo "make bench  - throughput/latency benchmark of serve (wrk) and of the planner"
 	@echo "make attack - slow bodies, stalled connections, resets, lookup and connection floods against serve"
 	@echo "make bench-scale - memory, ready time, API requests, admissions at 1k/10k/100k ServiceAccounts"

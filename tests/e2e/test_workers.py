@@ -127,9 +127,9 @@ def test_the_api_server_sees_one_sync_and_one_watch_from_the_replica(replica):
     requests = replica.requests()
     open_watches = [entries for entries in requests.values()
                     if not any(entry["stage"] == "ResponseComplete" for entry in entries)]
-    assert len(open_watches) == 1
     ordered = sorted(requests.values(), key=lambda entries: entries[0]["requestReceivedTimestamp"])
     uris = [entries[0]["requestURI"].replace("True", "true") for entries in ordered]
+    assert len(open_watches) == 1, uris
     verbs = [entries[0]["verb"] for entries in ordered]
     if server_features(replica.plane.get).enabled("WatchList"):
         # The sync is a watch with initial events.
@@ -137,7 +137,8 @@ def test_the_api_server_sees_one_sync_and_one_watch_from_the_replica(replica):
         assert "sendInitialEvents=true" in uris[0]
     else:
         # Asked for a watch with initial events once, refused; the sync is one LIST from the cache.
-        assert verbs == ["watch", "list", "watch"], uris
+        # The watch the sync goes on to may have started before the fork stopped it.
+        assert verbs[:2] == ["watch", "list"] and verbs[2:] in (["watch"], ["watch", "watch"]), uris
         assert "sendInitialEvents=true" in uris[0] and ordered[0][-1]["responseStatus"]["code"] == 422
         assert "resourceVersion=0" in uris[1]
     assert "resourceVersion=" in uris[-1] and "sendInitialEvents" not in uris[-1]
