@@ -164,9 +164,11 @@ class Installed:
                                            self.namespace)
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[0] == "serve"
-        args = [a for a in args[1:] if not a.startswith(("--port=", "--metrics-port=", "--workers="))]
+        # Every port a free one (the chart's fixed health port would clash with another session).
+        args = [a for a in args[1:] if not a.startswith(("--port=", "--metrics-port=", "--health-port=", "--workers="))]
         cmd = ["python", "-m", "injector", "serve", *args, "--port", str(self.port),
-               "--metrics-port", str(self.metrics_port), "--bind-address", "127.0.0.1", "--workers", "1",
+               "--metrics-port", str(self.metrics_port), "--health-port", str(free_port()),
+               "--bind-address", "127.0.0.1", "--workers", "1",
                "--kubeconfig", str(kubeconfig), "--cert-dir", str(self.workdir / "certs")]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         import sys
