@@ -8,7 +8,7 @@
 #   --skip-pinned  leave out the pinned minor (CI runs every tier on it already)
 #   --ci           only the minors whose binary is cached, plus the oldest and the newest: a
 #                  cold build of every minor does not fit CI's time limit (docs/compatibility.md)
-#   --jobs N       e2e runs side by side (default 1); the builds are always one at a time
+#   --jobs N       e2e runs side by side (default 1; make: 3); the builds are always one at a time
 #                  (each takes 2 GB and both cores for minutes), the next one while runs go on
 #
 # Each minor: `build.sh --e2e` (a no-op when cached), then the whole e2e tier with that binary;
