@@ -4,7 +4,7 @@ expected outcome depends on them (docs/compatibility.md).
 The e2e tier runs against every supported Kubernetes minor (`make e2e-matrix`). Where the
 server's behaviour differs between minors, a test asks this module what the server offers and
 asserts the behaviour that belongs to it, rather than the newest minor's: e.g. WatchList is off
-by default before 1.32, and before 1.33 the server drops `resizePolicy` from a pod it stores.
+by default in 1.30, 1.31 and 1.33, and before 1.33 the server drops `resizePolicy` from a pod it stores.
 The gates come from the server itself (its `kubernetes_feature_enabled` metric), so a
 `--feature-gates` flag counts as much as the default of the minor.
 """

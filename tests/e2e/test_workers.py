@@ -121,7 +121,7 @@ def admit_until_both_workers_mutated(replica: Replica, service_account: str, tim
 
 
 def test_the_api_server_sees_one_sync_and_one_watch_from_the_replica(replica):
-    """One sync, as the server offers it (WatchList is on by default from 1.32), then the
+    """One sync, as the server offers it (WatchList is on by default in 1.32 and from 1.34), then the
     supervisor's watch after its fork, resumed from a version: no get, nothing from a worker."""
     time.sleep(2)
     requests = replica.requests()
