@@ -6,11 +6,11 @@ several times). E2E_WATCH_LIST_SERVICE_ACCOUNTS ServiceAccounts (10,000 by defau
 `serve` starts with `--resync-period=2s`; over E2E_WATCH_LIST_SECONDS (30 s by default) the
 webhook's requests are read from the audit log and `apiserver_request_total`:
 
-- with the WatchList feature gate on (the default in 1.32 and from 1.34) the sync is one watch with initial
-  events, and there is no LIST at all;
-- with it off (the default in 1.30, 1.31 and 1.33), the watch with initial events is refused once and the
-  sync is one LIST at resourceVersion "0", which the server answers from its watch cache in one
-  response, and there is no LIST after.
+- with the WatchList feature gate on (the default in 1.32 and from 1.34) the sync is one watch
+  with initial events, and there is no LIST at all;
+- with it off (the default in 1.30, 1.31 and 1.33), the watch with initial events is refused
+  once and the sync is one LIST at resourceVersion "0", which the server answers from its watch
+  cache in one response, and there is no LIST after.
 
 Both sides run on every minor: the server's default, whichever it is, and the gate forced off
 and on (`--feature-gates`; server_features.py reads back what the server runs with).
