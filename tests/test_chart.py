@@ -28,7 +28,11 @@ VALUE_SETS = sorted(path.name.removesuffix("-values.yaml") for path in CI.glob("
 NS = "webhook-system"
 RELEASE = "rel"
 FULLNAME = "rel-pod-identity-injector"
-KUBE_VERSION = "1.34.0"
+# tools/kube-test-plane/versions.txt: "minor release etcd [pinned]"; the chart is rendered as
+# for the pinned release, and its kubeVersion must be exactly the minors listed (tested).
+KUBE_RELEASES = [line.split() for line in (ROOT / "tools" / "kube-test-plane" / "versions.txt").read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+KUBE_VERSION = next(row[1] for row in KUBE_RELEASES if row[3:] == ["pinned"])
 SKIP_LABEL = "eks.amazonaws.com/skip-pod-identity-webhook"
 
 
@@ -182,6 +186,20 @@ def test_lint_strict_and_render(helm, value_set):
     docs = render(helm, value_set)
     assert {"Deployment", "Service", "ServiceAccount", "MutatingWebhookConfiguration", "ClusterRole"} <= {
         d["kind"] for d in docs}
+
+
+def test_the_chart_installs_on_exactly_the_tested_minors(helm):
+    """kubeVersion: every minor of versions.txt (each has run the e2e tier, docs/compatibility.md),
+    from its first patch on; none below the oldest or above the newest."""
+    minors = [int(row[0].split(".")[1]) for row in KUBE_RELEASES]
+    assert minors == list(range(minors[0], minors[-1] + 1)), "versions.txt skips a minor"
+    tested = [*(f"1.{minor}.0" for minor in minors), *(row[1] for row in KUBE_RELEASES)]
+    below, above = f"1.{minors[0] - 1}.99", f"1.{minors[-1] + 1}.0"
+    results = {version: run_helm("template", "rel", str(CHART), "--namespace", NS, "--kube-version", version)
+               for version in [below, *tested, above]}
+    accepted = {version: result.returncode == 0 for version, result in results.items()}
+    assert accepted == {below: False, **dict.fromkeys(tested, True), above: False}
+    assert "is incompatible with Kubernetes" in results[below].stderr + results[above].stderr
 
 
 def test_value_sets_cover_the_modes():

@@ -108,6 +108,12 @@ class Reflector:
         self._relist.set()
 
     async def run(self) -> None:
+        # An asyncio.Event belongs to the loop that first waits on it; the supervisor runs this
+        # in one loop for its sync and in another after its fork, so each run has its own (a
+        # relist asked for meanwhile carries over).
+        asked, self._relist = self._relist.is_set(), asyncio.Event()
+        if asked:
+            self._relist.set()
         backoff = 0.5
         version = self.version if self.synced else ""
         while True:

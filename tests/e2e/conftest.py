@@ -3,6 +3,8 @@
 * `control_plane` (session): finds or builds kube-test-plane, starts etcd and kube-apiserver
   on free 127.0.0.1 ports. No binary: the e2e tests are skipped, unless `E2E_REQUIRED=1`,
   which makes them fail instead (CI sets it, so CI cannot go green without them).
+* `kube_server` (session): that API server's version and feature gates (server_features.py),
+  for the tests whose expected outcome depends on the Kubernetes minor (`make e2e-matrix`).
 * `webhook_kubeconfig` (session): the webhook's own identity, as in a cluster: the
   ServiceAccount and RBAC of deploy/rbac.yaml and a TokenRequest token. Every webhook of the
   suite runs with it, so a missing permission fails tests.
@@ -46,6 +48,7 @@ from .plane import (
     webhook_host,
     write_kubeconfig,
 )
+from .server_features import ServerFeatures, server_features
 from .webhooks import Webhook, launch, retire
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -144,6 +147,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_server(control_plane: ControlPlane | ExternalCluster) -> ServerFeatures:
+    """The version and feature gates of the API server under test."""
+    features = server_features(control_plane.get)
+    print(f"\nkube-apiserver {features.git_version}")
+    return features
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

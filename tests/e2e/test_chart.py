@@ -66,20 +66,20 @@ def run(cmd: list[str], kubeconfig: Path | str, **kwargs) -> subprocess.Complete
     return proc
 
 
-def render(helm: str, kubeconfig: Path, values: Path, namespace: str) -> list[dict]:
+def render(helm: str, kubeconfig: Path, values: Path, namespace: str, kube_version: str) -> list[dict]:
     out = run([helm, "template", "chart-e2e", str(CHART), "-n", namespace, "-f", str(values),
-               "--kube-version", "1.34.0"], kubeconfig).stdout
+               "--kube-version", kube_version], kubeconfig).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 # -- every value set is accepted -----------------------------------------------------------------
 async def test_every_value_set_renders_manifests_the_api_server_accepts(tools, control_plane: ControlPlane,
-                                                                        admin: Kube, tmp_path):
+                                                                        admin: Kube, kube_server, tmp_path):
     helm, kubectl = tools
     namespace = await admin.namespace("chart-dry-run")
     restricted = await admin.namespace("chart-restricted", {"pod-security.kubernetes.io/enforce": "restricted"})
     for values in VALUE_SETS:
-        docs = render(helm, control_plane.kubeconfig, values, namespace)
+        docs = render(helm, control_plane.kubeconfig, values, namespace, kube_server.git_version)
         accepted = [d for d in docs if d["kind"] not in CRD_KINDS and "helm.sh/hook" not in
                     (d["metadata"].get("annotations") or {})]
         # `helm test`'s objects live in the namespace it checks (tests.namespace): applied there.
@@ -164,9 +164,11 @@ class Installed:
                                            self.namespace)
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[0] == "serve"
-        args = [a for a in args[1:] if not a.startswith(("--port=", "--metrics-port=", "--workers="))]
+        # Every port a free one (the chart's fixed health port would clash with another session).
+        args = [a for a in args[1:] if not a.startswith(("--port=", "--metrics-port=", "--health-port=", "--workers="))]
         cmd = ["python", "-m", "injector", "serve", *args, "--port", str(self.port),
-               "--metrics-port", str(self.metrics_port), "--bind-address", "127.0.0.1", "--workers", "1",
+               "--metrics-port", str(self.metrics_port), "--health-port", str(free_port()),
+               "--bind-address", "127.0.0.1", "--workers", "1",
                "--kubeconfig", str(kubeconfig), "--cert-dir", str(self.workdir / "certs")]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         import sys

@@ -316,3 +316,31 @@ async def test_relist_on_request_lists_again_at_once_and_watches_from_there():
             await task
     assert recorder.replaced == [["a"], ["a", "b"]] and recorder.synced == 1
     assert [params["resource_version"] for kind, params in api.calls if kind == "watch"] == ["1", "7"]
+
+
+def test_a_reflector_stopped_after_a_list_sync_resumes_its_watch_in_another_event_loop():
+    """The supervisor syncs in an event loop of its own, stops the sources, closes the loop and
+    forks; then it runs them again in the serving loop (injector/server/processes.py). After a
+    LIST sync (a server without WatchList) the watch must go on from the listed version there,
+    and keep going."""
+    api = FakeApi([page(["a"], version="5")], [])
+    recorder = Recorder()
+    r = Reflector("test", api, on_replace=recorder.on_replace, on_event=recorder.on_event,
+                  on_synced=recorder.on_synced, watch_list=False)
+
+    async def run_until_calls(kinds: list[str]) -> None:
+        task = asyncio.create_task(r.run())
+        try:
+            async with asyncio.timeout(5):
+                while api.kinds() != kinds:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert not task.done(), "the reflector stopped by itself"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(run_until_calls(["list", "watch"]))  # the sync, and the watch it went on to
+    asyncio.run(run_until_calls(["list", "watch", "watch"]))  # another loop: resumed, not listed again
+    assert [params["resource_version"] for kind, params in api.calls if kind == "watch"] == ["5", "5"]
+    assert recorder.synced == 1

@@ -14,10 +14,16 @@
 //
 // Each subcommand is meant to run in its own process; the e2e fixtures start
 // one process per subcommand. It is never shipped: see README.md.
+//
+// Build tags (build.sh sets them from versions.txt):
+//
+//	kubetestplane_e2e  only kube-apiserver and etcd, what the e2e tier starts: the
+//	                   build for the other Kubernetes minors takes minutes less
+//	etcd3_5            etcd 3.5 (Kubernetes before 1.34), see etcd_warning*.go
+//	kubelet_noctx      Kubernetes before 1.34, whose kubelet command takes no context
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,14 +49,15 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	kubeversion "k8s.io/component-base/version"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
-	controllermanagerapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
-	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
-	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // inputsHash is set by build.sh (-ldflags -X main.inputsHash=...) to a hash of
 // the files the binary is built from, so build.sh can tell a stale cached binary.
 var inputsHash = "unknown"
+
+// upstreamCommands holds the components beside kube-apiserver and etcd, by subcommand;
+// components.go fills it unless the binary is built for the e2e tier alone.
+var upstreamCommands = map[string]func() *cobra.Command{}
 
 const usage = `usage:
   kube-test-plane kube-apiserver [kube-apiserver flags]
@@ -72,20 +79,26 @@ func main() {
 		os.Exit(runAPIServer(rest))
 	case "etcd":
 		os.Exit(runEtcd(rest))
-	case "kube-controller-manager":
-		os.Exit(runUpstream(sub, rest, controllermanagerapp.NewControllerManagerCommand))
-	case "kube-scheduler":
-		os.Exit(runUpstream(sub, rest, func() *cobra.Command { return schedulerapp.NewSchedulerCommand() }))
-	case "kubelet":
-		os.Exit(runUpstream(sub, rest, func() *cobra.Command { return kubeletapp.NewKubeletCommand(context.Background()) }))
 	case "version", "--version", "-version":
-		fmt.Printf("kube-apiserver %s\netcd %s\ninputs %s\n", kubeversion.Get().GitVersion, etcdversion.Version, inputsHash)
+		fmt.Printf("kube-apiserver %s\netcd %s\ninputs %s\ncomponents %s\n",
+			kubeversion.Get().GitVersion, etcdversion.Version, inputsHash, components())
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
-		fmt.Fprintf(os.Stderr, "kube-test-plane: unknown subcommand %q\n%s", sub, usage)
+		if newCommand, ok := upstreamCommands[sub]; ok {
+			os.Exit(runUpstream(sub, rest, newCommand))
+		}
+		fmt.Fprintf(os.Stderr, "kube-test-plane: unknown subcommand %q (components: %s)\n%s", sub, components(), usage)
 		os.Exit(2)
 	}
+}
+
+// components names what this binary can run: "all", or "e2e" (kube-apiserver and etcd).
+func components() string {
+	if len(upstreamCommands) == 0 {
+		return "e2e"
+	}
+	return "all"
 }
 
 // runAPIServer runs the unmodified kube-apiserver command. cobra parses
@@ -153,9 +166,7 @@ func runEtcd(args []string) int {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.ClusterState = embed.ClusterStateFlagNew
 	cfg.UnsafeNoFsync = *noFsync
-	// embed.NewConfig leaves this at 0 (only etcd's own CLI fills in the
-	// default), which makes every request log a "request stats" warning.
-	cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
+	setWarningUnaryRequestDuration(cfg)
 	cfg.LogLevel = *logLevel
 	cfg.Logger = "zap"
 	cfg.LogOutputs = []string{"stderr"}

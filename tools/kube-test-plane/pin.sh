@@ -2,8 +2,10 @@
 # Regenerates go.mod (and, unless -n is given, go.sum via `go mod tidy`) for
 # another Kubernetes release.
 #
-#   usage: pin.sh [-n] <kubernetes version>      e.g.  pin.sh 1.34.12
+#   usage: pin.sh [-n] [-o MODFILE] <kubernetes version>      e.g.  pin.sh 1.34.12
 #          -n   write go.mod only, do not run `go mod tidy`
+#          -o   write MODFILE (and its .sum) instead of go.mod, for a version other than the
+#               pinned default: pin.sh -o versions/1.30.mod 1.30.14 (see versions.txt)
 #
 # k8s.io/kubernetes requires each of its staging modules (k8s.io/api,
 # k8s.io/apiserver, ...) at the placeholder version v0.0.0 and maps them to
@@ -15,16 +17,28 @@
 set -euo pipefail
 
 tidy=1
-if [[ ${1:-} == -n ]]; then tidy=0; shift; fi
+modfile=go.mod
+while [[ ${1:-} == -* ]]; do
+  case $1 in
+    -n) tidy=0; shift ;;
+    -o) modfile=${2:?-o needs a file}; shift 2 ;;
+    *) break ;;
+  esac
+done
 v=${1:-}
 v=${v#v}
 if [[ ! $v =~ ^1\.[0-9]+\.[0-9]+$ ]]; then
-  echo "usage: $0 [-n] <kubernetes version, e.g. 1.34.12>" >&2
+  echo "usage: $0 [-n] [-o MODFILE] <kubernetes version, e.g. 1.34.12>" >&2
   exit 2
 fi
 staging="v0.${v#1.}"
 here=$(cd "$(dirname "$0")" && pwd)
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+# Modules come from the module proxy only, never straight from their repositories.
+GOPROXY=$(go env GOPROXY | tr '|' ',' | tr ',' '\n' | grep -vx 'direct\|off' | paste -sd, -)
+export GOPROXY=${GOPROXY:-https://proxy.golang.org}
+[[ $modfile == /* ]] || modfile="$here/$modfile"
+mkdir -p "$(dirname "$modfile")"
 
 # Fetch k8s.io/kubernetes' go.mod into the module cache (outside this module,
 # so a half-edited go.mod here cannot get in the way).
@@ -65,10 +79,28 @@ mods=$(sed -n 's/^[[:space:]]*\(k8s\.io\/[A-Za-z0-9._-]*\)[[:space:]]\{1,\}v0\.0
   echo "replace ("
   for m in $mods; do printf '\t%s => %s %s\n' "$m" "$m" "$staging"; done
   echo ")"
-} >"$here/go.mod.new"
-mv "$here/go.mod.new" "$here/go.mod"
-echo "pin.sh: wrote go.mod for k8s.io/kubernetes v$v ($(wc -w <<<"$mods") staging replaces at $staging, go $gover)" >&2
+} >"$modfile.new"
+mv "$modfile.new" "$modfile"
+echo "pin.sh: wrote ${modfile#"$here"/} for k8s.io/kubernetes v$v ($(wc -w <<<"$mods") staging replaces at $staging, go $gover)" >&2
 
 if ((tidy)); then
-  (cd "$here" && GOFLAGS=-mod=mod go mod tidy)
+  (cd "$here" && GOFLAGS=-mod=mod go mod tidy -modfile="$modfile")
+  # The proxy refuses some staging modules at some patch levels (a 403 for the zip), and a
+  # build only finds out when it needs that module. Load every package of the components a
+  # cluster runs, kube-proxy and kubeadm included (the kind node images build those), against
+  # a scratch copy so that go.sum keeps only what this binary needs.
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$scratch"' EXIT
+  cp "$modfile" "$scratch/check.mod"
+  cp "${modfile%.mod}.sum" "$scratch/check.sum"
+  cmds=""
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubeadm; do
+    cmds+=" k8s.io/kubernetes/cmd/$c"
+  done
+  # shellcheck disable=SC2086  # one argument per package
+  if ! (cd "$here" && GOFLAGS=-mod=mod go list -modfile="$scratch/check.mod" -deps $cmds >/dev/null); then
+    echo "pin.sh: v$v cannot build every component from the module proxy; pick another patch" >&2
+    exit 1
+  fi
+  echo "pin.sh: every staging module that the six components need is served at $staging" >&2
 fi

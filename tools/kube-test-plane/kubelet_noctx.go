@@ -1,0 +1,12 @@
+//go:build !kubetestplane_e2e && kubelet_noctx
+
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
+)
+
+// newKubeletCommand is the upstream kubelet command; before Kubernetes 1.34 it takes no context.
+func newKubeletCommand() *cobra.Command { return kubeletapp.NewKubeletCommand() }
