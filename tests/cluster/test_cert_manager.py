@@ -76,6 +76,8 @@ def cert_manager_mode(request, kubectl: Kubectl) -> Iterator[str]:
         # cert-manager's Secret outlives its Certificate, and the chart does not adopt a Secret it
         # did not make (a later install would refuse it): gone, the next upgrade renders the chart's.
         kubectl("-n", RELEASE_NAMESPACE, "delete", "secret", f"{RELEASE}-tls", "--ignore-not-found")
+        # So does the CA Secret of the chart's own issuer chain (cert-manager sets no owner on it).
+        kubectl("-n", RELEASE_NAMESPACE, "delete", "secret", f"{RELEASE}-ca", "--ignore-not-found")
         kubectl.helm("upgrade", RELEASE, CHART, "-n", RELEASE_NAMESPACE, "--reset-values", *IMAGE_VALUES,
                      "--wait", "--timeout", "5m", timeout=320)
         if request.param == "existing-issuer":

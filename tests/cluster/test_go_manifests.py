@@ -1,7 +1,8 @@
 """The Go project's deploy/ manifests, exactly as it publishes them in its Go module
 (tools/go-webhook, pinned), with only the image replaced by ours: cert-manager issues the
-certificate and injects the caBundle, our image listens on 443 as UID 65532 on a node whose containerd
-keeps unprivileged ports from 1024 (kind's node, configured so), the API server sends v1beta1 reviews and pods are mutated
+certificate and injects the caBundle, our image listens on 443 as UID 65532 on a node whose
+containerd keeps unprivileged ports from 1024 (kind's node, configured so), the API server
+sends v1beta1 reviews and pods are mutated
 (docs/migrate.md#go-manifests)."""
 
 from __future__ import annotations

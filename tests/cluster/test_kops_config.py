@@ -75,7 +75,8 @@ def test_boto3_gets_credentials_from_the_config_map_role_with_kops_flags(
         kubectl: Kubectl, namespace: str, kops: Standin) -> None:
     pod = sdk_pod(namespace, "sdk", "app")
     container = pod["spec"]["containers"][0]
-    container["env"] = [e for e in container["env"] if e["name"] != "AWS_DEFAULT_REGION"]  # the webhook's
+    # The region is the webhook's (--aws-default-region), so none of the pod's own.
+    container["env"] = [e for e in container["env"] if e["name"] not in ("AWS_DEFAULT_REGION", "AWS_REGION")]
     kubectl.apply(pod)
     report = sdk_report(kubectl, namespace, "sdk")
     assert report["ok"], report

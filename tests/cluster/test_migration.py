@@ -91,8 +91,14 @@ def test_from_go_to_ours_and_back_no_pod_goes_without_credentials_or_gets_them_t
     pods, seconds = switch_under_load(kubectl, namespace, "to-ours", to_ours)
     print(f"Go -> ours: {pods} pods, 0 without credentials, 0 duplicated; switch took {seconds:.0f} s")
 
+    # Labelled so that our chart skips it: only the Go webhook can mutate it (docs/migrate.md).
+    go_only = {**probe, "metadata": {**probe["metadata"],
+                                     "labels": {"eks.amazonaws.com/skip-pod-identity-webhook": "true"}}}
+
     def back_to_go() -> None:
         go_webhook.install(kubectl, go_installed)
+        # Its Deployment has no readiness probe: rolled out is not yet answering.
+        kubectl.wait_mutated(go_only, load.ROLE_ARN, "the Go webhook never mutated a pod", timeout=120)
         kubectl.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "3m", timeout=200)
 
     pods, seconds = switch_under_load(kubectl, namespace, "back-to-go", back_to_go)
