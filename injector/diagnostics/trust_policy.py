@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,15 +298,16 @@ def _actions_of(statement: Mapping[str, Any]) -> set[str]:
     return set()
 
 
-def pod_identity_gaps(policy: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """What keeps EKS Pod Identity from assuming the role, as (code, message); [] when nothing
-    does. Principal and actions are judged; conditions are not (the service's keys, such as
-    aws:SourceAccount, are the caller's, not the pod's)."""
+def _trust_gaps(policy: Mapping[str, Any], covers: Callable[[Mapping[str, Any]], bool], whom: str,
+                prefix: str) -> list[tuple[str, str]] | None:
+    """The statements whose principal `covers` must Allow both POD_IDENTITY_ACTIONS and Deny
+    neither: what is missing, as (code, message) with codes `<prefix>-…`; None when no Allow
+    statement names the principal at all (each caller says that its own way)."""
     allowed: set[str] = set()
     denied: set[str] = set()
     trusted = False
     for statement in _listify(policy.get("Statement", [])):
-        if not isinstance(statement, Mapping) or not _service_covered(statement):
+        if not isinstance(statement, Mapping) or not covers(statement):
             continue
         actions = _actions_of(statement)
         if statement.get("Effect") == "Deny":
@@ -315,14 +316,23 @@ def pod_identity_gaps(policy: Mapping[str, Any]) -> list[tuple[str, str]]:
             trusted = True
             allowed |= actions
     if denied:
-        return [("trust-policy-explicit-deny", f"a Deny statement for {POD_IDENTITY_SERVICE} covers "
-                 f"{', '.join(sorted(denied))}")]
+        return [(f"{prefix}-explicit-deny", f"a Deny statement for {whom} covers {', '.join(sorted(denied))}")]
     if not trusted:
+        return None
+    return [(f"{prefix}-tag-session" if action == "sts:TagSession" else f"{prefix}-action",
+             f"the statements trusting {whom} do not allow {action}")
+            for action in POD_IDENTITY_ACTIONS if action not in allowed]
+
+
+def pod_identity_gaps(policy: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What keeps EKS Pod Identity from assuming the role, as (code, message); [] when nothing
+    does. Principal and actions are judged; conditions are not (the service's keys, such as
+    aws:SourceAccount, are the caller's, not the pod's)."""
+    gaps = _trust_gaps(policy, _service_covered, POD_IDENTITY_SERVICE, "trust-policy")
+    if gaps is None:
         return [("trust-policy-pod-identity-principal", f"no Allow statement trusts the service "
                  f"{POD_IDENTITY_SERVICE} (Principal.Service)")]
-    return [("trust-policy-tag-session" if action == "sts:TagSession" else "trust-policy-action",
-             f"the statements trusting {POD_IDENTITY_SERVICE} do not allow {action}")
-            for action in POD_IDENTITY_ACTIONS if action not in allowed]
+    return gaps
 
 
 def _role_covered(statement: Mapping[str, Any], role_arn: str) -> bool:
@@ -341,27 +351,12 @@ def chain_gaps(policy: Mapping[str, Any], source_role_arn: str) -> list[tuple[st
     (`source_role_arn`) to a target role with this trust policy: the target must trust the
     source role (or its account) with sts:AssumeRole, and with sts:TagSession, because the
     session tags EKS set are passed on. [] when nothing does; conditions are not judged."""
-    allowed: set[str] = set()
-    denied: set[str] = set()
-    trusted = False
-    for statement in _listify(policy.get("Statement", [])):
-        if not isinstance(statement, Mapping) or not _role_covered(statement, source_role_arn):
-            continue
-        actions = _actions_of(statement)
-        if statement.get("Effect") == "Deny":
-            denied |= actions
-        elif statement.get("Effect") == "Allow":
-            trusted = True
-            allowed |= actions
-    if denied:
-        return [("target-trust-policy-explicit-deny", f"a Deny statement for {source_role_arn} covers "
-                 f"{', '.join(sorted(denied))}")]
-    if not trusted:
+    gaps = _trust_gaps(policy, lambda statement: _role_covered(statement, source_role_arn), source_role_arn,
+                       "target-trust-policy")
+    if gaps is None:
         return [("target-trust-policy-principal", f"no Allow statement trusts {source_role_arn} or its account "
                  "(Principal.AWS)")]
-    return [("target-trust-policy-tag-session" if action == "sts:TagSession" else "target-trust-policy-action",
-             f"the statements trusting {source_role_arn} do not allow {action}")
-            for action in POD_IDENTITY_ACTIONS if action not in allowed]
+    return gaps
 
 
 def generate_chain_target(source_role_arn: str) -> dict[str, Any]:
