@@ -143,6 +143,18 @@ def _annotation_warnings(annotations: Mapping[str, Any], settings: MutationSetti
             for key, meant, _ in near_misses(annotations, settings)]
 
 
+def _bool_annotation(annotations: Mapping[str, Any], key: str, default: bool, problems: list[str]) -> bool:
+    """A boolean annotation as Go's ParseBool reads it; an invalid one is a problem, and the default."""
+    raw = annotations.get(key)
+    if raw is None:
+        return default
+    parsed = parse_go_bool(raw) if isinstance(raw, str) else None
+    if parsed is None:
+        problems.append(f"{key} {raw!r} is not a boolean; using the default")
+        return default
+    return parsed
+
+
 def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleMapping:
     """Parse a ServiceAccount's annotations (docs/mutation.md#service-account-annotations).
 
@@ -170,14 +182,8 @@ def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleM
     if not isinstance(audience, str):
         audience = settings.token_audience
 
-    regional_sts = settings.sts_regional_endpoint
-    raw = annotations.get(key("sts-regional-endpoints"))
-    if raw is not None:
-        parsed = parse_go_bool(raw) if isinstance(raw, str) else None
-        if parsed is None:
-            problems.append(f"{key('sts-regional-endpoints')} {raw!r} is not a boolean; using the default")
-        else:
-            regional_sts = parsed
+    regional_sts = _bool_annotation(annotations, key("sts-regional-endpoints"), settings.sts_regional_endpoint,
+                                    problems)
 
     expiration = settings.token_expiration
     raw = annotations.get(key("token-expiration"))
@@ -200,14 +206,8 @@ def service_account_entry(annotations: Any, settings: MutationSettings) -> RoleM
         else:
             region = parsed_region
 
-    session_name = settings.role_session_name_from_pod
-    raw = annotations.get(key("role-session-name-from-pod"))
-    if raw is not None:
-        parsed = parse_go_bool(raw) if isinstance(raw, str) else None
-        if parsed is None:
-            problems.append(f"{key('role-session-name-from-pod')} {raw!r} is not a boolean; using the default")
-        else:
-            session_name = parsed
+    session_name = _bool_annotation(annotations, key("role-session-name-from-pod"),
+                                    settings.role_session_name_from_pod, problems)
 
     annotated = tuple(name for name in OUR_ANNOTATIONS[1:] if key(name) in annotations)
     return RoleMapping(role_arn, audience, regional_sts, expiration, tuple(problems), tuple(warnings), annotated,
