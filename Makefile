@@ -19,7 +19,8 @@ help:
 	@echo "make bench-side-by-side GO_WEBHOOK=... - the Go webhook and serve in alternating rounds"
 	@echo "make bench-instructions - instructions per admission, per step (valgrind; does not drift)"
 	@echo "make certs  - (re)generate certs/ (CA + serving certificate for localhost/127.0.0.1)"
-	@echo "make cluster-up   - a one-node kind cluster (built offline) with the chart installed from a registry"
+	@echo "make cluster-up [KUBE_VERSION=1.37] - a one-node kind cluster (built offline), the chart installed from a registry"
+	@echo "make e2e-cluster [KUBE_VERSION=1.37] - every cluster-tier scenario on it"
 	@echo "make cluster-down - stop it and remove everything it made"
 	@echo "make release REGISTRY=host[:port][/path] [VERSION=x.y.z] - image (amd64+arm64), chart, SBOMs, signatures"
 	@echo "make release-test - make release against a fresh loopback registry, then what users check"
@@ -158,7 +159,8 @@ chart-lint:
 # registry on kind's network and installed from it with the chart's defaults. Root.
 .PHONY: cluster-up cluster-down cluster-test cluster-images
 # CERT_MANAGER=1: cert-manager too (tools/cert-manager: built from the Go module proxy, images
-# loaded into the node, installed from its own chart).
+# loaded into the node, installed from its own chart). KUBE_VERSION=1.37 (a minor or release of
+# versions.txt, exported to tools/kind as given): a node of that release; the pinned one if unset.
 CERT_MANAGER ?= 0
 cluster-up: $(STAMP) cluster-images
 	$(BIN)/python tools/kind/cluster.py up

@@ -234,6 +234,16 @@ class Installed:
 
         await api.eventually(self.configuration, registered, timeout=20, what=what)
 
+    async def wait_ca_bundle_settled(self, what: str) -> None:
+        """Every caBundle is the Secret's CA alone: the webhook keeps the old CAs in it for 30 s
+        after a CA change, then writes it once more."""
+        async def settled() -> bool:
+            ca = base64.b64decode((await self.secret())["data"]["ca.crt"])
+            config = await self.configuration()
+            return all(base64.b64decode(w["clientConfig"].get("caBundle") or "") == ca for w in config["webhooks"])
+
+        await api.eventually(settled, bool, timeout=60, what=what)
+
     async def wait_mutating(self, namespace: str, what: str) -> None:
         await api.eventually(lambda: self.admin.create_pod(namespace, api.pod(api.unique("app"), "app"), dry_run=True),
                              api.mutated, timeout=20, what=what)
@@ -358,6 +368,10 @@ async def test_a_deleted_secret_is_not_recreated_by_the_webhook_but_by_helm_upgr
 
 async def test_helm_upgrade_keeps_mutating_and_keeps_the_ca(installed: Installed):
     namespace = await installed.workload_namespace()
+    # An earlier test changed the CA. An upgrade rendered while the webhook still rewrites the
+    # caBundle fails with a server-side apply conflict (the chart's README says so); a user's
+    # CA changes are years apart, a module's tests seconds.
+    await installed.wait_ca_bundle_settled("the caBundle settled after the last CA change")
     before = (await installed.secret())["data"]
     run([installed.helm, "upgrade", installed.release, str(CHART), *installed.helm_args(),
          "--set", "config.logLevel=debug"], installed.plane.kubeconfig)

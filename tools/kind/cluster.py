@@ -208,10 +208,12 @@ def make_pki(directory: Path) -> None:
 
 
 # -- kind's configuration ----------------------------------------------------------------------
-def kind_config(etcd_tag: str) -> dict:
+def kind_config(etcd_tag: str, kube_minor: int) -> dict:
     """One node. Offline images under localhost/kube; no kindnet (it is not on the Go module proxy):
     the node image's static ptp CNI config; kube-proxy in iptables mode; the kubelet allowed on
-    this host's cgroup v1; the API server published on HOST_IP, which is also the token issuer."""
+    this host's cgroup v1 (`failCgroupV1`, a field from 1.31 on; 1.30's kubelet runs on cgroup v1
+    without being asked); the API server published on HOST_IP, which is also the token issuer."""
+    kubelet = {"failCgroupV1": False} if kube_minor >= 31 else {}
     api_args = {"service-account-issuer": ISSUER, "service-account-jwks-uri": f"{ISSUER}/openid/v1/jwks"}
     cluster = {"imageRepository": "localhost/kube", "etcd": {"local": {"imageTag": etcd_tag}}}
     patches = [
@@ -219,7 +221,7 @@ def kind_config(etcd_tag: str) -> dict:
          "apiServer": {"extraArgs": api_args}},
         {"apiVersion": "kubeadm.k8s.io/v1beta4", "kind": "ClusterConfiguration", **cluster,
          "apiServer": {"extraArgs": [{"name": k, "value": v} for k, v in api_args.items()]}},
-        {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration", "failCgroupV1": False,
+        {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration", **kubelet,
          "imageGCHighThresholdPercent": 100},
     ]
     return {
@@ -259,7 +261,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise SystemExit("kind-cluster: needs root (Docker daemon, network)")
     if (STATE / "cluster.json").exists() and node_running():
-        log("already up; `make cluster-down` first to start afresh")
+        running = json.loads((STATE / "cluster.json").read_text()).get("kubernetes", "")
+        if "KUBE_VERSION" in os.environ and running.lstrip("v") != ENV["KUBE_VERSION"]:
+            log(f"up with Kubernetes {running}, not v{ENV['KUBE_VERSION']}: `make cluster-down` first")
+            return 1
+        log(f"already up (Kubernetes {running}); `make cluster-down` first to start afresh")
         print_usage()
         return 0
     if STATE.exists() or (daemon_up() and docker("ps", "-aq").strip()):
@@ -280,9 +286,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     registry.start(STATE / "registry", REGISTRY, (str(STATE / "pki/registry.crt"), str(STATE / "pki/registry.key")),
                    str(STATE / "pki/ca.crt"))
-    etcd = docker("run", "--rm", "--entrypoint", "/usr/bin/kube", artifacts["node_image"], "version")
-    etcd_tag = next(line.split()[1] for line in etcd.splitlines() if line.startswith("etcd ")) + "-0"
-    (STATE / "kind.json").write_text(json.dumps(kind_config(etcd_tag), indent=1))  # JSON is YAML
+    printed = docker("run", "--rm", "--entrypoint", "/usr/bin/kube", artifacts["node_image"], "version")
+    versions = dict(line.split(None, 1) for line in printed.splitlines() if line.strip())
+    kubernetes = versions["kubernetes"].strip()   # v1.34.12
+    etcd_tag = versions["etcd"].strip() + "-0"
+    log(f"Kubernetes {kubernetes}, etcd {etcd_tag} ({artifacts['node_image']})")
+    (STATE / "kind.json").write_text(json.dumps(kind_config(etcd_tag, int(kubernetes.split(".")[1])), indent=1))
     t0 = time.monotonic()
     env = dict(ENV, KIND_EXPERIMENTAL_DOCKER_NETWORK=NETWORK)
     result = run([KIND, "create", "cluster", "--name", NAME, "--image", artifacts["node_image"], "--config",
@@ -293,7 +302,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return result.returncode
     os.chmod(STATE / "admin.kubeconfig", 0o600)
     (STATE / "cluster.json").write_text(json.dumps({
-        "name": NAME, "node": NODE, "network": NETWORK, "host_ip": HOST_IP, "issuer": ISSUER,
+        "name": NAME, "node": NODE, "kubernetes": kubernetes, "network": NETWORK, "host_ip": HOST_IP,
+        "issuer": ISSUER,
         "agent_ip": POD_IDENTITY_AGENT_IP, "registry": REGISTRY,
         "node_ip": docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}",
                           NODE).strip()}, indent=1))
@@ -493,6 +503,8 @@ def cmd_status(_: argparse.Namespace) -> int:
     up = daemon_up() and node_running()
     print(f"kind's Docker daemon: {'running' if daemon_up() else 'stopped'}")
     print(f"node {NODE}: {'running' if up else 'absent'}")
+    if up and (STATE / "cluster.json").exists():
+        print(f"Kubernetes {json.loads((STATE / 'cluster.json').read_text()).get('kubernetes', '?')}")
     if up:
         print(node_exec("crictl", "ps", check=False))
     return 0 if up else 1

@@ -3,17 +3,27 @@
 # Shared by tools/kind/*.sh (sourced, not run): versions, cache paths, the Go environment and
 # the private Docker daemon kind talks to. Everything built lives in $KIND_CACHE, never the repo.
 
-# Pinned versions. KUBE_VERSION is the node's Kubernetes (any patch the Go module proxy serves);
-# the rest are the node's other parts, from the Go module proxy too.
+KIND_TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$KIND_TOOLS/../.." && pwd)
+
+# Pinned versions: the node's other parts, from the Go module proxy too.
 KIND_VERSION=v0.33.0
 CONTAINERD_VERSION=v2.1.5
 CRICTL_VERSION=v1.34.0
 COREDNS_VERSION=v1.12.1
-KUBE_VERSION=${KUBE_VERSION:-1.34.12}
-KUBE_VERSION=${KUBE_VERSION#v}
-
-KIND_TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$KIND_TOOLS/../.." && pwd)
+# KUBE_VERSION is the node's Kubernetes: a minor or a release of tools/kube-test-plane/versions.txt
+# (1.37, 1.37.2, v1.37.2 -> its pinned patch), or any other patch the Go module proxy serves.
+# Unset: the pinned release of that file, the default of every tier.
+kube_release() { # VERSION -> the release versions.txt pins for it, or VERSION itself
+    local w=${1#v}
+    awk -v w="$w" '!/^#/ && NF >= 3 && ($1 == w || $2 == w) { print $2; found = 1 }
+        END { if (!found) print w }' "$REPO_ROOT/tools/kube-test-plane/versions.txt"
+}
+if [[ -n ${KUBE_VERSION:-} ]]; then
+    KUBE_VERSION=$(kube_release "$KUBE_VERSION")
+else
+    KUBE_VERSION=$(awk '!/^#/ && $4 == "pinned" { print $2 }' "$REPO_ROOT/tools/kube-test-plane/versions.txt")
+fi
 KIND_CACHE=${POD_IDENTITY_KIND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pod-identity-injector-kind}
 KIND_BIN=$KIND_CACHE/bin
 KIND=$KIND_BIN/kind
