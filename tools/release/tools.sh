@@ -52,13 +52,15 @@ apt_install() {
     local sudo=()
     (($(id -u) == 0)) || sudo=(sudo DEBIAN_FRONTEND=noninteractive)
     log "installing $*"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@" >&2 ||
         { "${sudo[@]}" apt-get update -qq >&2 &&
-          DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >&2; }
+          DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@" >&2; }
 }
+# `type -P`, not `command -v`: inside this script `command -v skopeo` finds the function below
+# and says yes even when the program is missing.
 skopeo() {
-    command -v skopeo >/dev/null || apt_install skopeo
-    command -v skopeo
+    type -P skopeo >/dev/null || apt_install skopeo
+    type -P skopeo
 }
 # What assemble.py needs beside Python: Debian's archive keyring (apt verifies the packages with
 # it), dpkg-deb, strip for arm64; qemu-user-static to start the arm64 image here.
@@ -69,7 +71,7 @@ deps() {
     command -v aarch64-linux-gnu-strip >/dev/null || missing+=(binutils-aarch64-linux-gnu)
     command -v x86_64-linux-gnu-strip >/dev/null || missing+=(binutils-x86-64-linux-gnu)
     command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
-    command -v skopeo >/dev/null || missing+=(skopeo)
+    type -P skopeo >/dev/null || missing+=(skopeo)
     ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
     printf 'deps ok\n'
 }
