@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import RELEASE, RELEASE_NAMESPACE, Kubectl
-from .sdk import sdk_pod, sdk_report
+from .sdk import sdk_pod, sdk_report, used_provider
 from .standin_fixtures import ACCOUNT, ISSUER, Standin, new_secret, start_sts, trust_policy
 from .test_chart_lifecycle import CHART, IMAGE_VALUES
 
@@ -80,7 +80,7 @@ def test_boto3_gets_credentials_from_the_config_map_role_with_kops_flags(
     kubectl.apply(pod)
     report = sdk_report(kubectl, namespace, "sdk")
     assert report["ok"], report
-    assert report["method"] == "assume-role-with-web-identity"
+    assert used_provider(report, "web-identity"), report
     assert report["arn"].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/kops-app/")
     assert report["token"]["aud"] == [AUDIENCE]
     assert report["env"]["AWS_ROLE_ARN"] == ROLE

@@ -91,14 +91,17 @@ def test_from_go_to_ours_and_back_no_pod_goes_without_credentials_or_gets_them_t
     pods, seconds = switch_under_load(kubectl, namespace, "to-ours", to_ours)
     print(f"Go -> ours: {pods} pods, 0 without credentials, 0 duplicated; switch took {seconds:.0f} s")
 
-    # Labelled so that our chart skips it: only the Go webhook can mutate it (docs/migrate.md).
-    go_only = {**probe, "metadata": {**probe["metadata"],
-                                     "labels": {"eks.amazonaws.com/skip-pod-identity-webhook": "true"}}}
+    # In our chart's own namespace, which the chart never sends to its webhook: only the Go
+    # webhook can mutate it (docs/migrate.md). Not the skip label: the Go manifests skip it too.
+    go_only = {**probe, "metadata": {**probe["metadata"], "namespace": RELEASE_NAMESPACE},
+               "spec": {**probe["spec"], "serviceAccountName": "go-probe"}}
 
     def back_to_go() -> None:
         go_webhook.install(kubectl, go_installed)
+        kubectl.apply(load.service_account(RELEASE_NAMESPACE, "go-probe"))
         # Its Deployment has no readiness probe: rolled out is not yet answering.
         kubectl.wait_mutated(go_only, load.ROLE_ARN, "the Go webhook never mutated a pod", timeout=120)
+        kubectl("-n", RELEASE_NAMESPACE, "delete", "serviceaccount", "go-probe")
         kubectl.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "3m", timeout=200)
 
     pods, seconds = switch_under_load(kubectl, namespace, "back-to-go", back_to_go)
