@@ -215,7 +215,9 @@ def kind_config(etcd_tag: str, kube_minor: int) -> dict:
     without being asked); the API server published on HOST_IP, which is also the token issuer."""
     kubelet = {"failCgroupV1": False} if kube_minor >= 31 else {}
     api_args = {"service-account-issuer": ISSUER, "service-account-jwks-uri": f"{ISSUER}/openid/v1/jwks"}
-    cluster = {"imageRepository": "localhost/kube", "etcd": {"local": {"imageTag": etcd_tag}}}
+    # CoreDNS: the one version the node image has, whatever the minor's kubeadm would pick.
+    cluster = {"imageRepository": "localhost/kube", "etcd": {"local": {"imageTag": etcd_tag}},
+               "dns": {"imageTag": ENV["COREDNS_VERSION"]}}
     patches = [
         {"apiVersion": "kubeadm.k8s.io/v1beta3", "kind": "ClusterConfiguration", **cluster,
          "apiServer": {"extraArgs": api_args}},
@@ -320,6 +322,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     wait_for(lambda: kubectl("-n", "default", "get", "serviceaccount", "default", check=False).strip() != "",
              60, "the default ServiceAccount")
     log(f"node Ready, workload image loaded ({time.monotonic() - t0:.1f} s)")
+    # CoreDNS up: a cluster without DNS is not one users have (its image must match the node's).
+    kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
+    log(f"CoreDNS ready ({time.monotonic() - t0:.1f} s)")
     release(artifacts)
     log(f"released {artifacts['version']} to {REGISTRY} ({time.monotonic() - t0:.1f} s)")
     install_chart(artifacts)
