@@ -318,8 +318,9 @@ class GuardedSite(web.TCPSite):
         self._bound_port = sock.getsockname()[1]
 
 
-def _listening_socket(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket.socket:
-    """One socket on `host` (all interfaces, IPv6 with IPv4 mapped where possible, when None)."""
+def bound_socket(host: str | None, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to `port` on `host` (all interfaces, IPv6 with IPv4 mapped where
+    possible, when None); start-up's port check (ports.py) binds exactly as the listeners do."""
     family = socket.AF_INET6 if (host is None and socket.has_ipv6) or (host and ":" in host) else socket.AF_INET
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -334,6 +335,15 @@ def _listening_socket(host: str | None, port: int, backlog: int, reuse_port: boo
         if family == socket.AF_INET6 and host is None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _listening_socket(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    sock = bound_socket(host, port, reuse_port=reuse_port)
+    try:
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError:

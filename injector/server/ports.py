@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import socket
 
 from injector.core.settings import ServeSettings, SettingsError
+from injector.server.connections import bound_socket
 
 CAP_NET_BIND_SERVICE = 10
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -67,20 +67,9 @@ def check_can_listen(settings: ServeSettings) -> None:
 
 
 def _bind_once(host: str | None, port: int) -> None:
-    """Bind as the listeners do (injector/server/connections.py), then close. No SO_REUSEPORT:
-    a port some other process holds, even one sharing it, is taken."""
-    family = socket.AF_INET6 if (host is None and socket.has_ipv6) or (host and ":" in host) else socket.AF_INET
-    try:
-        probe = socket.socket(family, socket.SOCK_STREAM)
-    except OSError:
-        if host is not None:
-            raise
-        family, probe = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # IPv6 disabled
-    with probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and host is None:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        probe.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    """Bind as the listeners do, then close. No SO_REUSEPORT: a port some other process holds,
+    even one sharing it, is taken."""
+    bound_socket(host, port).close()
 
 
 def listen_failure(flag: str, port: int, address: str, exc: OSError) -> str:

@@ -43,23 +43,16 @@ for binary in controller cainjector webhook; do
     "$binary" "$binary" "$binary" > "$work/$binary/Dockerfile"
 done
 # tools/image's daemon and its lock: one user at a time, and whoever started it stops it.
-images_cache=${POD_IDENTITY_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pod-identity-injector-images}
-mkdir -p "$images_cache"
-exec 9>"$images_cache/lock"
-flock 9
-eval "$(bash "$here/../image/dockerd.sh" env)"
-started=0
-if ! docker info >/dev/null 2>&1; then
-  bash "$here/../image/dockerd.sh" start >&2
-  started=1
-fi
+# shellcheck source=tools/image/lib.sh
+. "$here/../image/lib.sh"
+img_lock
+trap 'img_daemon_release >&2; rm -rf "$work"' EXIT
+img_daemon_ensure >&2
 for binary in controller cainjector webhook; do
   image=localhost/cert-manager-$binary:$version
   docker build -q -t "$image" "$work/$binary" >&2
   docker save -o "$cache/cert-manager-$binary.tar.tmp" "$image"
   mv -f "$cache/cert-manager-$binary.tar.tmp" "$cache/cert-manager-$binary.tar"
 done
-[[ $started == 0 ]] || bash "$here/../image/dockerd.sh" stop >&2
-exec 9>&-
 echo "$inputs" > "$cache/inputs"
 for binary in controller cainjector webhook; do echo "$cache/cert-manager-$binary.tar"; done

@@ -42,20 +42,13 @@ cp "$here/go.mod" "$work/"
   github.com/aws/amazon-eks-pod-identity-webhook) >&2
 printf 'FROM scratch\nCOPY webhook /webhook\nENTRYPOINT ["/webhook"]\n' > "$work/context/Dockerfile"
 # tools/image's daemon and its lock: one user at a time, and whoever started it stops it.
-images_cache=${POD_IDENTITY_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pod-identity-injector-images}
-mkdir -p "$images_cache"
-exec 9>"$images_cache/lock"
-flock 9
-eval "$(bash "$here/../image/dockerd.sh" env)"
-started=0
-if ! docker info >/dev/null 2>&1; then
-  bash "$here/../image/dockerd.sh" start >&2
-  started=1
-fi
+# shellcheck source=tools/image/lib.sh
+. "$here/../image/lib.sh"
+img_lock
+trap 'img_daemon_release >&2; rm -rf "$work"' EXIT
+img_daemon_ensure >&2
 docker build -q -t "$image" "$work/context" >&2
 docker save -o "$archive.tmp" "$image"
 mv -f "$archive.tmp" "$archive"
-[[ $started == 0 ]] || bash "$here/../image/dockerd.sh" stop >&2
-exec 9>&-
 cat "$here/go.mod" "$here/go.sum" "$0" | sha256sum > "$cache/inputs"
 echo "$archive"
